@@ -1,0 +1,129 @@
+"""The `cart-fhir` command line: grade FHIR input files and write the output Bundle and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .errors import AdapterError, BadInput, ConfigError, InputErrors
+from .ingest.read import read_paths
+from .pipeline import Engine
+from .summary import episode_rows, render_table, table_rows
+
+log = logging.getLogger("cart_fhir")
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+MAX_ERROR_LINES = 20
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cart-fhir", description=__doc__)
+    p.add_argument("--version", action="version", version=f"cart-fhir {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("grade", help="grade CAR-T toxicities (ASTCT CRS and ICANS) in FHIR R4 input",
+                       description="Grade FHIR R4 Bundles and NDJSON files or folders; write the output Bundle.")
+    g.add_argument("inputs", nargs="+", metavar="INPUT", help="Bundle .json, .ndjson file, or a folder of them")
+    g.add_argument("-o", "--output", metavar="OUT.json", help="write the output Bundle here (default: stdout)")
+    g.add_argument("--concept-map", action="append", default=[], metavar="MAP.json",
+                   help="a FHIR ConceptMap from site-local codes to cart-fhir's concepts (repeatable)")
+    g.add_argument("--bundle-type", choices=("collection", "transaction"), default="collection",
+                   help="collection (default) or a transaction of conditional updates")
+    g.add_argument("--summary-json", metavar="FILE", help="write the per-episode summary as JSON")
+    g.add_argument("--skip-invalid", action="store_true",
+                   help="report invalid resources as warnings and grade the rest (default: fail on any)")
+    g.add_argument("--validate", action="store_true",
+                   help="validate every emitted resource with the fhir.resources R4B models before writing")
+    g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
+    return p
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write next to the target and rename: a failed run never leaves a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_concept_maps(paths: list[str]) -> list[tuple[str, Any]]:
+    maps = []
+    for p in paths:
+        try:
+            maps.append((p, orjson.loads(Path(p).read_bytes())))
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read ConceptMap: {exc.strerror}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: ConceptMap is not valid JSON: {exc}") from exc
+    return maps
+
+
+def grade_command(args: argparse.Namespace) -> int:
+    engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
+    result = engine.grade(read_paths(args.inputs))
+    recorded = datetime.now(timezone.utc).replace(microsecond=0)
+    written = engine.resources(result, recorded)
+    if args.validate:
+        from .validate import validate_resources
+
+        validate_resources([w.resource for w in written])
+    bundle = engine.bundle(written, args.bundle_type)
+    payload = orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    # Everything is built before anything is written: a failure above leaves no file behind.
+    if args.summary_json:
+        _write_atomic(args.summary_json, summary)
+    if args.output:
+        _write_atomic(args.output, payload)
+    else:
+        sys.stdout.buffer.write(payload)
+        sys.stdout.flush()
+    if not args.quiet:
+        print(render_table(table_rows(result)), file=sys.stderr)
+        for line in result.report.summary_lines():
+            print(line, file=sys.stderr)
+        for issue in result.report.issues:
+            print(f"{issue.severity}: {issue}", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "grade":
+            return grade_command(args)
+    except InputErrors as exc:
+        for err in exc.errors[:MAX_ERROR_LINES]:
+            print(f"cart-fhir: error: {err}", file=sys.stderr)
+        if len(exc.errors) > MAX_ERROR_LINES:
+            print(f"cart-fhir: ... and {len(exc.errors) - MAX_ERROR_LINES} more errors", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (BadInput, ConfigError) as exc:
+        print(f"cart-fhir: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AdapterError as exc:
+        print(f"cart-fhir: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

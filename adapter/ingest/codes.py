@@ -1,0 +1,159 @@
+"""Recognise input codes: standard codes from mappings/, and a site's local codes through FHIR ConceptMaps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..constants import CS_PRODUCT, RXNORM, NDC
+from ..errors import ConfigError
+from ..tables import ConceptRow, ConditionFindingRow, DrugRow, Tables
+
+# ConceptMap equivalences (R4) / relationships (R5) that do not mean "this code stands for that one".
+_NOT_A_MATCH = frozenset({"unmatched", "disjoint", "not-related-to"})
+
+
+def codings(cc: Any) -> list[dict[str, Any]]:
+    """The codings of a CodeableConcept, tolerating absent or malformed parts (validated by the caller)."""
+    if not isinstance(cc, dict):
+        return []
+    cs = cc.get("coding")
+    return [c for c in cs if isinstance(c, dict)] if isinstance(cs, list) else []
+
+
+class Terminology:
+    """Lookups from (system, code) to the concepts the graders use, with ConceptMap translation first."""
+
+    def __init__(self, tables: Tables, concept_maps: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        self.tables = tables
+        self._concepts: dict[tuple[str, str], ConceptRow] = {(r.system, r.code): r for r in tables.concepts.rows}
+        self._values = {system: frozenset(codes) for system, codes in tables.concepts.values.items()}
+        self._drugs_by_code: dict[tuple[str, str], DrugRow] = {
+            (RXNORM, d.rxnorm): d for d in tables.drugs.rows if d.rxnorm}
+        self._drug_names = [(n, d) for d in tables.drugs.rows for n in d.names]
+        self._product_codes: dict[tuple[str, str], str] = {}
+        for p in tables.products.rows:
+            for code in p.rxnorm:
+                self._product_codes[(RXNORM, code)] = p.product
+            for code in p.ndc:
+                self._product_codes[(NDC, code)] = p.product
+        self._product_codes[(CS_PRODUCT, "car-t-cell-product")] = "CAR-T cell product"
+        self._product_names = [(n.lower(), p.product) for p in tables.products.rows for n in (p.product, p.brand)]
+        self._procedure_codes = {(c.system, c.code) for c in tables.products.procedure_codes}
+        self._findings: dict[tuple[str, str], ConditionFindingRow] = {
+            (r.system, r.code): r for r in tables.condition_findings.rows}
+        self._map: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self.add_concept_map(tables.avpu_map, "mappings/avpu-conceptmap.json")
+        for name, cm in concept_maps:
+            self.add_concept_map(cm, name)
+
+    # ---- ConceptMaps -------------------------------------------------------------------------
+
+    def _known_target(self, system: str, code: str) -> bool:
+        return ((system, code) in self._concepts or code in self._values.get(system, ())
+                or (system, code) in self._drugs_by_code or (system, code) in self._product_codes
+                or (system, code) in self._procedure_codes or (system, code) in self._findings)
+
+    def add_concept_map(self, cm: Any, name: str) -> None:
+        """Add a site's ConceptMap; every target must be a concept the adapter knows (checked now, not later)."""
+        if not isinstance(cm, dict) or cm.get("resourceType") != "ConceptMap":
+            raise ConfigError(f"{name}: expected a FHIR ConceptMap")
+        groups = cm.get("group")
+        if not isinstance(groups, list) or not groups:
+            raise ConfigError(f"{name}: ConceptMap has no group")
+        for gi, group in enumerate(groups):
+            if not isinstance(group, dict) or not isinstance(group.get("source"), str) \
+                    or not isinstance(group.get("target"), str):
+                raise ConfigError(f"{name}: group[{gi}] needs 'source' and 'target' code system URLs")
+            src_sys, tgt_sys = group["source"], group["target"]
+            for ei, element in enumerate(group.get("element") or []):
+                where = f"{name}: group[{gi}].element[{ei}]"
+                if not isinstance(element, dict) or not isinstance(element.get("code"), str):
+                    raise ConfigError(f"{where}: element needs a code")
+                for ti, target in enumerate(element.get("target") or []):
+                    if not isinstance(target, dict):
+                        raise ConfigError(f"{where}.target[{ti}]: not an object")
+                    relation = target.get("equivalence", target.get("relationship", "equivalent"))
+                    if relation in _NOT_A_MATCH:
+                        continue
+                    tcode = target.get("code")
+                    if not isinstance(tcode, str):
+                        raise ConfigError(f"{where}.target[{ti}]: target needs a code")
+                    if not self._known_target(tgt_sys, tcode):
+                        raise ConfigError(f"{where}.target[{ti}]: {tgt_sys}|{tcode} is not a concept cart-fhir "
+                                          "knows (see mappings/concepts.yaml and input-contract.md)")
+                    self._map.setdefault((src_sys, element["code"]), []).append((tgt_sys, tcode))
+
+    def _pairs(self, cc: Any) -> list[tuple[str, str]]:
+        """(system, code) pairs of a CodeableConcept, site codes translated to their targets."""
+        out: list[tuple[str, str]] = []
+        for c in codings(cc):
+            system, code = c.get("system"), c.get("code")
+            if not isinstance(system, str) or not isinstance(code, str):
+                continue
+            out.append((system, code))
+            out.extend(self._map.get((system, code), ()))
+        return out
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def concept(self, cc: Any) -> ConceptRow | None:
+        for pair in self._pairs(cc):
+            row = self._concepts.get(pair)
+            if row is not None:
+                return row
+        return None
+
+    def answer(self, cc: Any, value_system: str) -> str | None:
+        """The answer code from `value_system` that a valueCodeableConcept carries (after translation)."""
+        for system, code in self._pairs(cc):
+            if system == value_system:
+                return code
+        return None
+
+    def is_answer(self, value_system: str, code: str) -> bool:
+        return code in self._values.get(value_system, ())
+
+    def drug(self, cc: Any, texts: Iterable[str] = ()) -> DrugRow | None:
+        for pair in self._pairs(cc):
+            row = self._drugs_by_code.get(pair)
+            if row is not None:
+                return row
+        blob = " ".join(t.lower() for t in texts if isinstance(t, str))
+        if blob:
+            for name, row in self._drug_names:
+                if name in blob:
+                    return row
+        return None
+
+    def cart_product(self, cc: Any, texts: Iterable[str] = ()) -> str | None:
+        """The CAR-T product a medication is, by code first, else by generic or brand name in its text."""
+        for pair in self._pairs(cc):
+            name = self._product_codes.get(pair)
+            if name is not None:
+                return name
+        blob = " ".join(t.lower() for t in texts if isinstance(t, str))
+        if blob:
+            for needle, product in self._product_names:
+                if needle in blob:
+                    return product
+        return None
+
+    def is_cart_procedure(self, cc: Any) -> bool:
+        return any(pair in self._procedure_codes for pair in self._pairs(cc))
+
+    def condition_finding(self, cc: Any) -> ConditionFindingRow | None:
+        for pair in self._pairs(cc):
+            row = self._findings.get(pair)
+            if row is not None:
+                return row
+        return None
+
+
+def texts_of(cc: Any) -> list[str]:
+    """Free text of a CodeableConcept: its text and every coding display (for name matching)."""
+    if not isinstance(cc, dict):
+        return []
+    out = [cc["text"]] if isinstance(cc.get("text"), str) else []
+    out.extend(c["display"] for c in codings(cc) if isinstance(c.get("display"), str))
+    return out

@@ -1,0 +1,348 @@
+"""Translate one patient's FHIR resources (plain JSON) into the graders' facts; validate only what is used."""
+
+from __future__ import annotations
+
+from datetime import date, timezone
+from typing import Any
+
+from ..errors import BadInput, Location
+from ..model import DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
+from ..report import RunReport
+from ..tables import ConceptRow
+from .codes import Terminology, codings, texts_of
+from .index import Indexed, InputIndex
+from .timeparse import TimeError, has_offset, parse_moment
+from .units import UnitConverter, UnitError
+
+OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})
+MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
+COND_EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+UTC = timezone.utc
+
+
+class Extractor:
+    """Holds the lookups for a run; `patient()` turns one patient's resources into a PatientData."""
+
+    def __init__(self, terminology: Terminology, units: UnitConverter, report: RunReport) -> None:
+        self.term = terminology
+        self.units = units
+        self.report = report
+
+    # ---- entry point ---------------------------------------------------------------------------
+
+    def patient(self, idx: InputIndex, pkey: str) -> PatientData:
+        pat = idx.by_key[pkey]
+        res = pat.resource
+        birth = self._birth_date(res, pat.loc)
+        pid = res.get("id") or pkey
+        reference: dict[str, object] = {"reference": pkey if pkey.startswith("Patient/") else pkey}
+        data = PatientData(key=pkey, id=pid, reference=reference, birth_date=birth)
+        entries = idx.by_patient.get(pkey, [])
+        self.report.resources_used += 1
+        for ent in entries:
+            if ent.resource["resourceType"] in ("MedicationAdministration", "Procedure"):
+                self._infusion(ent, idx, data)
+        data.infusions.sort(key=lambda i: i.when.at)
+        tz = data.infusions[0].tz if data.infusions else UTC
+        for ent in entries:
+            try:
+                self._resource(ent, idx, data, tz)
+            except BadInput as err:
+                self.report.error(err)
+        latest = [r.when.at for r in data.readings] + [d.start.at for d in data.drugs] + \
+                 [d.end.at for d in data.drugs if d.end is not None]
+        data.horizon = max(latest) if latest else None
+        return data
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _birth_date(self, res: dict[str, Any], loc: Location) -> date | None:
+        b = res.get("birthDate")
+        if b is None:
+            return None
+        if not isinstance(b, str):
+            raise BadInput(f"Patient.birthDate must be a date string, got {b!r}", loc)
+        try:
+            return date.fromisoformat(b)
+        except ValueError:
+            if len(b) in (4, 7):  # a partial birth date: the age is uncertain, ICE/CAPD choice by instrument
+                self.report.warn(f"Patient.birthDate {b!r} is partial: age-based rules use what was recorded", loc)
+                return None
+            raise BadInput(f"Patient.birthDate {b!r} is not a valid FHIR date", loc) from None
+
+    def _moment(self, value: Any, path: str, loc: Location, tz: timezone) -> Moment:
+        try:
+            m = parse_moment(value, tz)
+        except TimeError as exc:
+            raise BadInput(f"{path}: {exc}", loc) from exc
+        if isinstance(value, str) and not has_offset(value):
+            self.report.warn(f"{path} {value!r} has no UTC offset: taken in the infusion's offset", loc)
+        return m
+
+    def _effective(self, res: dict[str, Any], loc: Location, tz: timezone, prefix: str = "effective"
+                   ) -> tuple[Moment, Moment | None, bool] | None:
+        """(start, end, instant) of effective[x] / performed[x]; None when the resource has no time."""
+        rtype = res["resourceType"]
+        for suffix in ("DateTime", "Instant"):
+            v = res.get(prefix + suffix)
+            if v is not None:
+                return self._moment(v, f"{rtype}.{prefix}{suffix}", loc, tz), None, True
+        period = res.get(prefix + "Period")
+        if period is not None:
+            if not isinstance(period, dict):
+                raise BadInput(f"{rtype}.{prefix}Period must be an object", loc)
+            start = period.get("start")
+            if start is None:
+                raise BadInput(f"{rtype}.{prefix}Period has no start", loc)
+            s = self._moment(start, f"{rtype}.{prefix}Period.start", loc, tz)
+            e = period.get("end")
+            end = self._moment(e, f"{rtype}.{prefix}Period.end", loc, tz) if e is not None else None
+            if end is not None and end.at < s.at:
+                raise BadInput(f"{rtype}.{prefix}Period ends before it starts", loc)
+            return s, end, False
+        return None
+
+    def _medication(self, res: dict[str, Any], idx: InputIndex, loc: Location) -> tuple[Any, list[str]]:
+        """The medication's CodeableConcept and its texts, following medicationReference (also contained)."""
+        cc = res.get("medicationCodeableConcept")
+        if cc is not None:
+            if not isinstance(cc, dict):
+                raise BadInput("medicationCodeableConcept must be a CodeableConcept object", loc)
+            return cc, texts_of(cc)
+        ref = res.get("medicationReference")
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            target = ref["reference"]
+            med: Any = None
+            if target.startswith("#"):
+                med = next((c for c in res.get("contained") or [] if isinstance(c, dict)
+                            and c.get("id") == target[1:]), None)
+            else:
+                found = idx.resolve(target)
+                med = found.resource if found else None
+            if not isinstance(med, dict):
+                raise BadInput(f"medicationReference {target} is not in the input", loc)
+            code = med.get("code")
+            return code, texts_of(code) + ([ref["display"]] if isinstance(ref.get("display"), str) else [])
+        if isinstance(ref, dict) and isinstance(ref.get("display"), str):
+            return None, [ref["display"]]
+        return None, []
+
+    def _infusion(self, ent: Indexed, idx: InputIndex, data: PatientData) -> None:
+        res, loc = ent.resource, ent.loc
+        try:
+            if res["resourceType"] == "MedicationAdministration":
+                if res.get("status") not in ("completed", "in-progress"):
+                    return
+                cc, texts = self._medication(res, idx, loc)
+                product = self.term.cart_product(cc, texts)
+                if product is None:
+                    return
+                eff = self._effective(res, loc, UTC)
+            else:
+                if res.get("status") != "completed" or not self.term.is_cart_procedure(res.get("code")):
+                    return
+                product = self.term.cart_product(res.get("code"), texts_of(res.get("code"))) or "CAR-T cell product"
+                eff = self._effective(res, loc, UTC, prefix="performed")
+        except BadInput as err:
+            self.report.error(err)
+            return
+        if eff is None:
+            self.report.error(BadInput("CAR-T infusion has no effective time: day 0 cannot be set", loc))
+            return
+        data.infusions.append(Infusion(ref=ent.key, when=eff[0], product=product))
+
+    def _resource(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
+        rtype = ent.resource["resourceType"]
+        if rtype == "Observation":
+            self._observation(ent, data, tz)
+        elif rtype == "MedicationAdministration":
+            self._drug(ent, idx, data, tz)
+        elif rtype == "Condition":
+            self._condition(ent, data, tz)
+        elif rtype == "Procedure":
+            if any(i.ref == ent.key for i in data.infusions):
+                self.report.resources_used += 1
+            else:
+                self.report.ignored["Procedure (not a CAR-T infusion)"] += 1
+
+    # ---- Observations --------------------------------------------------------------------------
+
+    def _observation(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
+        res, loc = ent.resource, ent.loc
+        status = res.get("status")
+        if status not in OBS_USABLE:
+            self.report.ignored[f"Observation status {status}"] += 1
+            return
+        concept = self.term.concept(res.get("code"))
+        components = res.get("component")
+        if components is not None and not isinstance(components, list):
+            raise BadInput("Observation.component must be a list", loc)
+        sub = [(self.term.concept(c.get("code")), c) for c in components or [] if isinstance(c, dict)]
+        sub = [(row, c) for row, c in sub if row is not None and row.kind != "panel"]
+        if (concept is None or concept.kind == "panel") and not sub:
+            self.report.ignored["Observation (code not used)"] += 1
+            return
+        eff = self._effective(res, loc, tz)
+        if eff is None:
+            self.report.ignored["Observation without effective time"] += 1
+            self.report.warn("Observation has no effective[x]: not placed on a day, ignored", loc)
+            return
+        when = eff[0]
+        made = 0
+        if concept is not None and concept.kind != "panel":
+            value = self._value(res, concept, "Observation", loc)
+            if value is not None:
+                data.readings.append(Reading(concept.concept, when, value, ent.key, ent.key))
+                made += 1
+        for row, comp in sub:
+            value = self._value(comp, row, f"Observation.component[{row.code}]", loc)
+            if value is not None:
+                data.readings.append(Reading(row.concept, when, value, ent.key, ent.key))
+                made += 1
+        if made:
+            self.report.resources_used += 1
+            for row in [concept] + [r for r, _ in sub]:
+                if row is not None and not row.verified:
+                    self.report.unverified_rows.add(f"input-concepts:{row.system}|{row.code}")
+        else:
+            self.report.ignored["Observation without a value"] += 1
+
+    def _value(self, holder: dict[str, Any], row: ConceptRow, path: str, loc: Location) -> Any:
+        """The value of an Observation or component for a concept, converted and range-checked."""
+        if "dataAbsentReason" in holder and not any(k.startswith("value") for k in holder):
+            return None
+        kind = row.kind
+        if kind == "quantity":
+            q = holder.get("valueQuantity")
+            if q is None:
+                other = next((k for k in holder if k.startswith("value")), None)
+                if other:
+                    raise BadInput(f"{path}: {row.concept} must be a valueQuantity, got {other}", loc)
+                return None
+            return self._quantity(q, row, path, loc)
+        if kind == "integer":
+            v = holder.get("valueInteger")
+            if v is None and isinstance(holder.get("valueQuantity"), dict):
+                v = holder["valueQuantity"].get("value")
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)
+            if v is None:
+                other = next((k for k in holder if k.startswith("value")), None)
+                if other:
+                    raise BadInput(f"{path}: {row.concept} must be a valueInteger, got {other}", loc)
+                return None
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise BadInput(f"{path}: {row.concept} must be an integer, got {v!r}", loc)
+            if (row.min is not None and v < row.min) or (row.max is not None and v > row.max):
+                raise BadInput(f"{path}: {row.concept} {v} is outside {row.min}-{row.max}", loc)
+            return v
+        if kind == "code":
+            cc = holder.get("valueCodeableConcept")
+            if cc is None:
+                other = next((k for k in holder if k.startswith("value")), None)
+                if other:
+                    raise BadInput(f"{path}: {row.concept} must be a valueCodeableConcept, got {other}", loc)
+                return None
+            if not isinstance(cc, dict):
+                raise BadInput(f"{path}: valueCodeableConcept must be an object", loc)
+            assert row.value_system is not None
+            code = self.term.answer(cc, row.value_system)
+            if code is None or not self.term.is_answer(row.value_system, code):
+                shown = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)] or [cc.get("text")]
+                raise BadInput(f"{path}: {row.concept} answer {shown} is not in {row.value_system} "
+                               "(map site codes with --concept-map)", loc)
+            return code
+        if kind == "boolean":
+            v = holder.get("valueBoolean")
+            if v is None:
+                return None
+            if not isinstance(v, bool):
+                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {v!r}", loc)
+            return v
+        return None
+
+    def _quantity(self, q: Any, row: ConceptRow, path: str, loc: Location) -> Quantity:
+        if not isinstance(q, dict):
+            raise BadInput(f"{path}.valueQuantity must be an object", loc)
+        value = q.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", loc)
+        comparator = q.get("comparator")
+        if comparator is not None and comparator not in COMPARATORS:
+            raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", loc)
+        code = q.get("code") if isinstance(q.get("code"), str) else None
+        unit = code or (q.get("unit") if isinstance(q.get("unit"), str) else None)
+        assert row.unit is not None
+        if unit is None:
+            raise BadInput(f"{path}: {row.concept} ({row.system}|{row.code}) has no unit; expected {row.unit}", loc)
+        try:
+            v = self.units.convert(float(value), unit, row.unit)
+        except UnitError as exc:
+            # A UCUM code that fails may still carry a recognisable display unit (e.g. code "degF", unit "°F").
+            alt = q.get("unit")
+            if code is not None and isinstance(alt, str) and alt != code:
+                try:
+                    v = self.units.convert(float(value), alt, row.unit)
+                except UnitError:
+                    raise BadInput(f"{path}: {row.concept}: {exc}", loc) from exc
+            else:
+                raise BadInput(f"{path}: {row.concept}: {exc}", loc) from exc
+        return Quantity(v, comparator)
+
+    # ---- medications and conditions ------------------------------------------------------------
+
+    def _drug(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
+        res, loc = ent.resource, ent.loc
+        if any(i.ref == ent.key for i in data.infusions):
+            self.report.resources_used += 1
+            return
+        status = res.get("status")
+        if status not in MA_USABLE:
+            self.report.ignored[f"MedicationAdministration status {status}"] += 1
+            return
+        cc, texts = self._medication(res, idx, loc)
+        row = self.term.drug(cc, texts)
+        if row is None:
+            self.report.ignored["MedicationAdministration (drug not used)"] += 1
+            return
+        eff = self._effective(res, loc, tz)
+        if eff is None:
+            raise BadInput("MedicationAdministration has no effective[x]", loc)
+        start, end, instant = eff
+        if end is None and not instant and status == "completed":
+            end = start  # a completed administration with an open period: no evidence it ran on
+        route = None
+        dosage = res.get("dosage")
+        if isinstance(dosage, dict):
+            for c in codings(dosage.get("route")):
+                if isinstance(c.get("code"), str):
+                    route = c["code"]
+                    break
+        data.drugs.append(DrugAdmin(row.agent, row.role, start, end, instant, ent.key, route))
+        self.report.resources_used += 1
+        if not row.verified:
+            self.report.unverified_rows.add(f"drug-roles:{row.agent}")
+
+    def _condition(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
+        res, loc = ent.resource, ent.loc
+        finding = self.term.condition_finding(res.get("code"))
+        if finding is None:
+            self.report.ignored["Condition (code not used)"] += 1
+            return
+        ver = {c.get("code") for c in codings(res.get("verificationStatus"))}
+        if ver & COND_EXCLUDED_VERIFICATION:
+            self.report.ignored["Condition refuted or entered-in-error"] += 1
+            return
+        onset = res.get("onsetDateTime")
+        if onset is None and isinstance(res.get("onsetPeriod"), dict):
+            onset = res["onsetPeriod"].get("start")
+        if onset is None:
+            onset = res.get("recordedDate")
+        if onset is None:
+            self.report.warn("Condition has no onset time: not placed on a day, ignored", loc)
+            self.report.ignored["Condition without onset"] += 1
+            return
+        when = self._moment(onset, "Condition.onset", loc, tz)
+        data.readings.append(Reading(finding.concept, when, finding.value, ent.key, ent.key))
+        self.report.resources_used += 1

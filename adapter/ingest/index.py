@@ -1,0 +1,124 @@
+"""Index input resources: resolve references (Type/id, urn:uuid fullUrls, absolute URLs) and group by patient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BadInput, Location
+from ..report import RunReport
+from .read import Item
+
+# Resource types the adapter reads; everything else is counted as ignored in the run report.
+USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "Procedure", "Condition", "Medication"})
+# Types joined to a patient through this element (FHIR R4).
+SUBJECT_ELEMENT = {"Observation": "subject", "MedicationAdministration": "subject", "Procedure": "subject",
+                   "Condition": "subject"}
+
+
+def ref_key(ref: str) -> str:
+    """Normalise a literal reference to 'Type/id': drop a server base and a /_history/ version."""
+    if ref.startswith(("urn:uuid:", "urn:oid:", "#")):
+        return ref
+    if "/_history/" in ref:
+        ref = ref.split("/_history/", 1)[0]
+    parts = ref.rstrip("/").split("/")
+    if len(parts) >= 2:
+        return f"{parts[-2]}/{parts[-1]}"
+    return ref
+
+
+def _version(res: dict[str, Any]) -> tuple[str, int]:
+    meta = res.get("meta")
+    if not isinstance(meta, dict):
+        return ("", -1)
+    last = meta.get("lastUpdated")
+    vid = meta.get("versionId")
+    try:
+        v = int(vid) if vid is not None else -1
+    except (TypeError, ValueError):
+        v = -1
+    return (last if isinstance(last, str) else "", v)
+
+
+@dataclass(slots=True)
+class Indexed:
+    resource: dict[str, Any]
+    key: str
+    loc: Location
+
+
+@dataclass(slots=True)
+class InputIndex:
+    """All used resources by key, with fullUrl aliases, and the clinical resources grouped by patient."""
+
+    by_key: dict[str, Indexed] = field(default_factory=dict)
+    alias: dict[str, str] = field(default_factory=dict)
+    by_patient: dict[str, list[Indexed]] = field(default_factory=dict)
+
+    def resolve(self, ref: str) -> Indexed | None:
+        key = self.alias.get(ref) or ref_key(ref)
+        return self.by_key.get(key)
+
+    def key_of(self, ref: str) -> str:
+        return self.alias.get(ref) or ref_key(ref)
+
+
+def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
+    """First pass: keep the latest version of each resource; second: join clinical resources to patients."""
+    idx = InputIndex()
+    for item in items:
+        report.resources_read += 1
+        res = item.resource
+        rtype = res["resourceType"]
+        if rtype == "OperationOutcome":
+            report.ignored["OperationOutcome"] += 1
+            report.warn("OperationOutcome in the input skipped", item.loc)
+            continue
+        if rtype not in USED_TYPES:
+            report.ignored[rtype] += 1
+            continue
+        rid = res.get("id")
+        key = f"{rtype}/{rid}" if rid else (item.full_url or f"{rtype}@{item.loc}")
+        if item.full_url:
+            idx.alias[item.full_url] = key
+        prev = idx.by_key.get(key)
+        if prev is not None:
+            # The same resource twice (e.g. preliminary then amended): the latest version wins
+            # (input-contract.md, "Everything else"); on a tie the later one in the input.
+            report.ignored["superseded version"] += 1
+            if _version(res) < _version(prev.resource):
+                continue
+        idx.by_key[key] = Indexed(res, key, item.loc)
+    for ent in idx.by_key.values():
+        rtype = ent.resource["resourceType"]
+        if rtype == "Patient":
+            idx.by_patient.setdefault(ent.key, [])
+    for ent in idx.by_key.values():
+        rtype = ent.resource["resourceType"]
+        element = SUBJECT_ELEMENT.get(rtype)
+        if element is None:
+            continue
+        subj = ent.resource.get(element)
+        ref = subj.get("reference") if isinstance(subj, dict) else None
+        if subj is not None and not isinstance(subj, dict):
+            report.error(BadInput(f"{rtype}.{element} must be a Reference object", ent.loc))
+            continue
+        if not isinstance(ref, str):
+            report.ignored[f"{rtype} without subject"] += 1
+            report.warn(f"{rtype}.{element} has no literal reference: not joined to a patient", ent.loc)
+            continue
+        key = idx.key_of(ref)
+        if key.startswith("urn:") and key not in idx.by_key:
+            report.error(BadInput(f"{element} refers to {ref}, which is not in the input", ent.loc))
+            continue
+        if not key.startswith("Patient/") and not (key in idx.by_key and
+                                                   idx.by_key[key].resource["resourceType"] == "Patient"):
+            report.ignored[f"{rtype} about a non-patient subject"] += 1
+            continue
+        if key not in idx.by_patient:
+            report.error(BadInput(f"{element} refers to {ref}, which is not in the input", ent.loc))
+            continue
+        idx.by_patient[key].append(ent)
+    return idx

@@ -1,0 +1,143 @@
+"""Turn input files (Bundles of any type, NDJSON files or folders) into a stream of located resources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import BadInput, Location
+
+BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "document", "message",
+                          "transaction-response", "batch-response", "history"})
+
+
+@dataclass(slots=True)
+class Item:
+    """One input resource with its Bundle fullUrl (if any) and where it was read."""
+
+    resource: dict[str, Any]
+    full_url: str | None
+    loc: Location
+
+
+def label(resource: dict[str, Any]) -> str | None:
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if isinstance(rtype, str) and isinstance(rid, str):
+        return f"{rtype}/{rid}"
+    return rtype if isinstance(rtype, str) else None
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; a folder stands for its *.ndjson and *.json files, sorted for a stable order."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix in (".ndjson", ".json") and q.is_file())
+            if not found:
+                raise BadInput("folder holds no .ndjson or .json files", Location(str(p)))
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise BadInput("no such file or folder", Location(str(p)))
+    return out
+
+
+def read_bytes(data: bytes, name: str) -> Iterator[Item]:
+    """Items of one input given as bytes: a JSON Bundle, or NDJSON (one resource per line)."""
+    stripped = data.lstrip()
+    if not stripped:
+        raise BadInput("file is empty", Location(name))
+    if name.endswith(".ndjson") or _looks_like_ndjson(stripped):
+        yield from _read_ndjson(data, name)
+        return
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"not valid JSON: {exc}", Location(name)) from exc
+    if not isinstance(doc, dict):
+        raise BadInput("expected a FHIR Bundle (a JSON object) or NDJSON", Location(name))
+    if doc.get("resourceType") != "Bundle":
+        got = doc.get("resourceType")
+        raise BadInput(f"expected resourceType 'Bundle' (or an NDJSON file), got {got!r}", Location(name))
+    yield from _bundle_items(doc, name, None)
+
+
+def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
+    for path in expand_paths(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BadInput(f"cannot read: {exc.strerror}", Location(str(path))) from exc
+        yield from read_bytes(data, str(path))
+
+
+def _looks_like_ndjson(stripped: bytes) -> bool:
+    # A JSON document spanning several lines starts with "{" and its first line is not a whole object.
+    first = stripped.split(b"\n", 1)[0].strip()
+    if not first.startswith(b"{") or b"\n" not in stripped.strip():
+        return False
+    try:
+        obj = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and obj.get("resourceType") not in (None, "Bundle")
+
+
+def _read_ndjson(data: bytes, name: str) -> Iterator[Item]:
+    for n, line in enumerate(data.split(b"\n"), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            res = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
+        loc = Location(name, line=n)
+        _check_resource(res, loc)
+        if res["resourceType"] == "Bundle":
+            yield from _bundle_items(res, name, n)
+        else:
+            yield Item(res, None, Location(name, line=n, resource=label(res)))
+
+
+def _check_resource(res: Any, loc: Location) -> None:
+    if not isinstance(res, dict):
+        raise BadInput("expected a FHIR resource (a JSON object)", loc)
+    rtype = res.get("resourceType")
+    if not isinstance(rtype, str) or not rtype:
+        raise BadInput("resource has no resourceType", loc)
+    rid = res.get("id")
+    if rid is not None and (not isinstance(rid, str) or not rid):
+        raise BadInput(f"{rtype}.id must be a non-empty string, got {rid!r}", loc)
+
+
+def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterator[Item]:
+    btype = bundle.get("type")
+    if btype not in BUNDLE_TYPES:
+        raise BadInput(f"Bundle.type {btype!r} is not a FHIR R4 Bundle type", Location(name, line=line))
+    entries = bundle.get("entry", [])
+    if not isinstance(entries, list):
+        raise BadInput("Bundle.entry must be a list", Location(name, line=line))
+    for i, entry in enumerate(entries):
+        loc = Location(name, line=line, entry=i)
+        if not isinstance(entry, dict):
+            raise BadInput("Bundle entry must be a JSON object", loc)
+        res = entry.get("resource")
+        if res is None:
+            continue  # a DELETE in a transaction, or a response entry without a body
+        _check_resource(res, loc)
+        full_url = entry.get("fullUrl")
+        if full_url is not None and not isinstance(full_url, str):
+            raise BadInput("Bundle entry fullUrl must be a string", loc)
+        loc = Location(name, line=line, entry=i, resource=label(res))
+        if res["resourceType"] == "Bundle":
+            yield from _bundle_items(res, name, line)  # nested (e.g. a batch-response or a message payload)
+            continue
+        # search.mode "include" entries are used like any other; "outcome" entries are OperationOutcomes,
+        # which the index skips with a warning.
+        yield Item(res, full_url, loc)

@@ -1,0 +1,69 @@
+"""UCUM unit conversion: ucumvert decides each (unit, target) pair once; values then convert by a cached line."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from ..errors import AdapterError
+
+
+class UnitError(AdapterError):
+    """A unit that is not UCUM (nor a known EHR alias), or cannot be converted to the needed unit."""
+
+
+_lock = threading.Lock()
+_registry: Any = None
+
+
+def _ureg() -> Any:
+    # PintUcumRegistry costs ~0.5 s to build (python-libraries.md section 4): build it only when a unit
+    # other than the canonical one is actually met, and only once per process.
+    global _registry
+    with _lock:
+        if _registry is None:
+            from ucumvert import PintUcumRegistry
+
+            _registry = PintUcumRegistry()
+    return _registry
+
+
+class UnitConverter:
+    """Converts quantities to a concept's canonical UCUM unit; aliases come from mappings/units.yaml."""
+
+    def __init__(self, aliases: dict[str, str]) -> None:
+        self._aliases = dict(aliases)
+
+    def canonical_code(self, code: str) -> str:
+        return self._aliases.get(code, self._aliases.get(code.strip(), code.strip()))
+
+    def convert(self, value: float, unit: str, target: str) -> float:
+        """value in `unit` (UCUM code or alias) expressed in `target` (UCUM)."""
+        src = self.canonical_code(unit)
+        if src == target:
+            return value
+        scale, offset = self._line(src, target)
+        # Round away binary noise (100.4 degF must be 38.0 Cel, not 37.99999999999877, or the inclusive
+        # 38.0 boundary of ASTCT R1 would be missed): 10 significant digits is far beyond any
+        # reported clinical precision.
+        return float(f"{value * scale + offset:.10g}")
+
+    @functools.lru_cache(maxsize=1024)
+    def _line(self, src: str, target: str) -> tuple[float, float]:
+        """Every UCUM conversion we meet is affine (degF -> Cel has an offset): find it from two points."""
+        import pint  # noqa: PLC0415 (only reached when a conversion is really needed)
+        from ucumvert import InvalidUcumError
+
+        ureg = _ureg()
+        try:
+            su, tu = ureg.from_ucum(src), ureg.from_ucum(target)
+            at0 = ureg.Quantity(0.0, su).to(tu).magnitude
+            at1 = ureg.Quantity(1.0, su).to(tu).magnitude
+        except InvalidUcumError as exc:
+            raise UnitError(f"unit {src!r} is not a UCUM unit (nor a known alias)") from exc
+        except (pint.DimensionalityError, pint.UndefinedUnitError) as exc:
+            raise UnitError(f"unit {src!r} cannot be converted to {target!r}") from exc
+        except Exception as exc:  # ucumvert/lark raise assorted parse errors for garbage input
+            raise UnitError(f"unit {src!r} is not a UCUM unit (nor a known alias)") from exc
+        return float(at1 - at0), float(at0)

@@ -1,0 +1,120 @@
+"""Plain, frozen facts the graders read: no FHIR, no I/O. Built by adapter.ingest, consumed by adapter.grading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal
+
+Comparator = Literal["<", "<=", ">=", ">"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """A point in time from the input; a bare FHIR date keeps date_only=True (it counts as that calendar date)."""
+
+    at: datetime  # always timezone-aware (bare dates and offset-less times take the patient's infusion offset)
+    date_only: bool = False
+
+    def local_date(self, tz: timezone) -> date:
+        return self.at.date() if self.date_only else self.at.astimezone(tz).date()
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """A number in the concept's canonical unit; a comparator makes it a bound (grading.md 0.4)."""
+
+    value: float
+    comparator: Comparator = None
+
+    def at_least(self, threshold: float) -> bool | None:
+        """Is the true value >= threshold? None when the bound straddles the threshold."""
+        c, v = self.comparator, self.value
+        if c is None:
+            return v >= threshold
+        if c in (">", ">="):
+            return True if v >= threshold else None
+        # "<" / "<=": the true value is at most v
+        if v < threshold or (c == "<" and v == threshold):
+            return False
+        return None
+
+    def below(self, threshold: float) -> bool | None:
+        """Is the true value < threshold?"""
+        r = self.at_least(threshold)
+        return None if r is None else not r
+
+    def above(self, threshold: float) -> bool | None:
+        """Is the true value > threshold?"""
+        c, v = self.comparator, self.value
+        if c is None:
+            return v > threshold
+        if c in (">", ">="):
+            return True if (v > threshold or (c == ">" and v == threshold)) else None
+        return False if v <= threshold else None
+
+
+Value = Quantity | int | str | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One observed value: a concept name from mappings/concepts.yaml, when, what, and the source reference."""
+
+    concept: str
+    when: Moment
+    value: Value
+    ref: str  # reference to the input resource ("Observation/o1", or its fullUrl)
+    group: str = ""  # readings of one panel/observation share a group (BP panel, O2 device+flow)
+
+
+@dataclass(frozen=True, slots=True)
+class DrugAdmin:
+    """A MedicationAdministration of a drug the graders care about, with its running interval."""
+
+    agent: str
+    role: str
+    start: Moment
+    end: Moment | None  # None with an open period (still running): see running_until
+    instant: bool  # effectiveDateTime: running at that moment only (input-contract.md)
+    ref: str
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Infusion:
+    """A CAR-T infusion: day 0 of its own time axis."""
+
+    ref: str
+    when: Moment
+    product: str
+
+    @property
+    def tz(self) -> timezone:
+        off = self.when.at.utcoffset() or timedelta(0)
+        return timezone(off)
+
+    @property
+    def day0(self) -> date:
+        return self.when.at.date()
+
+
+@dataclass(slots=True)
+class PatientData:
+    """Everything extracted for one patient."""
+
+    key: str  # "Patient/123" (or the fullUrl when the Patient has no id)
+    id: str
+    reference: dict[str, object]  # how output resources refer to this patient
+    birth_date: date | None
+    infusions: list[Infusion] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    drugs: list[DrugAdmin] = field(default_factory=list)
+    horizon: datetime | None = None  # the latest time seen in the patient's data (open infusions end here)
+
+    def age_on(self, day: date) -> int | None:
+        """Completed years on a calendar date."""
+        b = self.birth_date
+        if b is None:
+            return None
+        return day.year - b.year - ((day.month, day.day) < (b.month, b.day))

@@ -1,0 +1,67 @@
+"""Codings the writers put on resources, from mappings/output-codes.yaml and the project CodeSystems."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..constants import (CS_CONSCIOUSNESS, CS_EDEMA, CS_GRADE, CS_HYPOTENSION_TIER, CS_MOTOR, CS_OXYGEN_TIER,
+                         CS_SEIZURE, CS_TOXICITY, ICD10CM, NCIT)
+from ..tables import Tables
+
+ANSWER_SYSTEMS = {
+    "hypotension-tier": CS_HYPOTENSION_TIER,
+    "oxygen-tier": CS_OXYGEN_TIER,
+    "consciousness-level": CS_CONSCIOUSNESS,
+    "seizure-type": CS_SEIZURE,
+    "motor-finding": CS_MOTOR,
+    "cerebral-edema-finding": CS_EDEMA,
+}
+
+COMPONENT_DISPLAY = {
+    "fever": "Fever (temperature >= 38.0 C)",
+    "max-temperature": "Highest body temperature of the day",
+    "hypotension": "Hypotension management",
+    "hypoxia": "Oxygen support",
+    "ice-score": "ICE score (lowest of the day)",
+    "capd-score": "CAPD score (highest of the day)",
+    "consciousness": "Level of consciousness (worst of the day)",
+    "seizure": "Seizure",
+    "motor": "Motor findings",
+    "cerebral-edema": "Raised intracranial pressure / cerebral edema",
+}
+
+
+def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        c["display"] = display
+    return c
+
+
+class OutputCodes:
+    def __init__(self, tables: Tables) -> None:
+        self.t = tables.output
+
+    def toxicity_codings(self, toxicity: str, grade: int | None) -> list[dict[str, Any]]:
+        """Local toxicity code, ICD-10-CM graded code of the maximum grade, NCIt term where one exists."""
+        tox = self.t.toxicities[toxicity]
+        icd = tox.icd10cm.get(str(grade)) if grade else None
+        icd = icd or tox.icd10cm["unspecified"]
+        out = [coding(CS_TOXICITY, toxicity, tox.display), coding(ICD10CM, icd.code, icd.display)]
+        if tox.ncit is not None:
+            out.append(coding(NCIT, tox.ncit.code, tox.ncit.display))
+        return out
+
+    def grade_concept(self, grade: int) -> dict[str, Any]:
+        """NCIt AE grade + project toxicity-grade code (output-contract.md sections 2 and 3)."""
+        n = self.t.ncit_grades[str(grade)]
+        return {"coding": [coding(NCIT, n.code, n.display), coding(CS_GRADE, str(grade), f"Grade {grade}")],
+                "text": f"Grade {grade}"}
+
+    def scale(self, toxicity: str) -> tuple[str, str, str]:
+        """(scale code, display, criteria citation) for a toxicity."""
+        tox = self.t.toxicities[toxicity]
+        return tox.scale, tox.scale_display, tox.criteria
+
+    def display(self, toxicity: str) -> str:
+        return self.t.toxicities[toxicity].display

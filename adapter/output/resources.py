@@ -1,0 +1,239 @@
+"""Builders for the daily grade Observation, episode Condition, AdverseEvent, Provenance and engine Device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from .. import __version__
+from ..constants import (AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOME, AE_SERIOUSNESS, AE_SEVERITY,
+                         COND_CATEGORY, COND_CLINICAL, COND_VERIFICATION, CS_GRADE_QUALIFIER, CS_TOXICITY,
+                         DATA_ABSENT, EXT_AE_GRADE, EXT_RELATIVE_DATETIME, EXT_SUPPORTING_INFO, ID_AE, ID_DEVICE,
+                         ID_EPISODE, ID_GRADE, ID_RUN, OBS_CATEGORY, PROFILE_AE, PROFILE_EPISODE, PROFILE_GRADE,
+                         PROFILE_PROVENANCE, PROV_PARTICIPANT, UCUM, V3_DATA_OPERATION)
+from ..grading.result import Component, DayGrade, Episode, State
+from ..timeline import Course
+from .codes import ANSWER_SYSTEMS, COMPONENT_DISPLAY, OutputCodes, coding
+from .ids import full_url, stable_hash
+
+SEVERITY = {1: "mild", 2: "moderate"}  # grade >= 3: severe (output-contract.md section 3)
+CAUSALITY_DISPLAY = {"Certain": "Certain", "Probably-Likely": "Probably/Likely", "Possible": "Possible",
+                     "Unlikely": "Unlikely", "Conditional-Classified": "Conditional/Classified",
+                     "Unassessable-Unclassifiable": "Unassessable/Unclassifiable"}
+
+
+def iso(dt: datetime) -> str:
+    """FHIR dateTime with the offset kept (seconds precision unless the input had fractions)."""
+    return dt.isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A resource to write, with its fullUrl and the conditional-update key (search URL)."""
+
+    full_url: str
+    resource: dict[str, Any]
+    condition: str  # e.g. "Observation?identifier=system|value"
+
+
+def ref(target: Written) -> dict[str, str]:
+    return {"reference": target.full_url}
+
+
+def _input_ref(key: str) -> dict[str, str]:
+    return {"reference": key}
+
+
+class Writer:
+    """Turns one course's grades and episodes into resources; pure apart from the run time it is given."""
+
+    def __init__(self, codes: OutputCodes, versions: dict[str, int], recorded: datetime) -> None:
+        self.codes = codes
+        self.versions = versions
+        self.recorded = recorded
+        self.device = self._device()
+
+    # ---- engine Device -----------------------------------------------------------------------
+
+    def _device(self) -> Written:
+        versions = [{"type": {"text": "cart-fhir"}, "value": __version__}]
+        versions += [{"type": {"text": table}, "value": str(v)} for table, v in sorted(self.versions.items())]
+        res = {
+            "resourceType": "Device",
+            "identifier": [{"system": ID_DEVICE, "value": "cart-fhir"}],
+            "status": "active",
+            "deviceName": [{"name": "cart-fhir", "type": "manufacturer-name"}],
+            "type": {"text": "CAR-T toxicity grading engine (software)"},
+            "version": versions,
+        }
+        return Written(full_url(ID_DEVICE, "cart-fhir"), res, f"Device?identifier={ID_DEVICE}|cart-fhir")
+
+    # ---- daily grade Observation --------------------------------------------------------------
+
+    def observation(self, course: Course, dg: DayGrade) -> Written:
+        tox = dg.toxicity.value
+        scale, scale_display, criteria = self.codes.scale(tox)
+        value_id = stable_hash(course.patient.key, course.infusion.ref, tox, scale, dg.day)
+        table = "astct-crs-2019" if tox == "crs" else "astct-icans-2019"
+        start, end = dg.window
+        target_path = "performed" if course.infusion.ref.startswith("Procedure/") else "effective"
+        res: dict[str, Any] = {
+            "resourceType": "Observation",
+            "meta": {"profile": [PROFILE_GRADE]},
+            "identifier": [{"system": ID_GRADE, "value": value_id}],
+            "status": "preliminary",
+            "category": [{"coding": [coding(OBS_CATEGORY, "survey", "Survey")]}],
+            "code": {"coding": [coding(CS_TOXICITY, scale, scale_display)],
+                     "text": f"{scale_display}, day {dg.day}"},
+            "subject": dict(course.patient.reference),
+            "effectivePeriod": {
+                "extension": [{"url": EXT_RELATIVE_DATETIME, "extension": [
+                    {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
+                    {"url": "targetPath", "valueString": target_path},
+                    {"url": "relationship", "valueCode": "after-start"},
+                    {"url": "offset", "valueDuration": {"value": dg.day, "unit": "d", "system": UCUM,
+                                                        "code": "d"}}]}],
+                "start": iso(start),
+                "end": iso(end - timedelta(seconds=1)),  # Period.end is inclusive: the day's last second
+            },
+        }
+        if dg.state == State.NOT_ASSESSABLE:
+            reason = "not-performed" if any(m.startswith(("body temperature", "ice", "capd"))
+                                            for m in dg.missing) else "unknown"
+            res["dataAbsentReason"] = {"coding": [coding(DATA_ABSENT, reason, "Not Performed" if reason ==
+                                                         "not-performed" else "Unknown")],
+                                       "text": "Not assessable: missing " + "; ".join(dg.missing)}
+        else:
+            res["valueInteger"] = dg.grade
+            if dg.state == State.AT_LEAST:
+                res["interpretation"] = [{"coding": [coding(CS_GRADE_QUALIFIER, "at-least",
+                                                            "At least this grade")],
+                                          "text": f"At least grade {dg.grade}: missing " + "; ".join(dg.missing)}]
+        notes = list(dg.reasons)
+        if dg.flags:
+            notes.append("review flags: " + ", ".join(dg.flags))
+        if notes:
+            res["note"] = [{"text": "; ".join(notes)}]
+        observations = [e for e in dg.evidence if not e.startswith(("Condition/",))]
+        other = [e for e in dg.evidence if e.startswith("Condition/")] + list(dg.supporting)
+        if other:
+            res["extension"] = [{"url": EXT_SUPPORTING_INFO, "valueReference": _input_ref(e)} for e in other]
+        res["method"] = {"coding": [coding(CS_TOXICITY, "automated-grading", "Automated grading")],
+                         "text": f"{criteria}; cart-fhir {__version__}, criteria table {table} "
+                                 f"v{self.versions.get(table, 0)}"}
+        res["device"] = ref(self.device)
+        if observations:
+            res["derivedFrom"] = [_input_ref(e) for e in observations]
+        if dg.components:
+            res["component"] = [self._component(c) for c in dg.components]
+        # Element order does not matter in FHIR JSON; keep it readable anyway.
+        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
+                 "effectivePeriod", "valueInteger", "dataAbsentReason", "interpretation", "note", "method",
+                 "device", "derivedFrom", "component"]
+        res = {k: res[k] for k in order if k in res}
+        return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
+
+    @staticmethod
+    def _component(c: Component) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": {"coding": [coding(CS_TOXICITY, c.code, COMPONENT_DISPLAY.get(c.code))]}}
+        if c.kind == "celsius":
+            out["valueQuantity"] = {"value": round(float(c.value), 2), "unit": "°C", "system": UCUM, "code": "Cel"}
+        elif c.kind == "boolean":
+            out["valueBoolean"] = bool(c.value)
+        elif c.kind == "integer":
+            out["valueInteger"] = int(c.value)
+        else:
+            out["valueCodeableConcept"] = {"coding": [coding(ANSWER_SYSTEMS[c.kind], str(c.value))]}
+        return out
+
+    # ---- episode Condition and AdverseEvent ---------------------------------------------------
+
+    def _episode_key(self, course: Course, ep: Episode) -> tuple[str, ...]:
+        tox = ep.toxicity.value
+        return (course.patient.key, course.infusion.ref, tox, self.codes.scale(tox)[0], ep.onset_day)
+
+    def condition(self, course: Course, ep: Episode, daily: dict[int, Written]) -> Written:
+        tox = ep.toxicity.value
+        scale, scale_display, _ = self.codes.scale(tox)
+        value_id = stable_hash(*self._episode_key(course, ep), "episode")
+        resolved = ep.abatement is not None
+        res: dict[str, Any] = {
+            "resourceType": "Condition",
+            "meta": {"profile": [PROFILE_EPISODE]},
+            "identifier": [{"system": ID_EPISODE, "value": value_id}],
+            "clinicalStatus": {"coding": [coding(COND_CLINICAL, "resolved" if resolved else "active",
+                                                 "Resolved" if resolved else "Active")]},
+            "verificationStatus": {"coding": [coding(COND_VERIFICATION, "provisional", "Provisional")]},
+            "category": [{"coding": [coding(COND_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")]}],
+            "code": {"coding": self.codes.toxicity_codings(tox, ep.max_grade), "text": self.codes.display(tox)},
+            "subject": dict(course.patient.reference),
+            "onsetDateTime": iso(ep.onset),
+        }
+        if ep.abatement is not None:
+            res["abatementDateTime"] = iso(ep.abatement)
+        res["stage"] = [{
+            "summary": self.codes.grade_concept(ep.max_grade),
+            "assessment": [ref(daily[ep.max_day.day])],
+            "type": {"coding": [coding(CS_TOXICITY, scale, scale_display)]},
+        }]
+        res["evidence"] = [{"detail": [ref(daily[d.day]) for d in ep.days if d.day in daily]}]
+        if ep.max_is_lower_bound:
+            res["note"] = [{"text": f"Maximum grade proven only as at least {ep.max_grade}: "
+                                    + "; ".join(ep.max_day.missing)}]
+        return Written(full_url(ID_EPISODE, value_id), res, f"Condition?identifier={ID_EPISODE}|{value_id}")
+
+    def adverse_event(self, course: Course, ep: Episode, condition: Written, causality: tuple[str, str]) -> Written:
+        tox = ep.toxicity.value
+        value_id = stable_hash(*self._episode_key(course, ep), "adverse-event")
+        g = ep.max_grade
+        outcome = "fatal" if g == 5 else ("resolved" if ep.abatement is not None else "ongoing")
+        assessment, rule = causality
+        res: dict[str, Any] = {
+            "resourceType": "AdverseEvent",
+            "meta": {"profile": [PROFILE_AE]},
+            "extension": [{"url": EXT_AE_GRADE, "valueCodeableConcept": self.codes.grade_concept(g)}],
+            "identifier": {"system": ID_AE, "value": value_id},
+            "actuality": "actual",
+            "event": {"coding": self.codes.toxicity_codings(tox, g), "text": self.codes.display(tox)},
+            "subject": dict(course.patient.reference),
+            "date": iso(ep.onset),
+            "recordedDate": iso(self.recorded),
+            "resultingCondition": [ref(condition)],
+            "severity": {"coding": [coding(AE_SEVERITY, SEVERITY.get(g, "severe"),
+                                           SEVERITY.get(g, "severe").capitalize())]},
+            "seriousness": {"coding": [coding(AE_SERIOUSNESS, "serious" if g >= 3 else "non-serious",
+                                              "Serious" if g >= 3 else "Non-serious")]},
+            "outcome": {"coding": [coding(AE_OUTCOME, outcome, outcome.capitalize())]},
+            "contributor": [ref(self.device)],
+            "suspectEntity": [{
+                "instance": _input_ref(course.infusion.ref),
+                "causality": [{
+                    "assessment": {"coding": [coding(AE_CAUSALITY_ASSESS, assessment,
+                                                     CAUSALITY_DISPLAY[assessment])]},
+                    "productRelatedness": rule,
+                    "method": {"coding": [coding(AE_CAUSALITY_METHOD, "ProbabilityScale", "Probability Scale")]},
+                }],
+            }],
+        }
+        return Written(full_url(ID_AE, value_id), res, f"AdverseEvent?identifier={ID_AE}|{value_id}")
+
+    # ---- Provenance ---------------------------------------------------------------------------
+
+    def provenance(self, patient_key: str, targets: list[Written], sources: list[str]) -> Written:
+        """One per patient per run. R4 Provenance has no identifier element: the run key is a meta.tag
+        in the grading-run identifier system, and the conditional update searches on _tag."""
+        value_id = stable_hash(patient_key, "grading-run", __version__, sorted(self.versions.items()))
+        res: dict[str, Any] = {
+            "resourceType": "Provenance",
+            "meta": {"profile": [PROFILE_PROVENANCE], "tag": [{"system": ID_RUN, "code": value_id}]},
+            "target": [ref(t) for t in targets],
+            "recorded": iso(self.recorded),
+            "activity": {"coding": [coding(V3_DATA_OPERATION, "CREATE", "create")]},
+            "agent": [{"type": {"coding": [coding(PROV_PARTICIPANT, "assembler", "Assembler")]},
+                       "who": ref(self.device)}],
+        }
+        if sources:
+            res["entity"] = [{"role": "source", "what": _input_ref(s)} for s in sources]
+        return Written(full_url(ID_RUN, value_id), res, f"Provenance?_tag={ID_RUN}|{value_id}")
+

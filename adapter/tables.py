@@ -1,0 +1,356 @@
+"""Load and check the criteria and code tables in mappings/ once, at start-up (house style habit 4)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+def mappings_dir() -> Path:
+    """The mappings folder: inside the installed wheel, else beside the package in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / "mappings", here.parent / "mappings"):
+        if (candidate / "concepts.yaml").is_file():
+            return candidate
+    raise ConfigError(f"mapping tables not found (looked in {here / '_data' / 'mappings'} and {here.parent / 'mappings'})")
+
+
+class Row(BaseModel):
+    """A table row: unknown columns are an error, every row says where it comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: str
+    version: int
+    source: str
+
+
+# ---- input-concepts ----------------------------------------------------------------------------
+
+class ConceptRow(Row):
+    concept: str
+    system: str
+    code: str
+    kind: Literal["quantity", "integer", "code", "boolean", "panel"]
+    unit: str | None = None
+    value_system: str | None = None
+    min: int | None = None
+    max: int | None = None
+    verified: bool
+    source: str
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "ConceptRow":
+        if self.kind == "quantity" and not self.unit:
+            raise ValueError(f"quantity concept {self.concept} needs a unit")
+        if self.kind == "code" and not self.value_system:
+            raise ValueError(f"coded concept {self.concept} needs a value_system")
+        return self
+
+
+class ConceptTable(Table):
+    rows: tuple[ConceptRow, ...]
+    values: dict[str, tuple[str, ...]]
+
+
+class UnitAliasRow(Row):
+    alias: str
+    ucum: str
+
+
+class UnitTable(Table):
+    rows: tuple[UnitAliasRow, ...]
+
+
+class DrugRow(Row):
+    agent: str
+    role: Literal["vasopressor", "vasopressin", "inotrope", "anti-cytokine", "corticosteroid", "antipyretic",
+                  "intrathecal-candidate"]
+    rxnorm: str | None
+    names: tuple[str, ...]
+    verified: bool
+    source: str
+
+
+class DrugTable(Table):
+    rows: tuple[DrugRow, ...]
+
+
+class ProductRow(Row):
+    product: str
+    brand: str
+    rxnorm: tuple[str, ...]
+    ndc: tuple[str, ...]
+    verified: bool
+    source: str
+
+
+class CodeRef(Row):
+    system: str
+    code: str
+    verified: bool
+    source: str
+
+
+class ProductTable(Table):
+    rows: tuple[ProductRow, ...]
+    procedure_codes: tuple[CodeRef, ...]
+
+
+class ConditionFindingRow(Row):
+    system: str
+    code: str
+    display: str
+    concept: Literal["seizure", "cerebral-edema", "motor"]
+    value: str
+    verified: bool
+    source: str
+
+
+class ConditionFindingTable(Table):
+    rows: tuple[ConditionFindingRow, ...]
+
+
+# ---- astct-crs-2019 ----------------------------------------------------------------------------
+
+class FeverRule(Row):
+    threshold_celsius: float
+    source: str
+    verified: bool
+
+
+class HypotensionRow(Row):
+    from_age: int
+    to_age: int | None
+    sbp_base: float
+    sbp_per_year: float
+    map_below: float | None
+    verified: bool
+    source: str
+
+
+class TierRow(Row):
+    tier: Literal["none", "low-blood-pressure", "single-vasopressor", "vasopressin-only", "multiple-vasopressors"]
+    grade: int
+    source: str
+
+
+class DeviceRow(Row):
+    device: str
+    tier: Literal["none", "low-flow", "high-flow", "positive-pressure"]
+    grade: int | None = None
+    by_flow: bool = False
+    grade_low: int | None = None
+    grade_high: int | None = None
+    unknown_flow: str | None = None  # "at-least-N" or "N"
+    source: str
+
+    @model_validator(mode="after")
+    def _shape(self) -> "DeviceRow":
+        if self.by_flow:
+            if self.grade_low is None or self.grade_high is None or self.unknown_flow is None:
+                raise ValueError(f"device {self.device}: by_flow needs grade_low, grade_high, unknown_flow")
+        elif self.grade is None:
+            raise ValueError(f"device {self.device}: needs a grade")
+        return self
+
+
+class OxygenRules(Row):
+    low_flow_max_l_min: float
+    low_flow_source: str
+    devices: tuple[DeviceRow, ...]
+
+
+class CrsTable(Table):
+    fever: FeverRule
+    hypotension: tuple[HypotensionRow, ...]
+    hypotension_tiers: tuple[TierRow, ...]
+    oxygen: OxygenRules
+
+
+# ---- astct-icans-2019 --------------------------------------------------------------------------
+
+class IcansSettings(Row):
+    capd_max_age_years: int
+    capd_age_source: str
+    capd_age_verified: bool
+    motor_context_hours: int
+    motor_context_source: str
+
+
+class Band(Row):
+    min: int
+    max: int
+    grade: int
+    source: str
+
+
+class CodeGrade(Row):
+    code: str
+    grade: int
+    source: str
+
+
+class CannotPerform(Row):
+    grade: int
+    source: str
+
+
+class IcansTable(Table):
+    settings: IcansSettings
+    ice_bands: tuple[Band, ...]
+    capd_bands: tuple[Band, ...]
+    cannot_perform: CannotPerform
+    domains: dict[Literal["consciousness", "seizure", "motor", "cerebral-edema"], tuple[CodeGrade, ...]]
+
+
+# ---- output codes, attribution -----------------------------------------------------------------
+
+class Coded(Row):
+    code: str
+    display: str
+    source: str | None = None
+
+
+class ToxicityCodes(Row):
+    display: str
+    scale: str
+    scale_display: str
+    criteria: str
+    ncit: Coded | None
+    icd10cm: dict[str, Coded]
+    icd10cm_source: str
+
+
+class OutputCodeTable(Table):
+    toxicities: dict[str, ToxicityCodes]
+    ncit_grades: dict[str, Coded]
+    ncit_grades_source: str
+
+
+class AttributionRow(Row):
+    toxicity: str
+    from_day: int
+    to_day: int | None
+    assessment: Literal["Certain", "Probably-Likely", "Possible", "Unlikely", "Conditional-Classified",
+                        "Unassessable-Unclassifiable"]
+    verified: bool
+    source: str
+
+
+class AttributionTable(Table):
+    rows: tuple[AttributionRow, ...]
+
+
+class Tables(BaseModel):
+    """Every table the graders and writers use, checked against each other."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    concepts: ConceptTable
+    units: UnitTable
+    drugs: DrugTable
+    products: ProductTable
+    condition_findings: ConditionFindingTable
+    crs: CrsTable
+    icans: IcansTable
+    output: OutputCodeTable
+    attribution: AttributionTable
+    avpu_map: dict[str, Any]
+
+    def versions(self) -> dict[str, int]:
+        """Table id -> version, recorded in Observation.method and the Provenance device version."""
+        return {t.table: t.version for t in (self.concepts, self.units, self.drugs, self.products,
+                                              self.condition_findings, self.crs, self.icans, self.output,
+                                              self.attribution)}
+
+
+_FILES = {
+    "concepts": ("concepts.yaml", ConceptTable),
+    "units": ("units.yaml", UnitTable),
+    "drugs": ("drugs.yaml", DrugTable),
+    "products": ("cart-products.yaml", ProductTable),
+    "condition_findings": ("condition-findings.yaml", ConditionFindingTable),
+    "crs": ("astct-crs-2019.yaml", CrsTable),
+    "icans": ("astct-icans-2019.yaml", IcansTable),
+    "output": ("output-codes.yaml", OutputCodeTable),
+    "attribution": ("attribution.yaml", AttributionTable),
+}
+
+
+def _check(t: Tables) -> None:
+    """Cross-table checks: duplicate keys, answer codes that the value sets do not know, band gaps."""
+    seen: set[tuple[str, str]] = set()
+    for r in t.concepts.rows:
+        key = (r.system, r.code)
+        if key in seen:
+            raise ConfigError(f"concepts.yaml: duplicate code {r.system}|{r.code}")
+        seen.add(key)
+        if r.kind == "code" and r.value_system not in t.concepts.values:
+            raise ConfigError(f"concepts.yaml: {r.concept}: value system {r.value_system} has no values")
+    for table, rows in (("drugs.yaml", [d.agent for d in t.drugs.rows]),
+                        ("units.yaml", [u.alias for u in t.units.rows]),
+                        ("cart-products.yaml", [p.product for p in t.products.rows])):
+        dupes = {x for x in rows if rows.count(x) > 1}
+        if dupes:
+            raise ConfigError(f"{table}: duplicate keys {sorted(dupes)}")
+    devices = set(t.concepts.values[f"https://cart-fhir.org/fhir/CodeSystem/oxygen-delivery"])
+    table_devices = [d.device for d in t.crs.oxygen.devices]
+    if set(table_devices) != devices or len(table_devices) != len(devices):
+        raise ConfigError(f"astct-crs-2019.yaml: oxygen devices {sorted(table_devices)} do not match the "
+                          f"oxygen-delivery codes {sorted(devices)}")
+    domain_systems = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
+                      "cerebral-edema": "cerebral-edema-finding"}
+    for domain, rows in t.icans.domains.items():
+        codes = [r.code for r in rows]
+        expected = set(t.concepts.values[f"https://cart-fhir.org/fhir/CodeSystem/{domain_systems[domain]}"])
+        if set(codes) != expected or len(codes) != len(expected):
+            raise ConfigError(f"astct-icans-2019.yaml: {domain} codes {sorted(codes)} != value set {sorted(expected)}")
+    for name, bands, top in (("ice_bands", t.icans.ice_bands, 10), ("capd_bands", t.icans.capd_bands, 32)):
+        covered = sorted(v for b in bands for v in range(b.min, b.max + 1))
+        if covered != list(range(0, top + 1)):
+            raise ConfigError(f"astct-icans-2019.yaml: {name} must cover 0..{top} exactly once")
+    ages = sorted(t.crs.hypotension, key=lambda r: r.from_age)
+    for a, b in zip(ages, ages[1:]):
+        if a.to_age != b.from_age:
+            raise ConfigError("astct-crs-2019.yaml: hypotension age rows must be contiguous")
+    for f in t.condition_findings.rows:
+        domain = {"seizure": "seizure", "cerebral-edema": "cerebral-edema", "motor": "motor"}[f.concept]
+        if f.value not in {r.code for r in t.icans.domains[domain]}:
+            raise ConfigError(f"condition-findings.yaml: {f.code}: unknown {domain} value {f.value}")
+
+
+@functools.cache
+def load_tables(folder: str | None = None) -> Tables:
+    """Parse, validate and cross-check every table; a bad row raises ConfigError naming file and row."""
+    base = Path(folder) if folder else mappings_dir()
+    parsed: dict[str, Any] = {}
+    for key, (name, model) in _FILES.items():
+        path = base / name
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            parsed[key] = model.model_validate(data)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: mapping table missing") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+    try:
+        parsed["avpu_map"] = orjson.loads((base / "avpu-conceptmap.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{base / 'avpu-conceptmap.json'}: {exc}") from exc
+    tables = Tables(**parsed)
+    _check(tables)
+    return tables

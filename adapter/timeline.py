@@ -1,0 +1,90 @@
+"""Day 0 and the time axis: each event belongs to the most recent CAR-T infusion before it (input-contract.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+
+from .model import DrugAdmin, Infusion, Moment, PatientData, Reading
+
+
+@dataclass(slots=True)
+class Course:
+    """One infusion's time axis and the events that belong to it (days counted from its day 0)."""
+
+    patient: PatientData
+    infusion: Infusion
+    number: int  # 1 for the first infusion, 2 for a re-infusion, ...
+    until: datetime | None  # start of the next infusion (exclusive), None for the last one
+    readings: list[tuple[int, Reading]] = field(default_factory=list)  # (day, reading), time-ordered
+    drugs: list[DrugAdmin] = field(default_factory=list)
+
+    @property
+    def tz(self) -> timezone:
+        return self.infusion.tz
+
+    def day_of(self, m: Moment) -> int:
+        """Day N: calendar date in the infusion's own UTC offset minus day 0 (a bare date is that date)."""
+        return (m.local_date(self.tz) - self.infusion.day0).days
+
+    def date_of(self, day: int) -> date:
+        return self.infusion.day0 + timedelta(days=day)
+
+    def window(self, day: int) -> tuple[datetime, datetime]:
+        """[start, end) of calendar day N in the infusion's offset."""
+        start = datetime.combine(self.date_of(day), time(0), self.tz)
+        return start, start + timedelta(days=1)
+
+    def age_on(self, day: int) -> int | None:
+        return self.patient.age_on(self.date_of(day))
+
+
+def _after(m: Moment, inf: Infusion) -> bool:
+    """Is the event at or after the infusion? Bare dates compare by calendar date (day 0 counts)."""
+    if m.date_only or inf.when.date_only:
+        return m.local_date(inf.tz) >= inf.day0
+    return m.at >= inf.when.at
+
+
+def courses(patient: PatientData) -> tuple[list[Course], int]:
+    """Split a patient's events into infusion courses; also returns how many events came before any infusion.
+
+    Events before an infusion are never a CAR-T toxicity of it (input-contract.md, Day 0); an event after
+    a re-infusion belongs to the re-infusion.
+    """
+    infusions = sorted(patient.infusions, key=lambda i: i.when.at)
+    out = [Course(patient, inf, n + 1, infusions[n + 1].when.at if n + 1 < len(infusions) else None)
+           for n, inf in enumerate(infusions)]
+    before = 0
+    if not out:
+        return out, len(patient.readings) + len(patient.drugs)
+
+    def owner(m: Moment) -> Course | None:
+        found = None
+        for c in out:
+            if _after(m, c.infusion):
+                found = c
+            else:
+                break
+        return found
+
+    for r in sorted(patient.readings, key=lambda r: r.when.at):
+        c = owner(r.when)
+        if c is None:
+            before += 1
+            continue
+        c.readings.append((c.day_of(r.when), r))
+    for d in patient.drugs:
+        c = owner(d.start)
+        if c is None:
+            # Started before the first infusion: it belongs to the first course only if it was still running.
+            first = out[0]
+            if d.end is not None and d.end.at >= first.infusion.when.at and not d.instant:
+                first.drugs.append(d)
+            elif d.end is None and not d.instant:
+                first.drugs.append(d)
+            else:
+                before += 1
+            continue
+        c.drugs.append(d)
+    return out, before
