@@ -53,7 +53,8 @@ class Engine:
                  strict: bool = True) -> None:
         self.tables = tables or load_tables()
         self.terminology = Terminology(self.tables, concept_maps)
-        self.units = UnitConverter({r.alias: r.ucum for r in self.tables.units.rows})
+        self.units = UnitConverter({r.alias: r.ucum for r in self.tables.units.rows},
+                                   {(c.from_, c.to): (c.scale, c.offset) for c in self.tables.units.conversions})
         self.crs = CrsGrader(self.tables.crs)
         self.icans = IcansGrader(self.tables.icans)
         self.codes = OutputCodes(self.tables)

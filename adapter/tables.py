@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -68,8 +68,17 @@ class UnitAliasRow(Row):
     ucum: str
 
 
+class ConversionRow(Row):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+    scale: float
+    offset: float
+
+
 class UnitTable(Table):
     rows: tuple[UnitAliasRow, ...]
+    conversions: tuple[ConversionRow, ...] = ()
 
 
 class DrugRow(Row):

@@ -32,8 +32,10 @@ def _ureg() -> Any:
 class UnitConverter:
     """Converts quantities to a concept's canonical UCUM unit; aliases come from mappings/units.yaml."""
 
-    def __init__(self, aliases: dict[str, str]) -> None:
+    def __init__(self, aliases: dict[str, str], lines: dict[tuple[str, str], tuple[float, float]] | None = None
+                 ) -> None:
         self._aliases = dict(aliases)
+        self._known = dict(lines or {})  # (from, to) -> (scale, offset), checked against ucumvert in tests
 
     def canonical_code(self, code: str) -> str:
         return self._aliases.get(code, self._aliases.get(code.strip(), code.strip()))
@@ -43,7 +45,8 @@ class UnitConverter:
         src = self.canonical_code(unit)
         if src == target:
             return value
-        scale, offset = self._line(src, target)
+        line = self._known.get((src, target))
+        scale, offset = line if line is not None else self._line(src, target)
         # Round away binary noise (100.4 degF must be 38.0 Cel, not 37.99999999999877, or the inclusive
         # 38.0 boundary of ASTCT R1 would be missed): 10 significant digits is far beyond any
         # reported clinical precision.

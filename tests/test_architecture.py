@@ -1,0 +1,51 @@
+"""House style habit 1: three layers, one direction. Graders and the fact model import no FHIR, web or I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import adapter
+
+PKG = Path(adapter.__file__).resolve().parent
+FORBIDDEN_IN_PURE = ("fhir", "fhirpy", "flask", "requests", "responses", "orjson", "yaml", "urllib", "socket",
+                     "adapter.ingest", "adapter.output", "adapter.cli", "adapter.pipeline")
+PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/result.py", "model.py",
+        "timeline.py"]
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the module's package
+                parts = path.relative_to(PKG).parent.parts
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(("adapter", *parts, base)).rstrip(".")
+            out.add(base)
+    return out
+
+
+def test_graders_are_pure() -> None:
+    for rel in PURE:
+        bad = {m for m in imports(PKG / rel) for f in FORBIDDEN_IN_PURE if m == f or m.startswith(f + ".")}
+        assert not bad, f"{rel} imports {sorted(bad)}"
+
+
+def test_only_validate_imports_fhir_resources() -> None:
+    users = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
+             if any(m.startswith("fhir.resources") for m in imports(p))}
+    assert users <= {"validate.py"}
+
+
+def test_no_print_in_library_code() -> None:
+    for p in PKG.rglob("*.py"):
+        if p.name == "cli.py":
+            continue
+        tree = ast.parse(p.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+        assert not calls, f"print() in {p.relative_to(PKG)}"
