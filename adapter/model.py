@@ -111,6 +111,7 @@ class PatientData:
     readings: list[Reading] = field(default_factory=list)
     drugs: list[DrugAdmin] = field(default_factory=list)
     horizon: datetime | None = None  # the latest time seen in the patient's data (open infusions end here)
+    source: str = ""  # where the Patient was read (file, entry/line), for the run report
 
     def age_on(self, day: date) -> int | None:
         """Completed years on a calendar date."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from .errors import BadInput, InputErrors
+from .errors import BadInput, InputErrors, Location
 from .grading.crs import CrsGrader
 from .grading.episodes import episodes
 from .grading.icans import IcansGrader
@@ -85,7 +85,7 @@ class Engine:
         course_list, before = courses(data)
         if report is not None:
             if not course_list:
-                report.warn("no CAR-T infusion found: patient not graded", _patient_loc(data))
+                report.warn("no CAR-T infusion found: patient not graded", Location(data.source or data.key))
             else:
                 report.patients_graded += 1
             if before:
@@ -150,8 +150,3 @@ class Engine:
             entries.append(entry)
         return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
 
-
-def _patient_loc(data: PatientData) -> Any:
-    from .errors import Location
-
-    return Location("<input>", resource=data.key)

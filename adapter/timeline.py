@@ -46,13 +46,31 @@ def _after(m: Moment, inf: Infusion) -> bool:
     return m.at >= inf.when.at
 
 
+FRACTION_WINDOW_DAYS = 2
+
+
+def course_starts(infusions: list[Infusion]) -> list[Infusion]:
+    """The infusions that start a course. A split or fractionated dose, or the same infusion recorded twice
+    (a Procedure and a MedicationAdministration), given within FRACTION_WINDOW_DAYS of a course's day 0
+    belongs to that course: day 0 is the first fraction (grading.md 0.1). A later infusion is a
+    re-infusion with its own day 0."""
+    starts: list[Infusion] = []
+    for inf in sorted(infusions, key=lambda i: i.when.at):
+        if starts:
+            first = starts[-1]
+            if (inf.when.local_date(first.tz) - first.day0).days <= FRACTION_WINDOW_DAYS:
+                continue
+        starts.append(inf)
+    return starts
+
+
 def courses(patient: PatientData) -> tuple[list[Course], int]:
     """Split a patient's events into infusion courses; also returns how many events came before any infusion.
 
     Events before an infusion are never a CAR-T toxicity of it (input-contract.md, Day 0); an event after
     a re-infusion belongs to the re-infusion.
     """
-    infusions = sorted(patient.infusions, key=lambda i: i.when.at)
+    infusions = course_starts(patient.infusions)
     out = [Course(patient, inf, n + 1, infusions[n + 1].when.at if n + 1 < len(infusions) else None)
            for n, inf in enumerate(infusions)]
     before = 0

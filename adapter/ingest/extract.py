@@ -36,8 +36,8 @@ class Extractor:
         res = pat.resource
         birth = self._birth_date(res, pat.loc)
         pid = res.get("id") or pkey
-        reference: dict[str, object] = {"reference": pkey if pkey.startswith("Patient/") else pkey}
-        data = PatientData(key=pkey, id=pid, reference=reference, birth_date=birth)
+        data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
+                           birth_date=birth, source=str(pat.loc))
         entries = idx.by_patient.get(pkey, [])
         self.report.resources_used += 1
         for ent in entries:
@@ -56,6 +56,19 @@ class Extractor:
         return data
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _patient_reference(self, res: dict[str, Any], pkey: str, loc: Location) -> dict[str, object]:
+        """How output refers to the patient: Patient/id; for a Patient known only by a urn:uuid fullUrl, a
+        logical reference by its first identifier (a urn:uuid means nothing outside its Bundle)."""
+        if pkey.startswith("Patient/"):
+            return {"reference": pkey}
+        idents = res.get("identifier")
+        if isinstance(idents, list) and idents and isinstance(idents[0], dict) \
+                and isinstance(idents[0].get("value"), str):
+            ident = {k: idents[0][k] for k in ("system", "value") if isinstance(idents[0].get(k), str)}
+            return {"identifier": ident, "type": "Patient"}
+        self.report.warn("Patient has no id and no identifier: output refers to it by its fullUrl", loc)
+        return {"reference": pkey, "type": "Patient"}
 
     def _birth_date(self, res: dict[str, Any], loc: Location) -> date | None:
         b = res.get("birthDate")
