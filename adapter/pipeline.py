@@ -76,6 +76,11 @@ class Engine:
                 report.error(err)
                 continue
             results.append(self.grade_patient(data, report))
+        medications = [k for k, e in idx.by_key.items() if e.resource["resourceType"] == "Medication"]
+        used = sum(1 for k in medications if k in extractor.medications_used)
+        report.resources_used += used
+        if len(medications) > used:
+            report.ignored["Medication (not referenced)"] += len(medications) - used
         if self.strict and report.errors:
             raise InputErrors([BadInput(i.message, i.location) for i in report.errors])
         return RunResult(results, report)

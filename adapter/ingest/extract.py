@@ -28,6 +28,7 @@ class Extractor:
         self.term = terminology
         self.units = units
         self.report = report
+        self.medications_used: set[str] = set()  # Medication resources some administration referred to
 
     # ---- entry point ---------------------------------------------------------------------------
 
@@ -45,6 +46,10 @@ class Extractor:
                 self._infusion(ent, idx, data)
         data.infusions.sort(key=lambda i: i.when.at)
         tz = data.infusions[0].tz if data.infusions else UTC
+        if data.infusions and all(i.when.date_only for i in data.infusions):
+            tz = self._charting_offset(entries, tz)
+            data.infusions = [Infusion(i.ref, Moment(i.when.at.replace(tzinfo=tz), True), i.product)
+                              for i in data.infusions]
         for ent in entries:
             try:
                 self._resource(ent, idx, data, tz)
@@ -56,6 +61,21 @@ class Extractor:
         return data
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _charting_offset(entries: list[Indexed], default: timezone) -> timezone:
+        """A bare-date infusion ("2024-05-01") has no offset: its day 0 is that date as the site charts it,
+        so the axis takes the UTC offset of the first timed observation of the patient."""
+        for ent in entries:
+            v = ent.resource.get("effectiveDateTime")
+            if isinstance(v, str) and "T" in v and has_offset(v):
+                try:
+                    off = parse_moment(v, default).at.utcoffset()
+                except TimeError:
+                    continue
+                if off is not None:
+                    return timezone(off)
+        return default
 
     def _patient_reference(self, res: dict[str, Any], pkey: str, loc: Location) -> dict[str, object]:
         """How output refers to the patient: Patient/id; for a Patient known only by a urn:uuid fullUrl, a
@@ -133,6 +153,8 @@ class Extractor:
             else:
                 found = idx.resolve(target)
                 med = found.resource if found else None
+                if found is not None:
+                    self.medications_used.add(found.key)
             if not isinstance(med, dict):
                 raise BadInput(f"medicationReference {target} is not in the input", loc)
             code = med.get("code")
@@ -147,7 +169,11 @@ class Extractor:
             if res["resourceType"] == "MedicationAdministration":
                 if res.get("status") not in ("completed", "in-progress"):
                     return
-                cc, texts = self._medication(res, idx, loc)
+                try:
+                    cc, texts = self._medication(res, idx, loc)
+                except BadInput:
+                    return  # reported once, when the administration is read as a drug
+
                 product = self.term.cart_product(cc, texts)
                 if product is None:
                     return

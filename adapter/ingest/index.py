@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import BadInput, Location
@@ -29,17 +30,28 @@ def ref_key(ref: str) -> str:
     return ref
 
 
-def _version(res: dict[str, Any]) -> tuple[str, int]:
+_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _version(res: dict[str, Any]) -> tuple[datetime, int]:
+    """(meta.lastUpdated as an instant, meta.versionId as a number): later versions compare greater."""
     meta = res.get("meta")
     if not isinstance(meta, dict):
-        return ("", -1)
-    last = meta.get("lastUpdated")
-    vid = meta.get("versionId")
+        return (_NO_TIME, -1)
+    last, vid = meta.get("lastUpdated"), meta.get("versionId")
+    when = _NO_TIME
+    if isinstance(last, str):
+        try:
+            when = datetime.fromisoformat(last)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+        except ValueError:
+            when = _NO_TIME
     try:
         v = int(vid) if vid is not None else -1
     except (TypeError, ValueError):
         v = -1
-    return (last if isinstance(last, str) else "", v)
+    return (when, v)
 
 
 @dataclass(slots=True)
@@ -80,7 +92,13 @@ def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
             report.ignored[rtype] += 1
             continue
         rid = res.get("id")
-        key = f"{rtype}/{rid}" if rid else (item.full_url or f"{rtype}@{item.loc}")
+        if rid:
+            key = f"{rtype}/{rid}"
+        elif item.full_url and not item.full_url.startswith("urn:") and ref_key(item.full_url).startswith(rtype + "/"):
+            key = ref_key(item.full_url)  # a server address ending in Type/id: relative references resolve to it
+        else:
+            # No id: the fullUrl, or else a key unique to this occurrence (two id-less resources never merge).
+            key = item.full_url or f"{rtype}@{item.loc}#{report.resources_read}"
         if item.full_url:
             idx.alias[item.full_url] = key
         prev = idx.by_key.get(key)
