@@ -98,6 +98,13 @@ class Terminology:
     # ---- lookups -----------------------------------------------------------------------------
 
     def concept(self, cc: Any) -> ConceptRow | None:
+        # Fast path: the first coding is a standard code we know (most input), no translation needed.
+        if isinstance(cc, dict):
+            cs = cc.get("coding")
+            if isinstance(cs, list) and cs and isinstance(cs[0], dict):
+                row = self._concepts.get((cs[0].get("system"), cs[0].get("code")))  # type: ignore[arg-type]
+                if row is not None:
+                    return row
         for pair in self._pairs(cc):
             row = self._concepts.get(pair)
             if row is not None:
