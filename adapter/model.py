@@ -66,6 +66,8 @@ class Reading:
     value: Value
     ref: str  # reference to the input resource ("Observation/o1", or its fullUrl)
     group: str = ""  # readings of one panel/observation share a group (BP panel, O2 device+flow)
+    low: float | None = None  # Observation.referenceRange low / high, in the concept's canonical unit
+    high: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,30 @@ class DrugAdmin:
     end: Moment | None  # None with an open period (still running): see running_until
     instant: bool  # effectiveDateTime: running at that moment only (input-contract.md)
     ref: str
-    route: str | None = None
+    route: str | None = None  # SNOMED CT route code (72607000 = intrathecal)
+    dose: float | None = None  # dosage.dose in `dose_unit` as recorded (mg for the drugs we normalise)
+    dose_unit: str | None = None
+    reasons: tuple[str, ...] = ()  # reasonReference targets (keys of input resources, e.g. "Condition/c1")
+    intent: str = "unknown"  # "prophylaxis" | "treatment" | "unknown" (reasonCode, category, statement)
+    statement: bool = False  # read from a MedicationStatement (taken over a period, not an administration)
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionFact:
+    """A coded Condition the graders use (infection, non-ICANS neurological event), from a mapping table."""
+
+    table: str  # "infections" | "neurotoxicity-other"
+    key: str  # the table row it matched (e.g. "pneumonia")
+    code: str  # "system|code" as found in the input
+    display: str
+    onset: Moment
+    abatement: Moment | None
+    ref: str
+    attributes: tuple[tuple[str, str], ...] = ()  # from the table row: type, site, category, ctcae term ...
+    severity: str | None = None  # Condition.severity text/code when given (mild/moderate/severe)
+
+    def attr(self, name: str, default: str = "") -> str:
+        return dict(self.attributes).get(name, default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +135,10 @@ class PatientData:
     infusions: list[Infusion] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     drugs: list[DrugAdmin] = field(default_factory=list)
+    conditions: list[ConditionFact] = field(default_factory=list)
     horizon: datetime | None = None  # the latest time seen in the patient's data (open infusions end here)
     source: str = ""  # where the Patient was read (file, entry/line), for the run report
+    deceased: Moment | None = None  # Patient.deceasedDateTime
 
     def age_on(self, day: date) -> int | None:
         """Completed years on a calendar date."""

@@ -84,9 +84,12 @@ class UnitTable(Table):
 class DrugRow(Row):
     agent: str
     role: Literal["vasopressor", "vasopressin", "inotrope", "anti-cytokine", "corticosteroid", "antipyretic",
-                  "intrathecal-candidate"]
+                  "intrathecal-candidate", "lymphodepletion", "anti-infective", "g-csf", "hlh-directed"]
     rxnorm: str | None
     names: tuple[str, ...]
+    drug_class: Literal["antibacterial", "antiviral", "antifungal", "anti-pjp", "immunoglobulin"] | None = None
+    typical_use: Literal["prophylaxis", "treatment", "either"] | None = None
+    dex_equivalent: float | None = None  # mg dexamethasone per mg of this corticosteroid (systemic)
     verified: bool
     source: str
 
@@ -128,6 +131,44 @@ class ConditionFindingRow(Row):
 
 class ConditionFindingTable(Table):
     rows: tuple[ConditionFindingRow, ...]
+
+
+class InfectionRow(Row):
+    """A coded infection (Condition) or positive microbiology result (Observation) and how it is classified."""
+
+    system: str
+    code: str
+    display: str
+    key: str
+    pathogen_type: Literal["bacterial", "viral", "fungal", "other"]
+    site: str
+    ctcae_term: str
+    ncit: str | None = None
+    verified: bool
+    source: str
+
+
+class InfectionTable(Table):
+    rows: tuple[InfectionRow, ...]
+
+
+class NeuroEventRow(Row):
+    """A coded non-ICANS neurological event (grading.md section 7.1)."""
+
+    system: str
+    code: str
+    display: str
+    key: str
+    category: Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
+                      "myelopathy-paraparesis", "other"]
+    ctcae_term: str
+    ncit: str | None = None
+    verified: bool
+    source: str
+
+
+class NeuroEventTable(Table):
+    rows: tuple[NeuroEventRow, ...]
 
 
 # ---- astct-crs-2019 ----------------------------------------------------------------------------
@@ -270,6 +311,8 @@ class Tables(BaseModel):
     drugs: DrugTable
     products: ProductTable
     condition_findings: ConditionFindingTable
+    infections: InfectionTable
+    neuro_events: NeuroEventTable
     crs: CrsTable
     icans: IcansTable
     output: OutputCodeTable
@@ -279,8 +322,8 @@ class Tables(BaseModel):
     def versions(self) -> dict[str, int]:
         """Table id -> version, recorded in Observation.method and the Provenance device version."""
         return {t.table: t.version for t in (self.concepts, self.units, self.drugs, self.products,
-                                              self.condition_findings, self.crs, self.icans, self.output,
-                                              self.attribution)}
+                                              self.condition_findings, self.infections, self.neuro_events,
+                                              self.crs, self.icans, self.output, self.attribution)}
 
 
 _FILES = {
@@ -289,6 +332,8 @@ _FILES = {
     "drugs": ("drugs.yaml", DrugTable),
     "products": ("cart-products.yaml", ProductTable),
     "condition_findings": ("condition-findings.yaml", ConditionFindingTable),
+    "infections": ("infections.yaml", InfectionTable),
+    "neuro_events": ("neurotoxicity-other.yaml", NeuroEventTable),
     "crs": ("astct-crs-2019.yaml", CrsTable),
     "icans": ("astct-icans-2019.yaml", IcansTable),
     "output": ("output-codes.yaml", OutputCodeTable),

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..constants import CS_PRODUCT, RXNORM, NDC
 from ..errors import ConfigError
-from ..tables import ConceptRow, ConditionFindingRow, DrugRow, Tables
+from ..tables import ConceptRow, ConditionFindingRow, DrugRow, InfectionRow, NeuroEventRow, Tables
 
 # ConceptMap equivalences (R4) / relationships (R5) that do not mean "this code stands for that one".
 _NOT_A_MATCH = frozenset({"unmatched", "disjoint", "not-related-to"})
@@ -42,6 +42,11 @@ class Terminology:
         self._procedure_codes = {(c.system, c.code) for c in tables.products.procedure_codes}
         self._findings: dict[tuple[str, str], ConditionFindingRow] = {
             (r.system, r.code): r for r in tables.condition_findings.rows}
+        self._events: dict[tuple[str, str], tuple[str, InfectionRow | NeuroEventRow]] = {}
+        for row in tables.infections.rows:
+            self._events[(row.system, row.code)] = ("infections", row)
+        for nrow in tables.neuro_events.rows:
+            self._events[(nrow.system, nrow.code)] = ("neurotoxicity-other", nrow)
         self._map: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.add_concept_map(tables.avpu_map, "mappings/avpu-conceptmap.json")
         for name, cm in concept_maps:
@@ -52,7 +57,8 @@ class Terminology:
     def _known_target(self, system: str, code: str) -> bool:
         return ((system, code) in self._concepts or code in self._values.get(system, ())
                 or (system, code) in self._drugs_by_code or (system, code) in self._product_codes
-                or (system, code) in self._procedure_codes or (system, code) in self._findings)
+                or (system, code) in self._procedure_codes or (system, code) in self._findings
+                or (system, code) in self._events)
 
     def add_concept_map(self, cm: Any, name: str) -> None:
         """Add a site's ConceptMap; every target must be a concept the adapter knows (checked now, not later)."""
@@ -148,6 +154,14 @@ class Terminology:
 
     def is_cart_procedure(self, cc: Any) -> bool:
         return any(pair in self._procedure_codes for pair in self._pairs(cc))
+
+    def event(self, cc: Any) -> tuple[str, InfectionRow | NeuroEventRow, str] | None:
+        """(table, row, "system|code" as found) for an infection or non-ICANS neurological event code."""
+        for pair in self._pairs(cc):
+            hit = self._events.get(pair)
+            if hit is not None:
+                return hit[0], hit[1], f"{pair[0]}|{pair[1]}"
+        return None
 
     def condition_finding(self, cc: Any) -> ConditionFindingRow | None:
         for pair in self._pairs(cc):

@@ -6,9 +6,9 @@ from datetime import date, timezone
 from typing import Any
 
 from ..errors import BadInput, Location
-from ..model import DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
+from ..model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
 from ..report import RunReport
-from ..tables import ConceptRow
+from ..tables import ConceptRow, DrugRow
 from .codes import Terminology, codings, texts_of
 from .index import Indexed, InputIndex
 from .timeparse import TimeError, has_offset, parse_moment
@@ -16,6 +16,7 @@ from .units import UnitConverter, UnitError
 
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})
 MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
+MS_USABLE = frozenset({"active", "completed", "intended"})
 COND_EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 UTC = timezone.utc
@@ -39,6 +40,8 @@ class Extractor:
         pid = res.get("id") or pkey
         data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
                            birth_date=birth, source=str(pat.loc))
+        if isinstance(res.get("deceasedDateTime"), str):
+            data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat.loc, UTC)
         entries = idx.by_patient.get(pkey, [])
         self.report.resources_used += 1
         for ent in entries:
@@ -195,7 +198,7 @@ class Extractor:
         rtype = ent.resource["resourceType"]
         if rtype == "Observation":
             self._observation(ent, data, tz)
-        elif rtype == "MedicationAdministration":
+        elif rtype in ("MedicationAdministration", "MedicationStatement"):
             self._drug(ent, idx, data, tz)
         elif rtype == "Condition":
             self._condition(ent, data, tz)
@@ -232,7 +235,8 @@ class Extractor:
         if concept is not None and concept.kind != "panel":
             value = self._value(res, concept, "Observation", loc)
             if value is not None:
-                data.readings.append(Reading(concept.concept, when, value, ent.key, ent.key))
+                low, high = self._range(res, concept, loc) if concept.kind == "quantity" else (None, None)
+                data.readings.append(Reading(concept.concept, when, value, ent.key, ent.key, low, high))
                 made += 1
         for row, comp in sub:
             value = self._value(comp, row, f"Observation.component[{row.code}]", loc)
@@ -329,44 +333,96 @@ class Extractor:
                 raise BadInput(f"{path}: {row.concept}: {exc}", loc) from exc
         return Quantity(v, comparator)
 
+    def _range(self, res: dict[str, Any], row: ConceptRow, loc: Location) -> tuple[float | None, float | None]:
+        """referenceRange[0] low/high in the concept's unit (labs judge ULN/LLN from the result's own range,
+        grading.md 0.4). A range whose unit cannot be converted is dropped with a warning, not guessed."""
+        ranges = res.get("referenceRange")
+        if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], dict):
+            return None, None
+        out: list[float | None] = []
+        for end in ("low", "high"):
+            q = ranges[0].get(end)
+            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) or isinstance(q.get("value"), bool):
+                out.append(None)
+                continue
+            unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
+            try:
+                out.append(self.units.convert(float(q["value"]), unit, row.unit or "") if unit else None)
+            except UnitError as exc:
+                self.report.warn(f"referenceRange.{end} ignored: {exc}", loc)
+                out.append(None)
+        return out[0], out[1]
+
     # ---- medications and conditions ------------------------------------------------------------
 
     def _drug(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
         res, loc = ent.resource, ent.loc
+        rtype = res["resourceType"]
         if any(i.ref == ent.key for i in data.infusions):
             self.report.resources_used += 1
             return
         status = res.get("status")
-        if status not in MA_USABLE:
-            self.report.ignored[f"MedicationAdministration status {status}"] += 1
+        statement = rtype == "MedicationStatement"
+        if status not in (MS_USABLE if statement else MA_USABLE):
+            self.report.ignored[f"{rtype} status {status}"] += 1
             return
         cc, texts = self._medication(res, idx, loc)
         row = self.term.drug(cc, texts)
         if row is None:
-            self.report.ignored["MedicationAdministration (drug not used)"] += 1
+            self.report.ignored[f"{rtype} (drug not used)"] += 1
             return
         eff = self._effective(res, loc, tz)
         if eff is None:
-            raise BadInput("MedicationAdministration has no effective[x]", loc)
+            raise BadInput(f"{rtype} has no effective[x]", loc)
         start, end, instant = eff
         if end is None and not instant and status == "completed":
             end = start  # a completed administration with an open period: no evidence it ran on
-        route = None
         dosage = res.get("dosage")
+        if statement and isinstance(dosage, list):
+            dosage = dosage[0] if dosage else None  # MedicationStatement.dosage is a list of Dosage
+        route, dose, dose_unit = None, None, None
         if isinstance(dosage, dict):
             for c in codings(dosage.get("route")):
                 if isinstance(c.get("code"), str):
                     route = c["code"]
                     break
-        data.drugs.append(DrugAdmin(row.agent, row.role, start, end, instant, ent.key, route))
+            q = dosage.get("dose")
+            if statement and isinstance(dosage.get("doseAndRate"), list) and dosage["doseAndRate"]:
+                q = dosage["doseAndRate"][0].get("doseQuantity") if isinstance(dosage["doseAndRate"][0], dict) else None
+            if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+                dose = float(q["value"])
+                dose_unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
+        reasons = tuple(idx.key_of(r["reference"]) for r in res.get("reasonReference") or []
+                        if isinstance(r, dict) and isinstance(r.get("reference"), str))
+        data.drugs.append(DrugAdmin(row.agent, row.role, start, end, instant, ent.key, route, dose, dose_unit,
+                                    reasons, self._intent(res, row, reasons, statement), statement))
         self.report.resources_used += 1
         if not row.verified:
             self.report.unverified_rows.add(f"drug-roles:{row.agent}")
 
+    @staticmethod
+    def _intent(res: dict[str, Any], row: DrugRow, reasons: tuple[str, ...], statement: bool) -> str:
+        """Prophylaxis or treatment: a stated reason decides; else a statement of a drug that is typically
+        prophylactic is prophylaxis (grading.md 6.2 pitfall: prophylaxis is never read as treatment)."""
+        reason_codes = res.get("reasonCode") if isinstance(res.get("reasonCode"), list) else []
+        words = " ".join(t for cc in reason_codes for t in texts_of(cc)).lower()
+        cats = res.get("category")
+        for cc in (cats if isinstance(cats, list) else [cats] if isinstance(cats, dict) else []):
+            words += " " + " ".join(texts_of(cc)).lower()
+            words += " " + " ".join(str(c.get("code", "")) for c in codings(cc)).lower()
+        if "prophyla" in words or "prevent" in words:
+            return "prophylaxis"
+        if reasons or "treat" in words:
+            return "treatment"
+        if statement and row.typical_use == "prophylaxis":
+            return "prophylaxis"
+        return "unknown"
+
     def _condition(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
         res, loc = ent.resource, ent.loc
         finding = self.term.condition_finding(res.get("code"))
-        if finding is None:
+        event = None if finding is not None else self.term.event(res.get("code"))
+        if finding is None and event is None:
             self.report.ignored["Condition (code not used)"] += 1
             return
         ver = {c.get("code") for c in codings(res.get("verificationStatus"))}
@@ -383,5 +439,19 @@ class Extractor:
             self.report.ignored["Condition without onset"] += 1
             return
         when = self._moment(onset, "Condition.onset", loc, tz)
-        data.readings.append(Reading(finding.concept, when, finding.value, ent.key, ent.key))
         self.report.resources_used += 1
+        if finding is not None:
+            data.readings.append(Reading(finding.concept, when, finding.value, ent.key, ent.key))
+            return
+        assert event is not None
+        table, row, code = event
+        abate = res.get("abatementDateTime")
+        abatement = self._moment(abate, "Condition.abatementDateTime", loc, tz) if abate is not None else None
+        severity = next((c.get("code") for c in codings(res.get("severity")) if isinstance(c.get("code"), str)),
+                        None)
+        attrs = tuple((k, str(v)) for k, v in row.model_dump().items()
+                      if k not in ("system", "code", "display", "verified", "source") and v is not None)
+        data.conditions.append(ConditionFact(table, row.key, code, row.display, when, abatement, ent.key,
+                                             attrs, severity))
+        if not row.verified:
+            self.report.unverified_rows.add(f"{table}:{row.key}")

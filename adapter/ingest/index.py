@@ -12,10 +12,11 @@ from ..report import RunReport
 from .read import Item
 
 # Resource types the adapter reads; everything else is counted as ignored in the run report.
-USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "Procedure", "Condition", "Medication"})
+USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "MedicationStatement", "Procedure",
+                        "Condition", "Medication"})
 # Types joined to a patient through this element (FHIR R4).
 SUBJECT_ELEMENT = {"Observation": "subject", "MedicationAdministration": "subject", "Procedure": "subject",
-                   "Condition": "subject"}
+                   "Condition": "subject", "MedicationStatement": "subject"}
 
 
 def ref_key(ref: str) -> str:
