@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 import yaml
@@ -408,3 +408,22 @@ def load_tables(folder: str | None = None) -> Tables:
     tables = Tables(**parsed)
     _check(tables)
     return tables
+
+
+T = TypeVar("T", bound=Table)
+
+
+@functools.cache
+def load_yaml_table(filename: str, model: type[T], folder: str | None = None) -> T:
+    """Load one more criteria table from mappings/ (used by the graders added after the core set);
+    parsed and checked once, when the grader is built at start-up."""
+    path = (Path(folder) if folder else mappings_dir()) / filename
+    try:
+        return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: mapping table missing") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc

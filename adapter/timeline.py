@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 
-from .model import DrugAdmin, Infusion, Moment, PatientData, Reading
+from .model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
 
 
 @dataclass(slots=True)
@@ -18,6 +18,11 @@ class Course:
     until: datetime | None  # start of the next infusion (exclusive), None for the last one
     readings: list[tuple[int, Reading]] = field(default_factory=list)  # (day, reading), time-ordered
     drugs: list[DrugAdmin] = field(default_factory=list)
+    conditions: list[tuple[int, ConditionFact]] = field(default_factory=list)  # (onset day, fact)
+    # Before this infusion (and after the previous one): baselines such as the CAR-HEMATOTOX labs before
+    # lymphodepletion, and the lymphodepleting chemotherapy itself. Never graded as a toxicity.
+    pre_readings: list[tuple[int, Reading]] = field(default_factory=list)  # (day < 0 or day 0 before infusion)
+    pre_drugs: list[DrugAdmin] = field(default_factory=list)
 
     @property
     def tz(self) -> timezone:
@@ -86,15 +91,29 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
                 break
         return found
 
+    def next_course(m: Moment) -> Course:
+        """The course whose infusion comes next after an event that precedes it (its baseline)."""
+        for c in out:
+            if not _after(m, c.infusion):
+                return c
+        return out[-1]
+
     for r in sorted(patient.readings, key=lambda r: r.when.at):
         c = owner(r.when)
         if c is None:
             before += 1
+            first = out[0]
+            first.pre_readings.append((first.day_of(r.when), r))
             continue
         c.readings.append((c.day_of(r.when), r))
+    for c_prev, c_next in zip(out, out[1:]):
+        c_next.pre_readings.extend((c_next.day_of(r.when), r) for _, r in c_prev.readings
+                                   if r.when.at >= c_prev.infusion.when.at)
     for d in patient.drugs:
         c = owner(d.start)
         if c is None:
+            nxt = next_course(d.start)
+            nxt.pre_drugs.append(d)
             # Started before the first infusion: it belongs to the first course only if it was still running.
             first = out[0]
             if d.end is not None and d.end.at >= first.infusion.when.at and not d.instant:
@@ -105,4 +124,14 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
                 before += 1
             continue
         c.drugs.append(d)
+        if c.until is not None:
+            nxt = next((x for x in out if x.number == c.number + 1), None)
+            if nxt is not None:
+                nxt.pre_drugs.append(d)
+    for f in sorted(patient.conditions, key=lambda f: f.onset.at):
+        c = owner(f.onset)
+        if c is None:
+            before += 1
+            continue
+        c.conditions.append((c.day_of(f.onset), f))
     return out, before

@@ -197,3 +197,93 @@ def bundle_of(resources: list[dict[str, Any]], btype: str = "collection") -> dic
 
 def now_iso() -> str:
     return datetime.now().astimezone().isoformat()
+
+
+# ---- more builders for labs, coded conditions and medications (issue 3) ----------------------------
+
+LAB_LOINC = {"anc": "751-8", "wbc": "6690-2", "platelets": "777-3", "hemoglobin": "718-7", "crp": "1988-5",
+             "ferritin": "2276-4", "fibrinogen": "3255-7", "alt": "1742-6", "ast": "1920-8",
+             "bilirubin": "1975-2", "ldh": "2532-0", "triglycerides": "2571-8", "creatinine": "2160-0",
+             "il6": "26881-3"}
+
+
+def _lab(self: PatientBuilder, concept: str, day: int, hhmm: str, value: float, unit: str,
+         low: float | None = None, high: float | None = None, comparator: str | None = None) -> dict[str, Any]:
+    """A lab result by concept name (LOINC from LAB_LOINC), UCUM unit, optional reference range."""
+    q: dict[str, Any] = {"value": value, "unit": unit, "system": UCUM, "code": unit}
+    if comparator:
+        q["comparator"] = comparator
+    extra: dict[str, Any] = {}
+    if low is not None or high is not None:
+        rr: dict[str, Any] = {}
+        if low is not None:
+            rr["low"] = {"value": low, "unit": unit, "system": UCUM, "code": unit}
+        if high is not None:
+            rr["high"] = {"value": high, "unit": unit, "system": UCUM, "code": unit}
+        extra["referenceRange"] = [rr]
+    return self.obs({"system": LOINC, "code": LAB_LOINC[concept]}, day, hhmm, concept, category="laboratory",
+                    valueQuantity=q, **extra)
+
+
+def _coded_condition(self: PatientBuilder, system: str, code: str, day: int, hhmm: str,
+                     abatement: tuple[int, str] | None = None, display: str | None = None,
+                     severity: str | None = None) -> dict[str, Any]:
+    """A Condition with any coding (infection, neurological event), onset and optional abatement."""
+    coding: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        coding["display"] = display
+    res: dict[str, Any] = {"resourceType": "Condition", "id": self._id("cond"), "subject": self.subject(),
+                           "code": {"coding": [coding]}, "onsetDateTime": self.at(day, hhmm)}
+    if abatement:
+        res["abatementDateTime"] = self.at(*abatement)
+    if severity:
+        res["severity"] = {"coding": [{"system": "http://snomed.info/sct", "code": severity}]}
+    self.resources.append(res)
+    return res
+
+
+def _medication(self: PatientBuilder, name: str, day: int, hhmm: str, end: tuple[int, str] | None = None,
+                rxnorm: str | None = None, dose_mg: float | None = None, route: str | None = None,
+                reason_ref: str | None = None, reason_text: str | None = None,
+                resource_type: str = "MedicationAdministration", status: str = "completed") -> dict[str, Any]:
+    """Any drug by name (and optional RxNorm code), with dose in mg, route, reasonReference / reasonCode text."""
+    cc: dict[str, Any] = {"text": name}
+    if rxnorm:
+        cc["coding"] = [{"system": RXNORM, "code": rxnorm, "display": name}]
+    res: dict[str, Any] = {"resourceType": resource_type, "id": self._id(name.split()[0].lower()),
+                           "status": status, "medicationCodeableConcept": cc, "subject": self.subject()}
+    if end is None:
+        res["effectiveDateTime"] = self.at(day, hhmm)
+    else:
+        res["effectivePeriod"] = {"start": self.at(day, hhmm), "end": self.at(*end)}
+    dosage: dict[str, Any] = {}
+    if dose_mg is not None:
+        dosage["dose"] = {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"}
+    if route:
+        dosage["route"] = {"coding": [{"system": "http://snomed.info/sct", "code": route}]}
+    if dosage:
+        if resource_type == "MedicationStatement":
+            ds: dict[str, Any] = {}
+            if "route" in dosage:
+                ds["route"] = dosage["route"]
+            if "dose" in dosage:
+                ds["doseAndRate"] = [{"doseQuantity": dosage["dose"]}]
+            res["dosage"] = [ds]
+        else:
+            res["dosage"] = dosage
+    if reason_ref:
+        res["reasonReference"] = [{"reference": reason_ref}]
+    if reason_text:
+        res["reasonCode"] = [{"text": reason_text}]
+    self.resources.append(res)
+    return res
+
+
+def _deceased(self: PatientBuilder, day: int, hhmm: str) -> None:
+    self.resources[0]["deceasedDateTime"] = self.at(day, hhmm)
+
+
+PatientBuilder.lab = _lab  # type: ignore[attr-defined]
+PatientBuilder.coded_condition = _coded_condition  # type: ignore[attr-defined]
+PatientBuilder.medication = _medication  # type: ignore[attr-defined]
+PatientBuilder.deceased = _deceased  # type: ignore[attr-defined]

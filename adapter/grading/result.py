@@ -8,8 +8,16 @@ from enum import Enum
 
 
 class Toxicity(str, Enum):
+    """Toxicity types of the summary (issue 3); the CodeSystem cart-toxicity carries `icaht` for both ICAHT rows."""
+
     CRS = "crs"
     ICANS = "icans"
+    IEC_HS = "iec-hs"
+    ICAHT_EARLY = "icaht-early"
+    ICAHT_LATE = "icaht-late"
+    INFECTION = "infection"
+    NEURO_OTHER = "neurotoxicity-other"
+    CAR_HEMATOTOX = "car-hematotox"  # a pre-infusion risk score, not a toxicity; reported per infusion
 
 
 class State(str, Enum):
@@ -68,3 +76,51 @@ class Episode:
     max_is_lower_bound: bool  # the maximum is only proven as a minimum (missing data could raise it)
     resolved_day: int | None
     abatement: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """A graded or scored assessment that is not a daily grade: an ICAHT grade over a window, the
+    CAR-HEMATOTOX score, an infection's or neurological event's CTCAE grade, the IEC-HS grade.
+    Written as one Observation (code = `code` in cart-toxicity)."""
+
+    toxicity: Toxicity
+    code: str  # cart-toxicity assessment code: icaht-grade-early, car-hematotox-score, iec-hs-grade, ...
+    state: State
+    value: int | None  # grade or score; None when not assessable
+    start: datetime  # effectiveDateTime, or effectivePeriod.start when `end` is given
+    end: datetime | None = None
+    interpretation: str | None = None  # e.g. CAR-HEMATOTOX "low" / "high"
+    components: tuple[Component, ...] = ()
+    evidence: tuple[str, ...] = ()
+    supporting: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    table: str = ""  # criteria table id and version, e.g. "eha-ebmt-icaht-2023 v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An adverse event beyond CRS/ICANS (IEC-HS, ICAHT, an infection, a non-ICANS neurological event).
+
+    Written as an AdverseEvent, with a Condition of our own unless `condition_ref` names the input
+    Condition that already records it (infections and neurological events are diagnosed upstream).
+    """
+
+    toxicity: Toxicity
+    key: str  # unique within the course and toxicity (e.g. the input Condition key, "early", "late")
+    state: State
+    max_grade: int | None  # None: the grade cannot be decided from the data (named in assessment.missing)
+    onset: datetime
+    onset_day: int
+    abatement: datetime | None = None
+    resolved_day: int | None = None
+    assessment: Assessment | None = None  # the Observation carrying the grade
+    condition_ref: str | None = None  # the input Condition that records the event, if any
+    term: tuple[str, str, str] | None = None  # (system, code, display): NCIt / CTCAE term of the event
+    details: tuple[tuple[str, object], ...] = ()  # summary extras: window, type, prophylaxis, category, ...
+    evidence: tuple[str, ...] = ()  # input resources that show the event
+
+    def detail(self, name: str, default: object = None) -> object:
+        return dict(self.details).get(name, default)
