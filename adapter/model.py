@@ -139,6 +139,9 @@ class PatientData:
     horizon: datetime | None = None  # the latest time seen in the patient's data (open infusions end here)
     source: str = ""  # where the Patient was read (file, entry/line), for the run report
     deceased: Moment | None = None  # Patient.deceasedDateTime
+    # Every Condition of the patient (key -> its "system|code" codings), used or not: lets a treatment's
+    # reasonReference be matched to the toxicity it treated (a site's own CRS/ICANS Condition).
+    condition_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def age_on(self, day: date) -> int | None:
         """Completed years on a calendar date."""

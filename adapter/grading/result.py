@@ -124,3 +124,12 @@ class Event:
 
     def detail(self, name: str, default: object = None) -> object:
         return dict(self.details).get(name, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """What a grader beyond CRS/ICANS returns for one course: assessments (each one Observation; also the
+    not-assessable ones, with the missing input named) and events (each one AdverseEvent)."""
+
+    assessments: tuple[Assessment, ...] = ()
+    events: tuple[Event, ...] = ()

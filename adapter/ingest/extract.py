@@ -420,6 +420,7 @@ class Extractor:
 
     def _condition(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
         res, loc = ent.resource, ent.loc
+        data.condition_codes[ent.key] = tuple(f"{c.get('system')}|{c.get('code')}" for c in codings(res.get("code")))
         finding = self.term.condition_finding(res.get("code"))
         event = None if finding is not None else self.term.event(res.get("code"))
         if finding is None and event is None:
