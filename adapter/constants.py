@@ -37,6 +37,8 @@ CS_HYPOTENSION_TIER: Final = cs("crs-hypotension-tier")
 CS_OXYGEN_TIER: Final = cs("crs-oxygen-tier")
 # Qualifier for a grade that the present data prove only as a minimum (grading.md decision 2, `at-least-N`).
 CS_GRADE_QUALIFIER: Final = cs("grade-qualifier")
+# CAR-HEMATOTOX risk group (grading.md 10.7 proposes `car-hematotox-risk`: low / high).
+CS_RISK: Final = cs("car-hematotox-risk")
 
 PROFILE_GRADE: Final = sd("cart-toxicity-grade")
 PROFILE_EPISODE: Final = sd("cart-toxicity-episode")

@@ -43,6 +43,13 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True, slots=True)
+class _Suspect:
+    ref: str
+    assessment: str
+    rule: str
+
+
 @dataclass(slots=True)
 class CourseResult:
     course: Course
@@ -154,7 +161,9 @@ class Engine:
                         sources.extend(dg.supporting)
                     for ep in cr.episodes[tox]:
                         cond = writer.condition(cr.course, ep, daily)
-                        ae = writer.adverse_event(cr.course, ep, cond, self.causality(tox.value, ep.onset_day))
+                        assessment, rule = self.causality(tox.value, ep.onset_day)
+                        ae = writer.adverse_event(cr.course, ep, cond,
+                                                  [_Suspect(cr.course.infusion.ref, assessment, rule)])
                         mine.extend((cond, ae))
             if not mine:
                 continue

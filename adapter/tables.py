@@ -273,13 +273,14 @@ class Coded(Row):
 
 
 class ToxicityCodes(Row):
+    code: str  # the cart-toxicity CodeSystem code of the toxicity type
     display: str
     scale: str
     scale_display: str
     criteria: str
     ncit: Coded | None
-    icd10cm: dict[str, Coded]
-    icd10cm_source: str
+    icd10cm: dict[str, Coded] = {}
+    icd10cm_source: str | None = None
 
 
 class OutputCodeTable(Table):

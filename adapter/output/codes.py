@@ -42,13 +42,18 @@ class OutputCodes:
     def __init__(self, tables: Tables) -> None:
         self.t = tables.output
 
-    def toxicity_codings(self, toxicity: str, grade: int | None) -> list[dict[str, Any]]:
-        """Local toxicity code, ICD-10-CM graded code of the maximum grade, NCIt term where one exists."""
+    def toxicity_codings(self, toxicity: str, grade: int | None,
+                         term: tuple[str, str, str] | None = None) -> list[dict[str, Any]]:
+        """Local toxicity code; ICD-10-CM graded code of the maximum grade where the toxicity has one
+        (CRS, ICANS); the NCIt/CTCAE term of the toxicity, or of the event (`term`) where one exists."""
         tox = self.t.toxicities[toxicity]
-        icd = tox.icd10cm.get(str(grade)) if grade else None
-        icd = icd or tox.icd10cm["unspecified"]
-        out = [coding(CS_TOXICITY, toxicity, tox.display), coding(ICD10CM, icd.code, icd.display)]
-        if tox.ncit is not None:
+        out = [coding(CS_TOXICITY, tox.code, tox.display)]
+        if tox.icd10cm:
+            icd = (tox.icd10cm.get(str(grade)) if grade else None) or tox.icd10cm["unspecified"]
+            out.append(coding(ICD10CM, icd.code, icd.display))
+        if term is not None:
+            out.append(coding(*term))
+        elif tox.ncit is not None:
             out.append(coding(NCIT, tox.ncit.code, tox.ncit.display))
         return out
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
+from collections.abc import Sequence
 
 from .. import __version__
 from ..constants import (AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOME, AE_SERIOUSNESS, AE_SEVERITY,
-                         COND_CATEGORY, COND_CLINICAL, COND_VERIFICATION, CS_GRADE_QUALIFIER, CS_TOXICITY,
+                         COND_CATEGORY, COND_CLINICAL, COND_VERIFICATION, CS_GRADE_QUALIFIER, CS_RISK, CS_TOXICITY,
                          DATA_ABSENT, EXT_AE_GRADE, EXT_RELATIVE_DATETIME, EXT_SUPPORTING_INFO, ID_AE, ID_DEVICE,
                          ID_EPISODE, ID_GRADE, ID_RUN, OBS_CATEGORY, PROFILE_AE, PROFILE_EPISODE, PROFILE_GRADE,
                          PROFILE_PROVENANCE, PROV_PARTICIPANT, UCUM, V3_DATA_OPERATION)
-from ..grading.result import Component, DayGrade, Episode, State
+from ..grading.result import Assessment, Component, DayGrade, Episode, Event, State
+from ..model import Moment
 from ..timeline import Course
 from .codes import ANSWER_SYSTEMS, COMPONENT_DISPLAY, OutputCodes, coding
 from .ids import full_url, stable_hash
@@ -21,6 +23,25 @@ SEVERITY = {1: "mild", 2: "moderate"}  # grade >= 3: severe (output-contract.md 
 CAUSALITY_DISPLAY = {"Certain": "Certain", "Probably-Likely": "Probably/Likely", "Possible": "Possible",
                      "Unlikely": "Unlikely", "Conditional-Classified": "Conditional/Classified",
                      "Unassessable-Unclassifiable": "Unassessable/Unclassifiable"}
+
+
+class SuspectLike(Protocol):
+    """A suspect entity with its causality (adapter.grading.attribution.Suspect)."""
+
+    ref: str
+    assessment: str
+    rule: str
+
+
+ASSESSMENT_DISPLAY = {
+    "icaht-grade-early": "Early ICAHT grade (EHA/EBMT 2023), days 0-30",
+    "icaht-grade-late": "Late ICAHT grade (EHA/EBMT 2023), after day 30",
+    "car-hematotox-score": "CAR-HEMATOTOX score",
+    "iec-hs-grade": "IEC-HS grade (ASTCT 2023, engine screen)",
+    "infection-grade-ctcae": "Infection grade (CTCAE v5.0)",
+    "neurotoxicity-grade-ctcae": "Neurological event grade (CTCAE v5.0)",
+    "treatment-response": "Treatment and response of a toxicity episode",
+}
 
 
 def iso(dt: datetime) -> str:
@@ -183,40 +204,152 @@ class Writer:
                                     + "; ".join(ep.max_day.missing)}]
         return Written(full_url(ID_EPISODE, value_id), res, f"Condition?identifier={ID_EPISODE}|{value_id}")
 
-    def adverse_event(self, course: Course, ep: Episode, condition: Written, causality: tuple[str, str]) -> Written:
+    def adverse_event(self, course: Course, ep: Episode, condition: Written,
+                      suspects: Sequence[SuspectLike]) -> Written:
+        """The AdverseEvent of a CRS or ICANS episode."""
         tox = ep.toxicity.value
         value_id = stable_hash(*self._episode_key(course, ep), "adverse-event")
-        g = ep.max_grade
-        outcome = "fatal" if g == 5 else ("resolved" if ep.abatement is not None else "ongoing")
-        assessment, rule = causality
+        return self._adverse_event(course, tox, value_id, ep.max_grade, ep.onset, ep.abatement is not None,
+                                   ref(condition), self.codes.toxicity_codings(tox, ep.max_grade), suspects)
+
+    def event_adverse_event(self, course: Course, ev: Event, condition: dict[str, str],
+                            suspects: Sequence[SuspectLike]) -> Written:
+        """The AdverseEvent of an event beyond CRS/ICANS (IEC-HS, ICAHT, infection, neurological event)."""
+        tox = ev.toxicity.value
+        value_id = stable_hash(course.patient.key, course.infusion.ref, tox, ev.key, "adverse-event")
+        return self._adverse_event(course, tox, value_id, ev.max_grade, ev.onset, ev.abatement is not None,
+                                   condition, self.codes.toxicity_codings(tox, ev.max_grade, ev.term), suspects)
+
+    def _adverse_event(self, course: Course, tox: str, value_id: str, grade: int | None, onset: datetime,
+                       resolved: bool, condition: dict[str, str], codings: list[dict[str, Any]],
+                       suspects: Sequence[SuspectLike]) -> Written:
         res: dict[str, Any] = {
             "resourceType": "AdverseEvent",
             "meta": {"profile": [PROFILE_AE]},
-            "extension": [{"url": EXT_AE_GRADE, "valueCodeableConcept": self.codes.grade_concept(g)}],
+        }
+        if grade is not None:
+            res["extension"] = [{"url": EXT_AE_GRADE, "valueCodeableConcept": self.codes.grade_concept(grade)}]
+        outcome = "fatal" if grade == 5 else ("resolved" if resolved else "ongoing")
+        res.update({
             "identifier": {"system": ID_AE, "value": value_id},
             "actuality": "actual",
-            "event": {"coding": self.codes.toxicity_codings(tox, g), "text": self.codes.display(tox)},
+            "event": {"coding": codings, "text": self.codes.display(tox)},
             "subject": dict(course.patient.reference),
-            "date": iso(ep.onset),
+            "date": iso(onset),
             "recordedDate": iso(self.recorded),
-            "resultingCondition": [ref(condition)],
-            "severity": {"coding": [coding(AE_SEVERITY, SEVERITY.get(g, "severe"),
-                                           SEVERITY.get(g, "severe").capitalize())]},
-            "seriousness": {"coding": [coding(AE_SERIOUSNESS, "serious" if g >= 3 else "non-serious",
-                                              "Serious" if g >= 3 else "Non-serious")]},
-            "outcome": {"coding": [coding(AE_OUTCOME, outcome, outcome.capitalize())]},
-            "contributor": [ref(self.device)],
-            "suspectEntity": [{
-                "instance": _input_ref(course.infusion.ref),
-                "causality": [{
-                    "assessment": {"coding": [coding(AE_CAUSALITY_ASSESS, assessment,
-                                                     CAUSALITY_DISPLAY[assessment])]},
-                    "productRelatedness": rule,
-                    "method": {"coding": [coding(AE_CAUSALITY_METHOD, "ProbabilityScale", "Probability Scale")]},
-                }],
+            "resultingCondition": [condition],
+        })
+        if grade is not None:
+            sev = SEVERITY.get(grade, "severe")
+            res["severity"] = {"coding": [coding(AE_SEVERITY, sev, sev.capitalize())]}
+            res["seriousness"] = {"coding": [coding(AE_SERIOUSNESS, "serious" if grade >= 3 else "non-serious",
+                                                    "Serious" if grade >= 3 else "Non-serious")]}
+        res["outcome"] = {"coding": [coding(AE_OUTCOME, outcome, outcome.capitalize())]}
+        res["contributor"] = [ref(self.device)]
+        res["suspectEntity"] = [{
+            "instance": _input_ref(s.ref),
+            "causality": [{
+                "assessment": {"coding": [coding(AE_CAUSALITY_ASSESS, s.assessment,
+                                                 CAUSALITY_DISPLAY[s.assessment])]},
+                "productRelatedness": s.rule,
+                "method": {"coding": [coding(AE_CAUSALITY_METHOD, "ProbabilityScale", "Probability Scale")]},
             }],
-        }
+        } for s in suspects]
         return Written(full_url(ID_AE, value_id), res, f"AdverseEvent?identifier={ID_AE}|{value_id}")
+
+    # ---- assessments and events beyond CRS/ICANS ------------------------------------------------
+
+    def assessment(self, course: Course, a: Assessment, key: str) -> Written:
+        """One Observation for an assessment that is not a daily grade (ICAHT, CAR-HEMATOTOX, IEC-HS,
+        an infection's or neurological event's CTCAE grade, a treatment-response summary)."""
+        value_id = stable_hash(course.patient.key, course.infusion.ref, a.code, key)
+        res: dict[str, Any] = {
+            "resourceType": "Observation",
+            "meta": {"profile": [PROFILE_GRADE]},
+            "identifier": [{"system": ID_GRADE, "value": value_id}],
+            "status": "preliminary",
+            "category": [{"coding": [coding(OBS_CATEGORY, "survey", "Survey")]}],
+            "code": {"coding": [coding(CS_TOXICITY, a.code, ASSESSMENT_DISPLAY.get(a.code))],
+                     "text": ASSESSMENT_DISPLAY.get(a.code, a.code)},
+            "subject": dict(course.patient.reference),
+        }
+        day = course.day_of(Moment(a.start))
+        relative = {"url": EXT_RELATIVE_DATETIME, "extension": [
+            {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
+            {"url": "targetPath", "valueString": "performed" if course.infusion.ref.startswith("Procedure/")
+             else "effective"},
+            {"url": "relationship", "valueCode": "after-start"},
+            {"url": "offset", "valueDuration": {"value": day, "unit": "d", "system": UCUM, "code": "d"}}]}
+        if a.end is not None:
+            res["effectivePeriod"] = {"extension": [relative], "start": iso(a.start), "end": iso(a.end)}
+        else:
+            res["effectiveDateTime"] = iso(a.start)
+            res["_effectiveDateTime"] = {"extension": [relative]}
+        if a.state == State.NOT_ASSESSABLE or a.value is None:
+            res["dataAbsentReason"] = {"coding": [coding(DATA_ABSENT, "unknown", "Unknown")],
+                                       "text": "Not assessable: missing " + ("; ".join(a.missing) or "data")}
+        else:
+            res["valueInteger"] = a.value
+        interp: list[dict[str, Any]] = []
+        if a.state == State.AT_LEAST and a.value is not None:
+            interp.append({"coding": [coding(CS_GRADE_QUALIFIER, "at-least", "At least this grade")],
+                           "text": f"At least {a.value}: missing " + "; ".join(a.missing)})
+        if a.interpretation:
+            interp.append({"coding": [coding(CS_RISK, a.interpretation, f"{a.interpretation.capitalize()} risk")],
+                           "text": f"{a.interpretation} risk"})
+        if interp:
+            res["interpretation"] = interp
+        notes = list(a.reasons) + (["review flags: " + ", ".join(a.flags)] if a.flags else [])
+        if notes:
+            res["note"] = [{"text": "; ".join(notes)}]
+        observations = [e for e in a.evidence if e.startswith("Observation/")]
+        other = [e for e in a.evidence if not e.startswith("Observation/")] + list(a.supporting)
+        if other:
+            res["extension"] = [{"url": EXT_SUPPORTING_INFO, "valueReference": _input_ref(e)}
+                                for e in dict.fromkeys(other)]
+        res["method"] = {"coding": [coding(CS_TOXICITY, "automated-grading", "Automated grading")],
+                         "text": f"cart-fhir {__version__}" + (f", criteria table {a.table}" if a.table else "")}
+        res["device"] = ref(self.device)
+        if observations:
+            res["derivedFrom"] = [_input_ref(e) for e in dict.fromkeys(observations)]
+        if a.components:
+            res["component"] = [self._component(c) for c in a.components]
+        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
+                 "effectiveDateTime", "_effectiveDateTime", "effectivePeriod", "valueInteger", "dataAbsentReason",
+                 "interpretation", "note", "method", "device", "derivedFrom", "component"]
+        res = {k: res[k] for k in order if k in res}
+        return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
+
+    def event_condition(self, course: Course, ev: Event, assessment: Written | None) -> Written:
+        """Our own Condition for an event no input Condition records (IEC-HS, ICAHT)."""
+        tox = ev.toxicity.value
+        scale, scale_display, _ = self.codes.scale(tox)
+        value_id = stable_hash(course.patient.key, course.infusion.ref, tox, ev.key, "episode")
+        resolved = ev.abatement is not None
+        res: dict[str, Any] = {
+            "resourceType": "Condition",
+            "meta": {"profile": [PROFILE_EPISODE]},
+            "identifier": [{"system": ID_EPISODE, "value": value_id}],
+            "clinicalStatus": {"coding": [coding(COND_CLINICAL, "resolved" if resolved else "active",
+                                                 "Resolved" if resolved else "Active")]},
+            "verificationStatus": {"coding": [coding(COND_VERIFICATION, "provisional", "Provisional")]},
+            "category": [{"coding": [coding(COND_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")]}],
+            "code": {"coding": self.codes.toxicity_codings(tox, ev.max_grade, ev.term),
+                     "text": self.codes.display(tox)},
+            "subject": dict(course.patient.reference),
+            "onsetDateTime": iso(ev.onset),
+        }
+        if ev.abatement is not None:
+            res["abatementDateTime"] = iso(ev.abatement)
+        if ev.max_grade is not None:
+            stage: dict[str, Any] = {"summary": self.codes.grade_concept(ev.max_grade)}
+            if assessment is not None:
+                stage["assessment"] = [ref(assessment)]
+            stage["type"] = {"coding": [coding(CS_TOXICITY, scale, scale_display)]}
+            res["stage"] = [stage]
+        if assessment is not None:
+            res["evidence"] = [{"detail": [ref(assessment)]}]
+        return Written(full_url(ID_EPISODE, value_id), res, f"Condition?identifier={ID_EPISODE}|{value_id}")
 
     # ---- Provenance ---------------------------------------------------------------------------
 
