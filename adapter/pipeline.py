@@ -13,7 +13,14 @@ from .errors import BadInput, InputErrors, Location
 from .grading.crs import CrsGrader
 from .grading.episodes import episodes
 from .grading.icans import IcansGrader
-from .grading.result import DayGrade, Episode, Toxicity
+from .grading.attribution import Attributor
+from .grading.hematotox import HematotoxScorer
+from .grading.icaht import IcahtGrader
+from .grading.iechs import IecHsGrader
+from .grading.infections import InfectionGrader
+from .grading.neuro_other import NeuroOtherGrader
+from .grading.result import Assessment, DayGrade, Episode, Event, State, Toxicity
+from .grading.treatments import TreatmentAnalyzer, TreatmentResponse
 from .ingest.codes import Terminology
 from .ingest.extract import Extractor
 from .ingest.index import build_index
@@ -43,18 +50,15 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-@dataclass(frozen=True, slots=True)
-class _Suspect:
-    ref: str
-    assessment: str
-    rule: str
-
-
 @dataclass(slots=True)
 class CourseResult:
     course: Course
     days: dict[Toxicity, list[DayGrade]] = field(default_factory=dict)
     episodes: dict[Toxicity, list[Episode]] = field(default_factory=dict)
+    treatments: dict[Toxicity, list[TreatmentResponse]] = field(default_factory=dict)  # per CRS/ICANS episode
+    events: list[Event] = field(default_factory=list)  # IEC-HS, ICAHT, infections, other neurotoxicity
+    assessments: list[Assessment] = field(default_factory=list)  # not tied to an event (not assessable ones)
+    hematotox: Assessment | None = None
 
 
 @dataclass(slots=True)
@@ -80,6 +84,19 @@ class Engine:
                                    {(c.from_, c.to): (c.scale, c.offset) for c in self.tables.units.conversions})
         self.crs = CrsGrader(self.tables.crs)
         self.icans = IcansGrader(self.tables.icans)
+        # The graders beyond CRS/ICANS bring their own criteria tables, parsed and checked here, at start-up.
+        self.treatments = TreatmentAnalyzer()
+        self.iechs = IecHsGrader()
+        self.icaht = IcahtGrader()
+        self.hematotox = HematotoxScorer()
+        self.infections = InfectionGrader()
+        self.neuro_other = NeuroOtherGrader()
+        self.attributor = Attributor()
+        graders = (self.treatments, self.iechs, self.icaht, self.hematotox, self.infections, self.neuro_other,
+                   self.attributor)
+        # Every criteria table and its version: recorded on the engine Device (output-contract section 4).
+        self.versions = dict(self.tables.versions())
+        self.versions.update({g.t.table: g.t.version for g in graders})
         self.codes = OutputCodes(self.tables)
         self.strict = strict
 
@@ -129,24 +146,40 @@ class Engine:
             cr.days[Toxicity.ICANS] = self.icans.grade(course)
             for tox, days in cr.days.items():
                 cr.episodes[tox] = episodes(tox, days)
+            other = {Toxicity.CRS: Toxicity.ICANS, Toxicity.ICANS: Toxicity.CRS}
+            for tox, days in cr.days.items():
+                cr.treatments[tox] = self.treatments.analyze(course, tox, days, cr.episodes[tox],
+                                                             cr.episodes[other[tox]])
+                if report is not None:
+                    report.unverified_rows.update(r for tr in cr.treatments[tox] for r in tr.unverified_rows)
+            crs_days, crs_eps = cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]
+            icans_days, icans_eps = cr.days[Toxicity.ICANS], cr.episodes[Toxicity.ICANS]
+            for found in (self.iechs.grade(course, crs_days, crs_eps), self.icaht.grade(course),
+                          self.infections.grade(course), self.neuro_other.grade(course, icans_days, icans_eps)):
+                cr.events.extend(found.events)
+                tied = {id(ev.assessment) for ev in found.events if ev.assessment is not None}
+                cr.assessments.extend(a for a in found.assessments if id(a) not in tied)
+            cr.hematotox = self.hematotox.score(course)
+            if report is not None:  # decision 10: the run report names the unverified rows a result used
+                if cr.hematotox.state != State.NOT_ASSESSABLE:
+                    report.unverified_rows.update(self.hematotox.unverified_rows(cr.hematotox))
+                for ev in cr.events:
+                    if ev.toxicity in (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE) and ev.assessment is not None:
+                        report.unverified_rows.update(self.icaht.unverified_rows(ev.assessment))
+                    elif ev.toxicity == Toxicity.IEC_HS:
+                        report.unverified_rows.add(f"{self.iechs.t.table}:screen-and-grade")
             out.append(cr)
         return PatientResult(data, out)
 
     # ---- output ------------------------------------------------------------------------------
 
-    def causality(self, toxicity: str, onset_day: int) -> tuple[str, str]:
-        """(WHO-UMC causality code, rule text) for the CAR-T infusion, from mappings/attribution.yaml."""
-        table = self.tables.attribution
-        for row in table.rows:
-            if row.toxicity == toxicity and row.from_day <= onset_day and (row.to_day is None or onset_day <= row.to_day):
-                window = f"days {row.from_day}-{row.to_day}" if row.to_day is not None else f"day {row.from_day} on"
-                return row.assessment, (f"cart-fhir {table.table} v{table.version}: {toxicity} onset on day "
-                                        f"{onset_day}, window {window} -> {row.assessment}")
-        return "Unassessable-Unclassifiable", f"cart-fhir {table.table} v{table.version}: no window matched"
-
     def resources(self, result: RunResult, recorded: datetime) -> list[Written]:
         """Every resource of the run, in a stable order: Device, then per patient grades, episodes, AEs, Provenance."""
-        writer = Writer(self.codes, self.tables.versions(), recorded)
+        with _no_cyclic_gc():
+            return self._resources(result, recorded)
+
+    def _resources(self, result: RunResult, recorded: datetime) -> list[Written]:
+        writer = Writer(self.codes, self.versions, recorded)
         out: list[Written] = [writer.device]
         for pr in result.patients:
             mine: list[Written] = []
@@ -159,19 +192,48 @@ class Engine:
                     for dg in cr.days[tox]:
                         sources.extend(dg.evidence)
                         sources.extend(dg.supporting)
-                    for ep in cr.episodes[tox]:
+                    for ep, tr in zip(cr.episodes[tox], cr.treatments[tox]):
                         cond = writer.condition(cr.course, ep, daily)
-                        assessment, rule = self.causality(tox.value, ep.onset_day)
-                        ae = writer.adverse_event(cr.course, ep, cond,
-                                                  [_Suspect(cr.course.infusion.ref, assessment, rule)])
-                        mine.extend((cond, ae))
+                        suspects = self.attributor.suspects(cr.course, tox, ep.onset_day, ep.onset,
+                                                            ep.max_day.evidence)
+                        ae = writer.adverse_event(cr.course, ep, cond, suspects)
+                        response = writer.assessment(cr.course, tr.assessment, f"{tox.value}-{ep.number}")
+                        mine.extend((cond, ae, response))
+                        sources.extend(tr.treatment_refs)
+                mine.extend(self._other_resources(writer, cr, sources))
             if not mine:
                 continue
-            result.report.grades_written += sum(1 for w in mine if w.resource["resourceType"] == "Observation")
+            result.report.grades_written += sum(len(days) for cr in pr.courses for days in cr.days.values())
             mine.append(writer.provenance(pr.patient.key, mine, list(dict.fromkeys(sources))))
             out.extend(mine)
         result.report.resources_written = len(out) if len(out) > 1 else 0
         return out if len(out) > 1 else []
+
+    def _other_resources(self, writer: Writer, cr: CourseResult, sources: list[str]) -> list[Written]:
+        """Observations, Conditions and AdverseEvents of the toxicities beyond CRS/ICANS, and the score."""
+        out: list[Written] = []
+        course = cr.course
+        if cr.hematotox is not None:
+            out.append(writer.assessment(course, cr.hematotox, "car-hematotox"))
+            sources.extend(cr.hematotox.evidence)
+        for i, a in enumerate(cr.assessments):
+            out.append(writer.assessment(course, a, f"{a.code}-{i}"))
+            sources.extend(a.evidence)
+        for ev in cr.events:
+            obs = writer.assessment(course, ev.assessment, ev.key) if ev.assessment is not None else None
+            if obs is not None:
+                out.append(obs)
+                sources.extend(ev.assessment.evidence)  # type: ignore[union-attr]
+            if ev.condition_ref is not None:
+                condition = {"reference": ev.condition_ref}
+            else:
+                own = writer.event_condition(course, ev, obs)
+                out.append(own)
+                condition = {"reference": own.full_url}
+            suspects = self.attributor.suspects(course, ev.toxicity, ev.onset_day, ev.onset, ev.evidence)
+            out.append(writer.event_adverse_event(course, ev, condition, suspects))
+            sources.extend(ev.evidence)
+        return out
 
     @staticmethod
     def bundle(written: list[Written], bundle_type: BundleType = "collection") -> dict[str, Any]:

@@ -10,12 +10,14 @@ from .pipeline import RunResult
 
 
 def episode_rows(result: RunResult) -> list[dict[str, Any]]:
-    """One row per episode: patient, toxicity, max grade, onset day and time, resolution time."""
+    """One row per episode or event (and one CAR-HEMATOTOX row per infusion), as issue 3 specifies:
+    `patient`, `toxicity`, `max_grade`, `onset_day`, `onset`, `resolved`, plus the fields of each type."""
     rows: list[dict[str, Any]] = []
     for pr in result.patients:
         for cr in pr.courses:
+            base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number}
             for tox in (Toxicity.CRS, Toxicity.ICANS):
-                for ep in cr.episodes[tox]:
+                for ep, tr in zip(cr.episodes[tox], cr.treatments[tox]):
                     rows.append({
                         "patient": pr.patient.id,
                         "toxicity": tox.value,
@@ -25,11 +27,48 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                         "onset": iso(ep.onset),
                         "resolved": iso(ep.abatement) if ep.abatement else None,
                         "resolution_day": ep.resolved_day,
-                        "infusion": cr.course.infusion.ref,
-                        "infusion_number": cr.course.number,
                         "days_assessed": sum(1 for d in ep.days if d.state != State.NOT_ASSESSABLE),
+                        "treatments": list(tr.treatments),
+                        "first_treatment_day": tr.first_treatment_day,
+                        "hours_to_first_treatment": _round(tr.hours_onset_to_first_treatment),
+                        "dexamethasone_equivalent_mg": _round(tr.dexamethasone_equivalent_mg),
+                        "steroid_refractory": tr.steroid_refractory,
+                        "remission_day": tr.remission_day,
+                        "hours_to_remission": _round(tr.hours_to_remission),
+                        **base,
                     })
+            for ev in cr.events:
+                row: dict[str, Any] = {
+                    "patient": pr.patient.id,
+                    "toxicity": ev.toxicity.value,
+                    "max_grade": ev.max_grade,
+                    "max_grade_is_lower_bound": ev.state == State.AT_LEAST,
+                    "onset_day": ev.onset_day,
+                    "onset": iso(ev.onset),
+                    "resolved": iso(ev.abatement) if ev.abatement else None,
+                    "resolution_day": ev.resolved_day,
+                }
+                if ev.max_grade is None and ev.assessment is not None:
+                    row["missing"] = list(ev.assessment.missing)
+                if ev.toxicity == Toxicity.INFECTION:
+                    row.update(window=ev.detail("window"), type=ev.detail("type"),
+                               prophylaxis=bool(ev.detail("prophylaxis", False)), site=ev.detail("site"))
+                elif ev.toxicity == Toxicity.NEURO_OTHER:
+                    row["category"] = ev.detail("category")
+                rows.append({**row, **base})
+            hx = cr.hematotox
+            if hx is not None:
+                row = {"patient": pr.patient.id, "toxicity": Toxicity.CAR_HEMATOTOX.value, "score": hx.value,
+                       "risk": hx.interpretation if hx.state != State.NOT_ASSESSABLE and hx.interpretation
+                       else "not-assessable"}
+                if row["risk"] == "not-assessable":
+                    row["missing"] = list(hx.missing)
+                rows.append({**row, **base})
     return rows
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def table_rows(result: RunResult) -> list[tuple[str, ...]]:
@@ -49,6 +88,20 @@ def table_rows(result: RunResult) -> list[tuple[str, ...]]:
                     grade = f">={ep.max_grade}" if ep.max_is_lower_bound else str(ep.max_grade)
                     out.append((pr.patient.id, str(cr.course.number), tox.value, grade, str(ep.onset_day),
                                 str(ep.resolved_day) if ep.resolved_day is not None else "ongoing", str(assessed)))
+            for ev in cr.events:
+                label = ev.toxicity.value
+                extra = ev.detail("category") or ev.detail("type")
+                if extra:
+                    label += f" ({extra})"
+                grade = "n/a" if ev.max_grade is None else (f">={ev.max_grade}" if ev.state == State.AT_LEAST
+                                                            else str(ev.max_grade))
+                out.append((pr.patient.id, str(cr.course.number), label, grade, str(ev.onset_day),
+                            str(ev.resolved_day) if ev.resolved_day is not None else "ongoing", "-"))
+            hx = cr.hematotox
+            if hx is not None:
+                shown = (f"score {hx.value} ({hx.interpretation})" if hx.state != State.NOT_ASSESSABLE
+                         and hx.value is not None else "n/a")
+                out.append((pr.patient.id, str(cr.course.number), "car-hematotox", shown, "-", "-", "-"))
     return out
 
 

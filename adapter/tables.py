@@ -264,7 +264,7 @@ class IcansTable(Table):
     domains: dict[Literal["consciousness", "seizure", "motor", "cerebral-edema"], tuple[CodeGrade, ...]]
 
 
-# ---- output codes, attribution -----------------------------------------------------------------
+# ---- output codes -----------------------------------------------------------------------------
 
 class Coded(Row):
     code: str
@@ -289,20 +289,6 @@ class OutputCodeTable(Table):
     ncit_grades_source: str
 
 
-class AttributionRow(Row):
-    toxicity: str
-    from_day: int
-    to_day: int | None
-    assessment: Literal["Certain", "Probably-Likely", "Possible", "Unlikely", "Conditional-Classified",
-                        "Unassessable-Unclassifiable"]
-    verified: bool
-    source: str
-
-
-class AttributionTable(Table):
-    rows: tuple[AttributionRow, ...]
-
-
 class Tables(BaseModel):
     """Every table the graders and writers use, checked against each other."""
 
@@ -317,14 +303,13 @@ class Tables(BaseModel):
     crs: CrsTable
     icans: IcansTable
     output: OutputCodeTable
-    attribution: AttributionTable
     avpu_map: dict[str, Any]
 
     def versions(self) -> dict[str, int]:
         """Table id -> version, recorded in Observation.method and the Provenance device version."""
         return {t.table: t.version for t in (self.concepts, self.units, self.drugs, self.products,
                                               self.condition_findings, self.infections, self.neuro_events,
-                                              self.crs, self.icans, self.output, self.attribution)}
+                                              self.crs, self.icans, self.output)}
 
 
 _FILES = {
@@ -338,7 +323,6 @@ _FILES = {
     "crs": ("astct-crs-2019.yaml", CrsTable),
     "icans": ("astct-icans-2019.yaml", IcansTable),
     "output": ("output-codes.yaml", OutputCodeTable),
-    "attribution": ("attribution.yaml", AttributionTable),
 }
 
 

@@ -24,13 +24,26 @@ class Course:
     pre_readings: list[tuple[int, Reading]] = field(default_factory=list)  # (day < 0 or day 0 before infusion)
     pre_drugs: list[DrugAdmin] = field(default_factory=list)
 
+    _tz: timezone = field(init=False, repr=False)
+    _offset: timedelta = field(init=False, repr=False)
+    _day0: date = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Computed once: day_of() runs for every event of the patient.
+        self._tz = self.infusion.tz
+        self._offset = self._tz.utcoffset(None)
+        self._day0 = self.infusion.day0
+
     @property
     def tz(self) -> timezone:
-        return self.infusion.tz
+        return self._tz
 
     def day_of(self, m: Moment) -> int:
         """Day N: calendar date in the infusion's own UTC offset minus day 0 (a bare date is that date)."""
-        return (m.local_date(self.tz) - self.infusion.day0).days
+        at = m.at
+        if m.date_only or at.utcoffset() == self._offset:
+            return (at.date() - self._day0).days  # already in the infusion's offset (the usual case)
+        return (at.astimezone(self._tz).date() - self._day0).days
 
     def date_of(self, day: int) -> date:
         return self.infusion.day0 + timedelta(days=day)

@@ -11,7 +11,8 @@ PKG = Path(adapter.__file__).resolve().parent
 FORBIDDEN_IN_PURE = ("fhir", "fhirpy", "flask", "requests", "responses", "orjson", "yaml", "urllib", "socket",
                      "adapter.ingest", "adapter.output", "adapter.cli", "adapter.pipeline")
 PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/result.py", "model.py",
-        "timeline.py"]
+        "timeline.py", "grading/treatments.py", "grading/iechs.py", "grading/icaht.py", "grading/hematotox.py",
+        "grading/infections.py", "grading/neuro_other.py", "grading/attribution.py"]
 
 
 def imports(path: Path) -> set[str]:

@@ -831,7 +831,7 @@ def test_report_counts_events_before_day0(engine: Engine) -> None:
       "performedDateTime": "2024-05-03T08:00:00+01:00"},
      "Procedure (not a CAR-T infusion)"),
     ({"resourceType": "MedicationAdministration", "id": "abx", "status": "completed",
-      "medicationCodeableConcept": {"text": "cefepime"}, "subject": {"reference": "Patient/p1"},
+      "medicationCodeableConcept": {"text": "ondansetron"}, "subject": {"reference": "Patient/p1"},
       "effectiveDateTime": "2024-05-03T08:00:00+01:00"},
      "MedicationAdministration (drug not used)"),
     ({"resourceType": "Observation", "id": "grp", "status": "final",

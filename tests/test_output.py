@@ -40,6 +40,16 @@ def of_type(bundle: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
     return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype]
 
 
+def daily_grades(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for o in of_type(bundle, "Observation")
+            if o["code"]["coding"][0]["code"] in ("crs-grade-astct", "icans-grade-astct")]
+
+
+def crs_icans(bundle: dict[str, Any], rtype: str) -> list[dict[str, Any]]:
+    key = "code" if rtype == "Condition" else "event"
+    return [r for r in of_type(bundle, rtype) if r[key]["coding"][0]["code"] in ("crs", "icans")]
+
+
 def by_full_url(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
 
@@ -57,13 +67,20 @@ def test_every_emitted_resource_validates_with_r4b(out) -> None:
 
 
 def test_resource_counts(out) -> None:
-    counts = {t: len(of_type(out, t)) for t in ("Observation", "Condition", "AdverseEvent", "Provenance", "Device")}
     # CRS days 1-4, ICANS days 3-4; one episode each; one Provenance for the patient; one engine Device
-    assert counts == {"Observation": 6, "Condition": 2, "AdverseEvent": 2, "Provenance": 1, "Device": 1}
+    assert len(daily_grades(out)) == 6
+    assert (len(crs_icans(out, "Condition")), len(crs_icans(out, "AdverseEvent"))) == (2, 2)
+    assert (len(of_type(out, "Provenance")), len(of_type(out, "Device"))) == (1, 1)
+    codes = sorted(o["code"]["coding"][0]["code"] for o in of_type(out, "Observation")
+                   if o not in daily_grades(out))
+    # one treatment-response per episode, the CAR-HEMATOTOX score (not assessable: no baseline labs), and
+    # the early/late ICAHT assessments (not assessable: no ANC), IEC-HS (not assessable: CRS but no ferritin)
+    assert codes == ["car-hematotox-score", "icaht-grade-early", "icaht-grade-late", "iec-hs-grade",
+                     "treatment-response", "treatment-response"]
 
 
 def test_daily_observation_elements(out) -> None:
-    obs = {(o["code"]["coding"][0]["code"], o["effectivePeriod"]["start"][:10]): o for o in of_type(out, "Observation")}
+    obs = {(o["code"]["coding"][0]["code"], o["effectivePeriod"]["start"][:10]): o for o in daily_grades(out)}
     day2 = obs[("crs-grade-astct", "2024-05-03")]
     assert day2["meta"]["profile"] == [f"{BASE}/StructureDefinition/cart-toxicity-grade"]
     assert day2["status"] == "preliminary"
@@ -87,7 +104,7 @@ def test_daily_observation_elements(out) -> None:
 
 
 def test_at_least_and_not_assessable_days(out) -> None:
-    obs = {(o["code"]["coding"][0]["code"], o["effectivePeriod"]["start"][:10]): o for o in of_type(out, "Observation")}
+    obs = {(o["code"]["coding"][0]["code"], o["effectivePeriod"]["start"][:10]): o for o in daily_grades(out)}
     day1 = obs[("crs-grade-astct", "2024-05-02")]
     assert day1["valueInteger"] == 2
     assert day1["interpretation"][0]["coding"][0]["code"] == "at-least"
@@ -100,7 +117,7 @@ def test_at_least_and_not_assessable_days(out) -> None:
 
 def test_condition_elements(out) -> None:
     urls = by_full_url(out)
-    crs = next(c for c in of_type(out, "Condition") if c["code"]["coding"][0]["code"] == "crs")
+    crs = next(c for c in crs_icans(out, "Condition") if c["code"]["coding"][0]["code"] == "crs")
     codes = {(c["system"], c["code"]) for c in crs["code"]["coding"]}
     assert {(f"{BASE}/CodeSystem/cart-toxicity", "crs"), (ICD, "D89.833"), (NCIT, "C143394")} <= codes
     assert crs["clinicalStatus"]["coding"][0]["code"] == "resolved"

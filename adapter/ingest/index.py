@@ -59,7 +59,11 @@ def _version(res: dict[str, Any]) -> tuple[datetime, int]:
 class Indexed:
     resource: dict[str, Any]
     key: str
-    loc: Location
+    item: Item
+
+    @property
+    def loc(self) -> Location:
+        return self.item.loc
 
 
 @dataclass(slots=True)
@@ -99,7 +103,7 @@ def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
             key = ref_key(item.full_url)  # a server address ending in Type/id: relative references resolve to it
         else:
             # No id: the fullUrl, or else a key unique to this occurrence (two id-less resources never merge).
-            key = item.full_url or f"{rtype}@{item.loc}#{report.resources_read}"
+            key = item.full_url or f"{rtype}@{item.file}:{item.line}:{item.entry}#{report.resources_read}"
         if item.full_url:
             idx.alias[item.full_url] = key
         prev = idx.by_key.get(key)
@@ -109,7 +113,7 @@ def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
             report.ignored["superseded version"] += 1
             if _version(res) < _version(prev.resource):
                 continue
-        idx.by_key[key] = Indexed(res, key, item.loc)
+        idx.by_key[key] = Indexed(res, key, item)
     for ent in idx.by_key.values():
         rtype = ent.resource["resourceType"]
         if rtype == "Patient":

@@ -21,7 +21,14 @@ class Item:
 
     resource: dict[str, Any]
     full_url: str | None
-    loc: Location
+    file: str
+    line: int | None = None
+    entry: int | None = None
+
+    @property
+    def loc(self) -> Location:
+        """Built only when needed (an error or warning): one per resource would cost more than the parse."""
+        return Location(self.file, self.line, self.entry, label(self.resource))
 
 
 def label(resource: dict[str, Any]) -> str | None:
@@ -97,12 +104,13 @@ def _read_ndjson(data: bytes, name: str) -> Iterator[Item]:
             res = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
-        loc = Location(name, line=n)
-        _check_resource(res, loc)
+        if type(res) is not dict or type(res.get("resourceType")) is not str or "id" in res and (
+                type(res["id"]) is not str or not res["id"]):
+            _check_resource(res, Location(name, line=n))  # raises the precise error
         if res["resourceType"] == "Bundle":
             yield from _bundle_items(res, name, n)
         else:
-            yield Item(res, None, Location(name, line=n, resource=label(res)))
+            yield Item(res, None, name, n)
 
 
 def _check_resource(res: Any, loc: Location) -> None:
@@ -134,10 +142,9 @@ def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterat
         full_url = entry.get("fullUrl")
         if full_url is not None and not isinstance(full_url, str):
             raise BadInput("Bundle entry fullUrl must be a string", loc)
-        loc = Location(name, line=line, entry=i, resource=label(res))
         if res["resourceType"] == "Bundle":
             yield from _bundle_items(res, name, line)  # nested (e.g. a batch-response or a message payload)
             continue
         # search.mode "include" entries are used like any other; "outcome" entries are OperationOutcomes,
         # which the index skips with a warning.
-        yield Item(res, full_url, loc)
+        yield Item(res, full_url, name, line, i)

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from collections.abc import Sequence
 
 from .. import __version__
-from ..constants import (AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOME, AE_SERIOUSNESS, AE_SEVERITY,
+from ..constants import (cs, AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOME, AE_SERIOUSNESS, AE_SEVERITY,
                          COND_CATEGORY, COND_CLINICAL, COND_VERIFICATION, CS_GRADE_QUALIFIER, CS_RISK, CS_TOXICITY,
                          DATA_ABSENT, EXT_AE_GRADE, EXT_RELATIVE_DATETIME, EXT_SUPPORTING_INFO, ID_AE, ID_DEVICE,
                          ID_EPISODE, ID_GRADE, ID_RUN, OBS_CATEGORY, PROFILE_AE, PROFILE_EPISODE, PROFILE_GRADE,
@@ -164,8 +164,10 @@ class Writer:
             out["valueBoolean"] = bool(c.value)
         elif c.kind == "integer":
             out["valueInteger"] = int(c.value)
-        else:
-            out["valueCodeableConcept"] = {"coding": [coding(ANSWER_SYSTEMS[c.kind], str(c.value))]}
+        elif c.kind == "decimal":  # a ratio or other unitless number
+            out["valueQuantity"] = {"value": float(c.value), "unit": "ratio", "system": UCUM, "code": "1"}
+        else:  # a coded answer from one of the project's answer lists
+            out["valueCodeableConcept"] = {"coding": [coding(ANSWER_SYSTEMS.get(c.kind, cs(c.kind)), str(c.value))]}
         return out
 
     # ---- episode Condition and AdverseEvent ---------------------------------------------------
@@ -285,11 +287,12 @@ class Writer:
         else:
             res["effectiveDateTime"] = iso(a.start)
             res["_effectiveDateTime"] = {"extension": [relative]}
-        if a.state == State.NOT_ASSESSABLE or a.value is None:
+        if a.state == State.NOT_ASSESSABLE:
             res["dataAbsentReason"] = {"coding": [coding(DATA_ABSENT, "unknown", "Unknown")],
                                        "text": "Not assessable: missing " + ("; ".join(a.missing) or "data")}
-        else:
+        elif a.value is not None:
             res["valueInteger"] = a.value
+        # else: a summary carried by its components alone (treatment-response), like a panel
         interp: list[dict[str, Any]] = []
         if a.state == State.AT_LEAST and a.value is not None:
             interp.append({"coding": [coding(CS_GRADE_QUALIFIER, "at-least", "At least this grade")],
