@@ -192,7 +192,7 @@ class Engine:
                     for dg in cr.days[tox]:
                         sources.extend(dg.evidence)
                         sources.extend(dg.supporting)
-                    for ep, tr in zip(cr.episodes[tox], cr.treatments[tox]):
+                    for ep, tr in zip(cr.episodes[tox], cr.treatments[tox], strict=True):
                         cond = writer.condition(cr.course, ep, daily)
                         suspects = self.attributor.suspects(cr.course, tox, ep.onset_day, ep.onset,
                                                             ep.max_day.evidence)

@@ -17,7 +17,7 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
         for cr in pr.courses:
             base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number}
             for tox in (Toxicity.CRS, Toxicity.ICANS):
-                for ep, tr in zip(cr.episodes[tox], cr.treatments[tox]):
+                for ep, tr in zip(cr.episodes[tox], cr.treatments[tox], strict=True):
                     rows.append({
                         "patient": pr.patient.id,
                         "toxicity": tox.value,

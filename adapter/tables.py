@@ -10,6 +10,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .constants import CS_OXYGEN, cs
 from .errors import ConfigError
 
 
@@ -342,7 +343,7 @@ def _check(t: Tables) -> None:
         dupes = {x for x in rows if rows.count(x) > 1}
         if dupes:
             raise ConfigError(f"{table}: duplicate keys {sorted(dupes)}")
-    devices = set(t.concepts.values[f"https://cart-fhir.org/fhir/CodeSystem/oxygen-delivery"])
+    devices = set(t.concepts.values[CS_OXYGEN])
     table_devices = [d.device for d in t.crs.oxygen.devices]
     if set(table_devices) != devices or len(table_devices) != len(devices):
         raise ConfigError(f"astct-crs-2019.yaml: oxygen devices {sorted(table_devices)} do not match the "
@@ -351,7 +352,7 @@ def _check(t: Tables) -> None:
                       "cerebral-edema": "cerebral-edema-finding"}
     for domain, rows in t.icans.domains.items():
         codes = [r.code for r in rows]
-        expected = set(t.concepts.values[f"https://cart-fhir.org/fhir/CodeSystem/{domain_systems[domain]}"])
+        expected = set(t.concepts.values[cs(domain_systems[domain])])
         if set(codes) != expected or len(codes) != len(expected):
             raise ConfigError(f"astct-icans-2019.yaml: {domain} codes {sorted(codes)} != value set {sorted(expected)}")
     for name, bands, top in (("ice_bands", t.icans.ice_bands, 10), ("capd_bands", t.icans.capd_bands, 32)):
