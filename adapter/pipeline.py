@@ -197,7 +197,7 @@ class Engine:
                         suspects = self.attributor.suspects(cr.course, tox, ep.onset_day, ep.onset,
                                                             ep.max_day.evidence)
                         ae = writer.adverse_event(cr.course, ep, cond, suspects)
-                        response = writer.assessment(cr.course, tr.assessment, f"{tox.value}-{ep.number}")
+                        response = writer.assessment(cr.course, tr.assessment, f"{tox.value}-{ep.number}", cond)
                         mine.extend((cond, ae, response))
                         sources.extend(tr.treatment_refs)
                 mine.extend(self._other_resources(writer, cr, sources))

@@ -83,11 +83,19 @@ def table_rows(result: RunResult) -> list[tuple[str, ...]]:
                 if not eps:
                     graded = [d.grade for d in days if d.grade is not None]
                     shown = "0" if graded else ("n/a" if days else "no data")
-                    out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", str(assessed)))
-                for ep in eps:
+                    out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", str(assessed), "-"))
+                for ep, tr in zip(eps, cr.treatments[tox], strict=True):
                     grade = f">={ep.max_grade}" if ep.max_is_lower_bound else str(ep.max_grade)
+                    treated = ", ".join(tr.treatments) or "-"
+                    if tr.first_treatment_day is not None:
+                        treated += f" (day {tr.first_treatment_day})"
+                    if tr.steroid_refractory:
+                        treated += ", steroid-refractory"
+                    if tr.remission_day is not None:
+                        treated += f", IDM remission day {tr.remission_day}"
                     out.append((pr.patient.id, str(cr.course.number), tox.value, grade, str(ep.onset_day),
-                                str(ep.resolved_day) if ep.resolved_day is not None else "ongoing", str(assessed)))
+                                str(ep.resolved_day) if ep.resolved_day is not None else "ongoing", str(assessed),
+                                treated))
             for ev in cr.events:
                 label = ev.toxicity.value
                 extra = ev.detail("category") or ev.detail("type")
@@ -96,17 +104,18 @@ def table_rows(result: RunResult) -> list[tuple[str, ...]]:
                 grade = "n/a" if ev.max_grade is None else (f">={ev.max_grade}" if ev.state == State.AT_LEAST
                                                             else str(ev.max_grade))
                 out.append((pr.patient.id, str(cr.course.number), label, grade, str(ev.onset_day),
-                            str(ev.resolved_day) if ev.resolved_day is not None else "ongoing", "-"))
+                            str(ev.resolved_day) if ev.resolved_day is not None else "ongoing", "-", "-"))
             hx = cr.hematotox
             if hx is not None:
                 shown = (f"score {hx.value} ({hx.interpretation})" if hx.state != State.NOT_ASSESSABLE
                          and hx.value is not None else "n/a")
-                out.append((pr.patient.id, str(cr.course.number), "car-hematotox", shown, "-", "-", "-"))
+                out.append((pr.patient.id, str(cr.course.number), "car-hematotox", shown, "-", "-", "-", "-"))
     return out
 
 
 def render_table(rows: list[tuple[str, ...]]) -> str:
-    head = ("patient", "infusion", "toxicity", "max grade", "onset day", "resolution day", "days assessed")
+    head = ("patient", "infusion", "toxicity", "max grade", "onset day", "resolution day", "days assessed",
+            "treatments")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     return "\n".join(lines)

@@ -34,6 +34,10 @@ def rich_patient() -> PatientBuilder:
     b.medication("dexamethasone", 4, "12:00", rxnorm="3264", dose_mg=12, route="72607000")
     b.ice(5, "08:00", 8)
     b.ice(6, "08:00", 10)
+    # IEC-HS screen as CRS resolves: ferritin > 2 x ULN with fibrinogen < 150 mg/dL on day 4
+    b.lab("ferritin", 0, "07:00", 350, "ng/mL", high=300)
+    b.lab("ferritin", 4, "06:00", 2500, "ng/mL", high=300)
+    b.lab("fibrinogen", 4, "06:00", 120, "mg/dL", low=200, high=400)
     # profound neutropenia days 0-20 (early ICAHT), ANC recovering from day 21
     for day in range(0, 21):
         b.lab("anc", day, "06:00", 0.05 if day < 10 else 0.3, "10*3/uL")
@@ -54,7 +58,9 @@ def rich_patient() -> PatientBuilder:
 def test_every_toxicity_type_reaches_the_summary_and_validates(engine) -> None:
     res = run(engine, rich_patient().bundle())
     rows = {r["toxicity"]: r for r in episode_rows(res)}
-    assert set(rows) >= {"crs", "icans", "icaht-early", "infection", "neurotoxicity-other", "car-hematotox"}
+    assert set(rows) >= {"crs", "icans", "iec-hs", "icaht-early", "infection", "neurotoxicity-other",
+                         "car-hematotox"}
+    assert rows["iec-hs"]["onset_day"] == 4 and rows["iec-hs"]["max_grade"] >= 1
     assert (rows["crs"]["max_grade"], rows["crs"]["treatments"], rows["crs"]["first_treatment_day"]) == \
         (2, ["tocilizumab"], 1)
     assert rows["icans"]["max_grade"] == 3 and "idm" in rows["icans"]["treatments"]
@@ -73,10 +79,26 @@ def test_non_crs_events_write_an_adverse_event_with_every_suspect(engine) -> Non
     written = [w.resource for w in engine.resources(res, RECORDED)]
     aes: dict[str, dict[str, Any]] = {a["event"]["coding"][0]["code"]: a for a in written
                                       if a["resourceType"] == "AdverseEvent"}
-    assert {"crs", "icans", "icaht", "infection", "neurotoxicity-other"} <= set(aes)
+    assert {"crs", "icans", "iec-hs", "icaht", "infection", "neurotoxicity-other"} <= set(aes)
     roles = [s["instance"]["reference"].split("/")[0] for s in aes["icaht"]["suspectEntity"]]
     assert roles[0] == "MedicationAdministration"  # the CAR-T infusion first
     assert len(roles) >= 2  # lymphodepletion as a second suspect for ICAHT
     assert aes["infection"]["resultingCondition"][0]["reference"].startswith("Condition/cond-")  # the input Condition
     for ae in aes.values():
         assert ae["suspectEntity"][0]["causality"][0]["productRelatedness"]
+
+
+def test_all_toxicities_output_matches_golden(engine) -> None:
+    """Golden output for one patient with every toxicity type (tests/data/golden/all-toxicities.out.json,
+    made by this engine from rich_patient() and reviewed against the story in its comments).
+    Set CART_FHIR_UPDATE_GOLDEN=1 to rewrite after a reviewed change; compared parsed, never as bytes."""
+    import json
+    import os
+    from pathlib import Path
+
+    res = run(engine, rich_patient().bundle())
+    got = engine.bundle(engine.resources(res, RECORDED))
+    path = Path(__file__).resolve().parent / "data" / "golden" / "all-toxicities.out.json"
+    if os.environ.get("CART_FHIR_UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n")
+    assert got == json.loads(path.read_text())

@@ -261,7 +261,7 @@ class Writer:
 
     # ---- assessments and events beyond CRS/ICANS ------------------------------------------------
 
-    def assessment(self, course: Course, a: Assessment, key: str) -> Written:
+    def assessment(self, course: Course, a: Assessment, key: str, focus: Written | None = None) -> Written:
         """One Observation for an assessment that is not a daily grade (ICAHT, CAR-HEMATOTOX, IEC-HS,
         an infection's or neurological event's CTCAE grade, a treatment-response summary)."""
         value_id = stable_hash(course.patient.key, course.infusion.ref, a.code, key)
@@ -275,6 +275,8 @@ class Writer:
                      "text": ASSESSMENT_DISPLAY.get(a.code, a.code)},
             "subject": dict(course.patient.reference),
         }
+        if focus is not None:  # e.g. a treatment-response summary is about its episode Condition
+            res["focus"] = [ref(focus)]
         day = course.day_of(Moment(a.start))
         relative = {"url": EXT_RELATIVE_DATETIME, "extension": [
             {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
@@ -317,7 +319,7 @@ class Writer:
             res["derivedFrom"] = [_input_ref(e) for e in dict.fromkeys(observations)]
         if a.components:
             res["component"] = [self._component(c) for c in a.components]
-        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
+        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject", "focus",
                  "effectiveDateTime", "_effectiveDateTime", "effectivePeriod", "valueInteger", "dataAbsentReason",
                  "interpretation", "note", "method", "device", "derivedFrom", "component"]
         res = {k: res[k] for k in order if k in res}
