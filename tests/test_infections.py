@@ -328,13 +328,18 @@ def test_every_infection_grading_row_has_a_case() -> None:
     rows = settings | {f"window:{w.profile}:{w.window}" for w in t.windows} | \
         {f"term:{r.ctcae_term}" for r in t.terms} | {f"route:{r.route}" for r in t.routes} | \
         {f"support:{r.support}" for r in t.organ_support}
-    covered = {c for p in CASES for c in p.values[0]}
+    covered = {c for p in CASES for c in p.values[0]} | MICROBIOLOGY_COVERS
     assert rows - covered == set()
     assert covered - rows == set(), "a case names a row the table does not have"
 
 
+# Rows covered by the microbiology tests at the end of this file.
+MICROBIOLOGY_COVERS = {"setting:same_episode_days", "term:Bacteremia"}
+MICROBIOLOGY_CODES = {"600-7", "94500-6", "72493-0"}
+
+
 def test_every_infection_code_has_a_case() -> None:
-    assert {r.code for r in load_tables().infections.rows} == set(CODES.values())
+    assert {r.code for r in load_tables().infections.rows} == set(CODES.values()) | MICROBIOLOGY_CODES
 
 
 def test_event_shape(engine: Any) -> None:
@@ -396,3 +401,70 @@ def test_infection_grader_is_pure() -> None:
     mods = imports(PKG / "grading" / "infections.py")
     assert not {m for m in mods for f in FORBIDDEN_IN_PURE if m == f or m.startswith(f + ".")}
 
+
+
+# ---- positive microbiology results as infections (grading.md 6.1, 11.19) ---------------------------------
+
+def _culture(b: PatientBuilder, day: int, organism: str | None, interpretation: str | None = None,
+             loinc: str = "600-7") -> dict:
+    value: dict = {}
+    if organism is not None:
+        value["valueCodeableConcept"] = {"text": organism}
+    obs = b.obs({"system": "http://loinc.org", "code": loinc}, day, "09:00", "culture", category="laboratory",
+                **value)
+    if interpretation:
+        obs["interpretation"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": interpretation}]}]
+    return obs
+
+
+@pytest.mark.parametrize(("organism", "interpretation", "expected"), [
+    pytest.param("Escherichia coli", None, 1, id="micro-organism-named-positive"),
+    pytest.param("No growth after 5 days", None, 0, id="micro-no-growth-negative"),
+    pytest.param(None, "POS", 1, id="micro-interpretation-pos"),
+    pytest.param("Escherichia coli", "NEG", 0, id="micro-interpretation-neg-wins"),
+])
+def test_positive_blood_culture_is_an_infection(engine, organism, interpretation, expected) -> None:
+    from adapter.grading.result import Toxicity
+
+    b = PatientBuilder()
+    _culture(b, 5, organism, interpretation)
+    res = run(engine, b.bundle())
+    events = [e for e in res.patients[0].courses[0].events if e.toxicity == Toxicity.INFECTION]
+    assert len(events) == expected
+    if expected:
+        ev = events[0]
+        assert (ev.detail("type"), ev.detail("window"), ev.onset_day) == ("bacterial", "early", 5)
+        assert ev.condition_ref is None  # a Condition of our own is written for it
+        assert ev.max_grade == 2  # CTCAE Bacteremia has grade 2 only
+
+
+def test_culture_within_14_days_of_a_diagnosed_infection_is_the_same_episode(engine) -> None:
+    from adapter.grading.result import Toxicity
+
+    b = PatientBuilder()
+    b.coded_condition(SCT, "5758002", 5, "10:00")  # bacteremia diagnosed
+    _culture(b, 4, "Klebsiella pneumoniae")
+    _culture(b, 30, "Enterococcus faecium")  # a later, separate episode
+    res = run(engine, b.bundle())
+    days = sorted(e.onset_day for e in res.patients[0].courses[0].events if e.toxicity == Toxicity.INFECTION)
+    assert days == [5, 30]
+
+
+@pytest.mark.parametrize(("loinc", "value", "positive"), [
+    pytest.param("94500-6", {"valueCodeableConcept": {"text": "Detected"}}, True, id="micro-sars-cov-2-detected"),
+    pytest.param("94500-6", {"valueCodeableConcept": {"text": "Not detected"}}, False, id="micro-sars-cov-2-not-detected"),
+    pytest.param("72493-0", {"valueQuantity": {"value": 1200, "unit": "[IU]/mL"}}, True, id="micro-cmv-load-positive"),
+    pytest.param("72493-0", {"valueQuantity": {"value": 35, "comparator": "<", "unit": "[IU]/mL"}}, False,
+                 id="micro-cmv-below-limit"),
+])
+def test_pcr_and_viral_load_results(engine, loinc, value, positive) -> None:
+    from adapter.grading.result import Toxicity
+
+    b = PatientBuilder()
+    b.obs({"system": "http://loinc.org", "code": loinc}, 20, "09:00", "pcr", category="laboratory", **value)
+    res = run(engine, b.bundle())
+    events = [e for e in res.patients[0].courses[0].events if e.toxicity == Toxicity.INFECTION]
+    assert bool(events) is positive
+    if positive:
+        assert events[0].detail("type") == "viral"

@@ -39,6 +39,7 @@ class InfectionSettings(Row):
     link_before_onset_hours: int
     open_infection_days: int
     prophylaxis_dose_cover_hours: int
+    same_episode_days: int = 14
     treatment_min_grade: int
     verified: bool
     source: str
@@ -138,10 +139,26 @@ class InfectionGrader:
         self.table_id = f"{self.t.table} v{self.t.version}"
 
     def grade(self, course: Course) -> Findings:
-        events = tuple(self._event(course, day, f) for day, f in course.conditions
-                       if f.table == "infections" and day >= 0)
+        facts = [(day, f) for day, f in course.conditions if f.table == "infections" and day >= 0]
+        events = tuple(self._event(course, day, f) for day, f in self._episodes(facts))
         # Each infection's assessment travels on its Event (one Observation per event, written with it).
         return Findings(assessments=(), events=events)
+
+    def _episodes(self, facts: list[tuple[int, ConditionFact]]) -> list[tuple[int, ConditionFact]]:
+        """A positive culture or PCR (an Observation) is an infection of its own only when no infection
+        Condition of the same kind was diagnosed within `same_episode_days` of it, and only its first
+        result counts (grading.md 11.19: same organism and site within 14 days = one episode)."""
+        window = self.s.same_episode_days
+        kept: list[tuple[int, ConditionFact]] = [(d, f) for d, f in facts if not f.ref.startswith("Observation/")]
+        for day, f in facts:
+            if not f.ref.startswith("Observation/"):
+                continue
+            same = [d for d, g in kept if (g.key == f.key or (g.attr("pathogen_type") == f.attr("pathogen_type")
+                                                               and g.attr("site") == f.attr("site")))
+                    and abs(d - day) <= window]
+            if not same:
+                kept.append((day, f))
+        return sorted(kept, key=lambda df: df[1].onset.at)
 
     # ---- one infection --------------------------------------------------------------------------
 
@@ -160,9 +177,11 @@ class InfectionGrader:
             ("prophylaxis_classes", ", ".join(c for c in classes if c)), ("window_profile", self.profile),
             ("ctcae_term", f.attr("ctcae_term")))
         ncit = f.attr("ncit")
+        # A Condition records the infection itself; a positive result gets a Condition of our own.
+        condition_ref = None if f.ref.startswith("Observation/") else f.ref
         return Event(Toxicity.INFECTION, f.ref, a.state, a.value, f.onset.at, day,
                      f.abatement.at if f.abatement else None,
-                     course.day_of(f.abatement) if f.abatement else None, a, f.ref,
+                     course.day_of(f.abatement) if f.abatement else None, a, condition_ref,
                      (NCIT, ncit, f.attr("ctcae_term")) if ncit else None, details, (f.ref,))
 
     def window(self, day: int) -> str:

@@ -223,6 +223,10 @@ class Extractor:
         sub = [(self.term.concept(c.get("code")), c) for c in components or [] if isinstance(c, dict)]
         sub = [(row, c) for row, c in sub if row is not None and row.kind != "panel"]
         if (concept is None or concept.kind == "panel") and not sub:
+            event = self.term.event(res.get("code")) if concept is None else None
+            if event is not None and event[0] == "infections":
+                self._microbiology(ent, data, tz, event)
+                return
             self.report.ignored["Observation (code not used)"] += 1
             return
         eff = self._effective(res, loc, tz)
@@ -250,6 +254,25 @@ class Extractor:
                     self.report.unverified_rows.add(f"input-concepts:{row.system}|{row.code}")
         else:
             self.report.ignored["Observation without a value"] += 1
+
+    def _microbiology(self, ent: Indexed, data: PatientData, tz: timezone, event: tuple[str, Any, str]) -> None:
+        """A positive culture or PCR is an infection fact at the specimen time (grading.md 6.1); a negative
+        or undecidable result is counted and ignored."""
+        res, loc = ent.resource, ent.loc
+        positive = microbiology_positive(res)
+        if not positive:
+            self.report.ignored["microbiology result negative or undecided"] += 1
+            return
+        eff = self._effective(res, loc, tz)
+        if eff is None:
+            self.report.warn("positive result has no effective[x]: not placed on a day, ignored", loc)
+            self.report.ignored["Observation without effective time"] += 1
+            return
+        table, row, code = event
+        attrs = tuple((k, str(v)) for k, v in row.model_dump().items()
+                      if k not in ("system", "code", "display", "verified", "source") and v is not None)
+        data.conditions.append(ConditionFact(table, row.key, code, row.display, eff[0], None, ent.key, attrs))
+        self.report.resources_used += 1
 
     def _value(self, holder: dict[str, Any], row: ConceptRow, path: str, loc: Location) -> Any:
         """The value of an Observation or component for a concept, converted and range-checked."""
@@ -456,3 +479,31 @@ class Extractor:
                                              attrs, severity))
         if not row.verified:
             self.report.unverified_rows.add(f"{table}:{row.key}")
+
+
+# HL7 v3 ObservationInterpretation codes for a qualitative result (POS positive, DET detected; NEG, ND).
+_POSITIVE_INTERPRETATION = frozenset({"POS", "DET", "A", "AA", "H", "HH"})
+_NEGATIVE_INTERPRETATION = frozenset({"NEG", "ND", "N"})
+_NEGATIVE_WORDS = ("negative", "not detected", "no growth", "none detected", "undetected", "no organism")
+
+
+def microbiology_positive(res: dict[str, Any]) -> bool:
+    """Does a culture / PCR / viral-load result show the organism? Interpretation first, then the value."""
+    for cc in res.get("interpretation") or []:
+        codes = {str(c.get("code", "")).upper() for c in codings(cc)}
+        if codes & _NEGATIVE_INTERPRETATION:
+            return False
+        if codes & _POSITIVE_INTERPRETATION:
+            return True
+    if isinstance(res.get("valueBoolean"), bool):
+        return bool(res["valueBoolean"])
+    q = res.get("valueQuantity")
+    if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+        return q["value"] > 0 and q.get("comparator") not in ("<", "<=")
+    words = " ".join(texts_of(res.get("valueCodeableConcept")))
+    if isinstance(res.get("valueString"), str):
+        words += " " + res["valueString"]
+    words = words.lower().strip()
+    if not words:
+        return False
+    return not any(w in words for w in _NEGATIVE_WORDS)
