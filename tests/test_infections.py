@@ -357,7 +357,7 @@ def test_event_shape(engine: Any) -> None:
     assert [k for k, _ in ev.details][:5] == ["window", "type", "prophylaxis", "site", "prophylaxis_agents"]
     a = ev.assessment
     assert a is not None and (a.code, a.state, a.value, a.table) == ("infection-grade-ctcae", State.GRADED, 3,
-                                                                     "infection-grading-ctcae v1")
+                                                                     "infection-grading-ctcae v2")
     assert (a.start, a.end) == (ev.onset, ev.abatement)
     assert a.evidence == (c, "MedicationAdministration/vancomycin-3")
     assert a.supporting == ("MedicationStatement/acyclovir-4",)
