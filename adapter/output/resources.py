@@ -66,6 +66,16 @@ def _input_ref(key: str) -> dict[str, str]:
     return {"reference": key}
 
 
+def _relative_day(course: Course, day: int) -> dict[str, Any]:
+    """cqf-relativeDateTime: day N after the start of the CAR-T infusion (output-contract.md section 1)."""
+    return {"url": EXT_RELATIVE_DATETIME, "extension": [
+        {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
+        {"url": "targetPath", "valueString": "performed" if course.infusion.ref.startswith("Procedure/")
+         else "effective"},
+        {"url": "relationship", "valueCode": "after-start"},
+        {"url": "offset", "valueDuration": {"value": day, "unit": "d", "system": UCUM, "code": "d"}}]}
+
+
 class Writer:
     """Turns one course's grades and episodes into resources; pure apart from the run time it is given."""
 
@@ -98,7 +108,6 @@ class Writer:
         value_id = stable_hash(course.patient.key, course.infusion.ref, tox, scale, dg.day)
         table = "astct-crs-2019" if tox == "crs" else "astct-icans-2019"
         start, end = dg.window
-        target_path = "performed" if course.infusion.ref.startswith("Procedure/") else "effective"
         res: dict[str, Any] = {
             "resourceType": "Observation",
             "meta": {"profile": [PROFILE_GRADE]},
@@ -109,12 +118,7 @@ class Writer:
                      "text": f"{scale_display}, day {dg.day}"},
             "subject": dict(course.patient.reference),
             "effectivePeriod": {
-                "extension": [{"url": EXT_RELATIVE_DATETIME, "extension": [
-                    {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
-                    {"url": "targetPath", "valueString": target_path},
-                    {"url": "relationship", "valueCode": "after-start"},
-                    {"url": "offset", "valueDuration": {"value": dg.day, "unit": "d", "system": UCUM,
-                                                        "code": "d"}}]}],
+                "extension": [_relative_day(course, dg.day)],
                 "start": iso(start),
                 "end": iso(end - timedelta(seconds=1)),  # Period.end is inclusive: the day's last second
             },
@@ -177,10 +181,18 @@ class Writer:
         return (course.patient.key, course.infusion.ref, tox, self.codes.scale(tox)[0], ep.onset_day)
 
     def condition(self, course: Course, ep: Episode, daily: dict[int, Written]) -> Written:
-        tox = ep.toxicity.value
-        scale, scale_display, _ = self.codes.scale(tox)
+        """The Condition of a CRS or ICANS episode: stage = maximum grade and the day that reached it."""
         value_id = stable_hash(*self._episode_key(course, ep), "episode")
-        resolved = ep.abatement is not None
+        note = (f"Maximum grade proven only as at least {ep.max_grade}: " + "; ".join(ep.max_day.missing)
+                if ep.max_is_lower_bound else None)
+        return self._condition(course, ep.toxicity.value, value_id, ep.onset, ep.abatement, ep.max_grade, None,
+                               daily[ep.max_day.day], [daily[d.day] for d in ep.days if d.day in daily], note)
+
+    def _condition(self, course: Course, tox: str, value_id: str, onset: datetime, abatement: datetime | None,
+                   grade: int | None, term: tuple[str, str, str] | None, assessment: Written | None,
+                   evidence: list[Written], note: str | None = None) -> Written:
+        scale, scale_display, _ = self.codes.scale(tox)
+        resolved = abatement is not None
         res: dict[str, Any] = {
             "resourceType": "Condition",
             "meta": {"profile": [PROFILE_EPISODE]},
@@ -189,21 +201,22 @@ class Writer:
                                                  "Resolved" if resolved else "Active")]},
             "verificationStatus": {"coding": [coding(COND_VERIFICATION, "provisional", "Provisional")]},
             "category": [{"coding": [coding(COND_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")]}],
-            "code": {"coding": self.codes.toxicity_codings(tox, ep.max_grade), "text": self.codes.display(tox)},
+            "code": {"coding": self.codes.toxicity_codings(tox, grade, term), "text": self.codes.display(tox)},
             "subject": dict(course.patient.reference),
-            "onsetDateTime": iso(ep.onset),
+            "onsetDateTime": iso(onset),
         }
-        if ep.abatement is not None:
-            res["abatementDateTime"] = iso(ep.abatement)
-        res["stage"] = [{
-            "summary": self.codes.grade_concept(ep.max_grade),
-            "assessment": [ref(daily[ep.max_day.day])],
-            "type": {"coding": [coding(CS_TOXICITY, scale, scale_display)]},
-        }]
-        res["evidence"] = [{"detail": [ref(daily[d.day]) for d in ep.days if d.day in daily]}]
-        if ep.max_is_lower_bound:
-            res["note"] = [{"text": f"Maximum grade proven only as at least {ep.max_grade}: "
-                                    + "; ".join(ep.max_day.missing)}]
+        if abatement is not None:
+            res["abatementDateTime"] = iso(abatement)
+        if grade is not None:
+            stage: dict[str, Any] = {"summary": self.codes.grade_concept(grade)}
+            if assessment is not None:
+                stage["assessment"] = [ref(assessment)]
+            stage["type"] = {"coding": [coding(CS_TOXICITY, scale, scale_display)]}
+            res["stage"] = [stage]
+        if evidence:
+            res["evidence"] = [{"detail": [ref(w) for w in evidence]}]
+        if note:
+            res["note"] = [{"text": note}]
         return Written(full_url(ID_EPISODE, value_id), res, f"Condition?identifier={ID_EPISODE}|{value_id}")
 
     def adverse_event(self, course: Course, ep: Episode, condition: Written,
@@ -278,12 +291,7 @@ class Writer:
         if focus is not None:  # e.g. a treatment-response summary is about its episode Condition
             res["focus"] = [ref(focus)]
         day = course.day_of(Moment(a.start))
-        relative = {"url": EXT_RELATIVE_DATETIME, "extension": [
-            {"url": "target", "valueReference": _input_ref(course.infusion.ref)},
-            {"url": "targetPath", "valueString": "performed" if course.infusion.ref.startswith("Procedure/")
-             else "effective"},
-            {"url": "relationship", "valueCode": "after-start"},
-            {"url": "offset", "valueDuration": {"value": day, "unit": "d", "system": UCUM, "code": "d"}}]}
+        relative = _relative_day(course, day)
         if a.end is not None:
             res["effectivePeriod"] = {"extension": [relative], "start": iso(a.start), "end": iso(a.end)}
         else:
@@ -326,35 +334,10 @@ class Writer:
         return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
 
     def event_condition(self, course: Course, ev: Event, assessment: Written | None) -> Written:
-        """Our own Condition for an event no input Condition records (IEC-HS, ICAHT)."""
-        tox = ev.toxicity.value
-        scale, scale_display, _ = self.codes.scale(tox)
-        value_id = stable_hash(course.patient.key, course.infusion.ref, tox, ev.key, "episode")
-        resolved = ev.abatement is not None
-        res: dict[str, Any] = {
-            "resourceType": "Condition",
-            "meta": {"profile": [PROFILE_EPISODE]},
-            "identifier": [{"system": ID_EPISODE, "value": value_id}],
-            "clinicalStatus": {"coding": [coding(COND_CLINICAL, "resolved" if resolved else "active",
-                                                 "Resolved" if resolved else "Active")]},
-            "verificationStatus": {"coding": [coding(COND_VERIFICATION, "provisional", "Provisional")]},
-            "category": [{"coding": [coding(COND_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")]}],
-            "code": {"coding": self.codes.toxicity_codings(tox, ev.max_grade, ev.term),
-                     "text": self.codes.display(tox)},
-            "subject": dict(course.patient.reference),
-            "onsetDateTime": iso(ev.onset),
-        }
-        if ev.abatement is not None:
-            res["abatementDateTime"] = iso(ev.abatement)
-        if ev.max_grade is not None:
-            stage: dict[str, Any] = {"summary": self.codes.grade_concept(ev.max_grade)}
-            if assessment is not None:
-                stage["assessment"] = [ref(assessment)]
-            stage["type"] = {"coding": [coding(CS_TOXICITY, scale, scale_display)]}
-            res["stage"] = [stage]
-        if assessment is not None:
-            res["evidence"] = [{"detail": [ref(assessment)]}]
-        return Written(full_url(ID_EPISODE, value_id), res, f"Condition?identifier={ID_EPISODE}|{value_id}")
+        """Our own Condition for an event no input Condition records (IEC-HS, ICAHT, a positive culture)."""
+        value_id = stable_hash(course.patient.key, course.infusion.ref, ev.toxicity.value, ev.key, "episode")
+        return self._condition(course, ev.toxicity.value, value_id, ev.onset, ev.abatement, ev.max_grade, ev.term,
+                               assessment, [assessment] if assessment is not None else [])
 
     # ---- Provenance ---------------------------------------------------------------------------
 
