@@ -33,6 +33,10 @@ class SuspectLike(Protocol):
     rule: str
 
 
+OBSERVATION_ORDER = ("resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
+                     "focus", "effectiveDateTime", "_effectiveDateTime", "effectivePeriod", "valueInteger",
+                     "dataAbsentReason", "interpretation", "note", "method", "device", "derivedFrom", "component")
+
 ASSESSMENT_DISPLAY = {
     "icaht-grade-early": "Early ICAHT grade (EHA/EBMT 2023), days 0-30",
     "icaht-grade-late": "Late ICAHT grade (EHA/EBMT 2023), after day 30",
@@ -135,29 +139,33 @@ class Writer:
                 res["interpretation"] = [{"coding": [coding(CS_GRADE_QUALIFIER, "at-least",
                                                             "At least this grade")],
                                           "text": f"At least grade {dg.grade}: missing " + "; ".join(dg.missing)}]
-        notes = list(dg.reasons)
-        if dg.flags:
-            notes.append("review flags: " + ", ".join(dg.flags))
+        method = (f"{criteria}; cart-fhir {__version__}, criteria table {table} v{self.versions.get(table, 0)}")
+        res = self._observation_tail(res, dg.reasons, dg.flags, dg.evidence, dg.supporting, method, dg.components)
+        return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
+
+    def _observation_tail(self, res: dict[str, Any], reasons: Sequence[str], flags: Sequence[str],
+                          evidence: Sequence[str], supporting: Sequence[str], method: str,
+                          components: Sequence[Component]) -> dict[str, Any]:
+        """What every grade Observation ends with: notes, evidence, method, engine device, components.
+        Input Observations that decided the grade go in derivedFrom; Conditions and the medications used
+        go in the workflow-supportingInfo extension (derivedFrom may only point at Observations)."""
+        notes = list(reasons) + (["review flags: " + ", ".join(flags)] if flags else [])
         if notes:
             res["note"] = [{"text": "; ".join(notes)}]
-        observations = [e for e in dg.evidence if not e.startswith(("Condition/",))]
-        other = [e for e in dg.evidence if e.startswith("Condition/")] + list(dg.supporting)
+        not_observation = ("Condition/", "MedicationAdministration/", "MedicationStatement/", "Procedure/")
+        observations = [e for e in evidence if not e.startswith(not_observation)]
+        other = [e for e in evidence if e.startswith(not_observation)] + list(supporting)
         if other:
-            res["extension"] = [{"url": EXT_SUPPORTING_INFO, "valueReference": _input_ref(e)} for e in other]
-        res["method"] = {"coding": [coding(CS_TOXICITY, "automated-grading", "Automated grading")],
-                         "text": f"{criteria}; cart-fhir {__version__}, criteria table {table} "
-                                 f"v{self.versions.get(table, 0)}"}
+            res["extension"] = [{"url": EXT_SUPPORTING_INFO, "valueReference": _input_ref(e)}
+                                for e in dict.fromkeys(other)]
+        res["method"] = {"coding": [coding(CS_TOXICITY, "automated-grading", "Automated grading")], "text": method}
         res["device"] = ref(self.device)
         if observations:
-            res["derivedFrom"] = [_input_ref(e) for e in observations]
-        if dg.components:
-            res["component"] = [self._component(c) for c in dg.components]
+            res["derivedFrom"] = [_input_ref(e) for e in dict.fromkeys(observations)]
+        if components:
+            res["component"] = [self._component(c) for c in components]
         # Element order does not matter in FHIR JSON; keep it readable anyway.
-        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
-                 "effectivePeriod", "valueInteger", "dataAbsentReason", "interpretation", "note", "method",
-                 "device", "derivedFrom", "component"]
-        res = {k: res[k] for k in order if k in res}
-        return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
+        return {k: res[k] for k in OBSERVATION_ORDER if k in res}
 
     @staticmethod
     def _component(c: Component) -> dict[str, Any]:
@@ -312,25 +320,8 @@ class Writer:
                            "text": f"{a.interpretation} risk"})
         if interp:
             res["interpretation"] = interp
-        notes = list(a.reasons) + (["review flags: " + ", ".join(a.flags)] if a.flags else [])
-        if notes:
-            res["note"] = [{"text": "; ".join(notes)}]
-        observations = [e for e in a.evidence if e.startswith("Observation/")]
-        other = [e for e in a.evidence if not e.startswith("Observation/")] + list(a.supporting)
-        if other:
-            res["extension"] = [{"url": EXT_SUPPORTING_INFO, "valueReference": _input_ref(e)}
-                                for e in dict.fromkeys(other)]
-        res["method"] = {"coding": [coding(CS_TOXICITY, "automated-grading", "Automated grading")],
-                         "text": f"cart-fhir {__version__}" + (f", criteria table {a.table}" if a.table else "")}
-        res["device"] = ref(self.device)
-        if observations:
-            res["derivedFrom"] = [_input_ref(e) for e in dict.fromkeys(observations)]
-        if a.components:
-            res["component"] = [self._component(c) for c in a.components]
-        order = ["resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject", "focus",
-                 "effectiveDateTime", "_effectiveDateTime", "effectivePeriod", "valueInteger", "dataAbsentReason",
-                 "interpretation", "note", "method", "device", "derivedFrom", "component"]
-        res = {k: res[k] for k in order if k in res}
+        method = f"cart-fhir {__version__}" + (f", criteria table {a.table}" if a.table else "")
+        res = self._observation_tail(res, a.reasons, a.flags, a.evidence, a.supporting, method, a.components)
         return Written(full_url(ID_GRADE, value_id), res, f"Observation?identifier={ID_GRADE}|{value_id}")
 
     def event_condition(self, course: Course, ev: Event, assessment: Written | None) -> Written:
