@@ -13,7 +13,8 @@ FORBIDDEN_IN_PURE = ("fhir", "fhirpy", "flask", "requests", "responses", "orjson
 PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/result.py", "model.py",
         "timeline.py", "grading/treatments.py", "grading/iechs.py", "grading/icaht.py", "grading/hematotox.py",
         "grading/infections.py", "grading/neuro_other.py", "grading/attribution.py", "grading/iechs_table.py",
-        "grading/iechs_screen.py", "grading/iechs_timing.py", "grading/iechs_suggest.py"]
+        "grading/iechs_screen.py", "grading/iechs_timing.py", "grading/iechs_suggest.py", "grading/icaht_series.py",
+        "grading/icaht_table.py"]
 
 
 def imports(path: Path) -> set[str]:

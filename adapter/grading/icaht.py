@@ -16,150 +16,41 @@ Combining rules (thresholds, windows and counts are data in mappings/eha-ebmt-ic
 - Late (4.2, decision 11): grade g when ANC is at or below g's threshold on >= 2 days of day 31 to day 100,
   cut at death and at the next infusion. A low last value that no later ANC confirms keeps the grade open.
 - G-CSF is reported with the grade (supporting) and never changes it (4.4, 8.2).
+
+The criteria table models are in icaht_table.py and the ANC series in icaht_series.py; this module grades
+and re-exports their public names.
 """
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from itertools import pairwise
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import model_validator
-
-from ..model import DrugAdmin, Moment, Quantity, Reading
-from ..tables import Row, Table, load_yaml_table
+from ..model import DrugAdmin, Quantity, Reading
+from ..tables import load_yaml_table
 from ..timeline import Course
+from .icaht_series import (
+    ABOVE,
+    BELOW,
+    _at_most,
+    _Count,
+    _Day,
+    _End,
+    censor,
+    cumulative,
+    daily_lowest,
+    days_text,
+    early_count,
+    interpolated,
+)
+from .icaht_table import EarlyRow, IcahtTable, IcahtWindow, LateRow, Setting, SettingName
 from .result import Assessment, Component, Event, Findings, State, Toxicity
 
+__all__ = [
+    "ABOVE", "ANC", "BELOW", "EarlyRow", "IcahtGrader", "IcahtTable", "IcahtWindow", "LateRow", "Setting",
+    "SettingName", "cumulative", "days_text",
+]
+
 ANC = "ANC (LOINC 751-8)"
-_End = tuple[int, datetime | None, str]  # last day of follow-up, its time (None: open), why ("death", ...)
-BELOW, ABOVE = True, False  # a day's ANC at or below / above a threshold (None: undecided)
-SettingName = Literal["stable-recovery-days", "interpolation-max-gap-days", "interpolation-round-to",
-                      "never-recovered-start-last-day", "late-min-measurements"]
-
-
-class Setting(Row):
-    value: int
-    unit: str
-    verified: bool
-    source: str
-
-
-class IcahtWindow(Row):
-    window: Literal["early", "late"]
-    code: str
-    first_day: int
-    last_day: int
-    verified: bool
-    source: str
-
-
-class EarlyRow(Row):
-    id: str
-    anc_at_most: int
-    min_days: int
-    max_days: int | None
-    grade: int
-    verified: bool
-    source: str
-
-
-class LateRow(Row):
-    id: str
-    anc_at_most: int
-    grade: int
-    verified: bool
-    source: str
-
-
-class IcahtTable(Table):
-    windows: tuple[IcahtWindow, ...]
-    settings: dict[SettingName, Setting]
-    early: tuple[EarlyRow, ...]
-    late: tuple[LateRow, ...]
-
-    @model_validator(mode="after")
-    def _consistent(self) -> IcahtTable:
-        if sorted(w.window for w in self.windows) != ["early", "late"]:
-            raise ValueError("windows: exactly one early and one late window")
-        missing = set(get_args(SettingName)) - set(self.settings)
-        if missing:
-            raise ValueError(f"settings: missing {sorted(missing)}")
-        ids = [*(r.id for r in self.early), *(r.id for r in self.late)]
-        if len(set(ids)) != len(ids):
-            raise ValueError("early/late: duplicate row id")
-        for t in {r.anc_at_most for r in self.early}:
-            rows = sorted((r for r in self.early if r.anc_at_most == t), key=lambda r: r.min_days)
-            if any(a.max_days is None or a.max_days >= b.min_days for a, b in pairwise(rows)):
-                raise ValueError(f"early: day bands of ANC <= {t} overlap")
-        if len({r.anc_at_most for r in self.late}) != len(self.late):
-            raise ValueError("late: duplicate threshold")
-        return self
-
-
-def _at_most(r: Reading, threshold: float) -> bool | None:
-    """Is the ANC <= threshold? None when a bound straddles it."""
-    q = r.value
-    if not isinstance(q, Quantity):
-        return None
-    # Unit conversion leaves float noise (1.1 x10*3/uL -> 1100.0000000000002): compare at 1e-6 precision.
-    above = Quantity(round(q.value, 6), q.comparator).above(threshold)
-    return None if above is None else not above
-
-
-@dataclass(frozen=True, slots=True)
-class _Day:
-    """One day's ANC: the lowest of the day (H1), or interpolated (no readings)."""
-
-    value: float
-    readings: tuple[Reading, ...] = ()
-
-    def at_most(self, threshold: float) -> bool | None:
-        if not self.readings:
-            return self.value <= threshold
-        seen = [_at_most(r, threshold) for r in self.readings]
-        return True if True in seen else None if None in seen else False
-
-
-@dataclass(frozen=True, slots=True)
-class _Count:
-    """Cumulative days at or below one threshold in the early window, reading open days both ways."""
-
-    low: int
-    high: int
-    open_days: tuple[int, ...]  # days without a decisive ANC that change nothing only if both readings agree
-    assumed: tuple[int, ...]  # days without an ANC taken as recovered (4.5)
-
-
-def cumulative(below: list[bool], last: int, stable: int) -> int:
-    """Decision 11: days <= `last` at or below the threshold, plus non-stable recoveries between them."""
-    n, i, seen = 0, 0, False
-    while i < len(below):
-        if below[i]:
-            n, seen, i = n + (i <= last), True, i + 1
-            continue
-        j = i
-        while j < len(below) and not below[j]:
-            j += 1
-        if seen and j < len(below) and j - i < stable:  # non-stable recovery: counts
-            n += sum(1 for d in range(i, j) if d <= last)
-        i = j
-    return n
-
-
-def days_text(days: Iterable[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2, 5"."""
-    out: list[str] = []
-    for d in sorted(days):
-        if out and out[-1].split("-")[-1] == str(d - 1):
-            out[-1] = f"{out[-1].split('-')[0]}-{d}"
-        else:
-            out.append(str(d))
-    return ", ".join(out)
 
 
 class IcahtGrader:
@@ -176,9 +67,10 @@ class IcahtGrader:
         self.table_id = f"{self.t.table} v{self.t.version}"
 
     def grade(self, course: Course) -> Findings:
-        end = self._censor(course)
-        measured = self._measured(course, end[0])
-        early, ev_early = self._early(course, self._interpolated(measured), end)
+        end = censor(course)
+        gap, step = self.s["interpolation-max-gap-days"], self.s["interpolation-round-to"]
+        measured = daily_lowest(course, end[0], gap)
+        early, ev_early = self._early(course, interpolated(measured, gap, step), end)
         late, ev_late = self._late(course, measured, end)
         return Findings(assessments=(early, late), events=tuple(e for e in (ev_early, ev_late) if e))
 
@@ -195,67 +87,7 @@ class IcahtGrader:
                 *((r.id, r.verified) for r in (self.t.late if window == "late" else self.t.early))]
         return tuple(f"{self.t.table}:{i}" for i, ok in rows if not ok)
 
-    # ---- the ANC series --------------------------------------------------------------------------
-
-    @staticmethod
-    def _censor(course: Course) -> _End:
-        """End of follow-up for this course: death or the next infusion (4.2, 4.5), with its day."""
-        ends: list[tuple[int, datetime, str]] = []
-        dead = course.patient.deceased
-        if dead is not None and course.day_of(dead) >= 0:
-            day = course.day_of(dead)
-            ends.append((day, course.window(day)[1] if dead.date_only else dead.at, "death"))
-        if course.until is not None:
-            ends.append((course.day_of(Moment(course.until)), course.until, "next infusion"))
-        return min(ends, key=lambda e: e[1]) if ends else (10**6, None, "")
-
-    def _measured(self, course: Course, end_day: int) -> dict[int, _Day]:
-        """H1: the lowest ANC of each day, from the days before day 0 (anchors only) to the end."""
-        first = -(self.s["interpolation-max-gap-days"] + 1)
-        by_day: dict[int, list[Reading]] = defaultdict(list)
-        for day, r in (*course.pre_readings, *course.readings):
-            if r.concept == "anc" and isinstance(r.value, Quantity) and first <= day <= end_day:
-                by_day[day].append(r)
-        return {d: _Day(min(r.value.value for r in rs if isinstance(r.value, Quantity)), tuple(rs))
-                for d, rs in sorted(by_day.items())}
-
-    def _interpolated(self, measured: dict[int, _Day]) -> dict[int, _Day]:
-        """H6: linear interpolation over up to N days without an ANC, rounded to 10/uL as Liang does."""
-        gap, step = self.s["interpolation-max-gap-days"], self.s["interpolation-round-to"]
-        days = dict(measured)
-        known = sorted(measured)
-        for a, b in pairwise(known):
-            if 1 < b - a <= gap + 1:
-                va, vb = measured[a].value, measured[b].value
-                for d in range(a + 1, b):
-                    days[d] = _Day(math.floor((va + (vb - va) * (d - a) / (b - a)) / step + 0.5) * step)
-        return days
-
     # ---- early ICAHT -----------------------------------------------------------------------------
-
-    def _count(self, days: dict[int, _Day], threshold: int) -> _Count:
-        """Decision 11 cumulative days at or below `threshold` in days 0-30; open days read both ways."""
-        w, stable = self.w["early"], self.stable
-        span = range(w.first_day, max(w.last_day + stable - 1, max(days, default=0)) + 1)
-        cells = [days[d].at_most(threshold) if d in days else None for d in span]
-        absent = [d not in days for d in span]
-        assumed: list[int] = []
-        i = 0
-        while i < len(cells):
-            j = i
-            while j < len(cells) and absent[j]:
-                j += 1
-            # 4.5: no ANC after a stable recovery, ending above (or with the data): recovered.
-            if j > i and i >= stable and all(c is ABOVE for c in cells[i - stable:i]) \
-                    and (j == len(cells) or cells[j] is ABOVE):
-                cells[i:j] = [ABOVE] * (j - i)
-                assumed += [span[k] for k in range(i, j) if span[k] <= w.last_day]
-            i = max(j, i + 1)
-        last = w.last_day - w.first_day
-        return _Count(cumulative([c is BELOW for c in cells], last, stable),
-                      cumulative([c is not ABOVE for c in cells], last, stable),
-                      tuple(span[k] for k, c in enumerate(cells) if c is None and span[k] <= w.last_day),
-                      tuple(assumed))
 
     def _early_grade(self, counts: dict[int, int]) -> int:
         return max((r.grade for r in self.t.early
@@ -284,7 +116,7 @@ class IcahtGrader:
         if not window:
             return self._assessment(course, w, end, State.NOT_ASSESSABLE, None, reasons, flags, gcsf,
                                     missing=(f"{ANC} on days {w.first_day}-{w.last_day}",)), None
-        counts = {t: self._count(days, t) for t in self.thresholds}
+        counts = {t: early_count(days, t, w, self.stable) for t in self.thresholds}
         state, grade, missing = self._early_state(days, counts, end, reasons, flags)
         self._early_notes(window, counts, reasons, flags)
         recovery = self._recovery(days)

@@ -1,0 +1,137 @@
+"""ICAHT ANC series: daily lowest values (H1), interpolation (H6), follow-up end and cumulative day counts."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
+
+from ..model import Moment, Quantity, Reading
+from ..timeline import Course
+from .icaht_table import IcahtWindow
+
+_End = tuple[int, datetime | None, str]  # last day of follow-up, its time (None: open), why ("death", ...)
+BELOW, ABOVE = True, False  # a day's ANC at or below / above a threshold (None: undecided)
+
+
+def _at_most(r: Reading, threshold: float) -> bool | None:
+    """Is the ANC <= threshold? None when a bound straddles it."""
+    q = r.value
+    if not isinstance(q, Quantity):
+        return None
+    # Unit conversion leaves float noise (1.1 x10*3/uL -> 1100.0000000000002): compare at 1e-6 precision.
+    above = Quantity(round(q.value, 6), q.comparator).above(threshold)
+    return None if above is None else not above
+
+
+@dataclass(frozen=True, slots=True)
+class _Day:
+    """One day's ANC: the lowest of the day (H1), or interpolated (no readings)."""
+
+    value: float
+    readings: tuple[Reading, ...] = ()
+
+    def at_most(self, threshold: float) -> bool | None:
+        if not self.readings:
+            return self.value <= threshold
+        seen = [_at_most(r, threshold) for r in self.readings]
+        return True if True in seen else None if None in seen else False
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    """Cumulative days at or below one threshold in the early window, reading open days both ways."""
+
+    low: int
+    high: int
+    open_days: tuple[int, ...]  # days without a decisive ANC that change nothing only if both readings agree
+    assumed: tuple[int, ...]  # days without an ANC taken as recovered (4.5)
+
+
+def cumulative(below: list[bool], last: int, stable: int) -> int:
+    """Decision 11: days <= `last` at or below the threshold, plus non-stable recoveries between them."""
+    n, i, seen = 0, 0, False
+    while i < len(below):
+        if below[i]:
+            n, seen, i = n + (i <= last), True, i + 1
+            continue
+        j = i
+        while j < len(below) and not below[j]:
+            j += 1
+        if seen and j < len(below) and j - i < stable:  # non-stable recovery: counts
+            n += sum(1 for d in range(i, j) if d <= last)
+        i = j
+    return n
+
+
+def days_text(days: Iterable[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5"."""
+    out: list[str] = []
+    for d in sorted(days):
+        if out and out[-1].split("-")[-1] == str(d - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{d}"
+        else:
+            out.append(str(d))
+    return ", ".join(out)
+
+
+def censor(course: Course) -> _End:
+    """End of follow-up for this course: death or the next infusion (4.2, 4.5), with its day."""
+    ends: list[tuple[int, datetime, str]] = []
+    dead = course.patient.deceased
+    if dead is not None and course.day_of(dead) >= 0:
+        day = course.day_of(dead)
+        ends.append((day, course.window(day)[1] if dead.date_only else dead.at, "death"))
+    if course.until is not None:
+        ends.append((course.day_of(Moment(course.until)), course.until, "next infusion"))
+    return min(ends, key=lambda e: e[1]) if ends else (10**6, None, "")
+
+
+def daily_lowest(course: Course, end_day: int, gap: int) -> dict[int, _Day]:
+    """H1: the lowest ANC of each day, from the days before day 0 (anchors only) to the end."""
+    first = -(gap + 1)
+    by_day: dict[int, list[Reading]] = defaultdict(list)
+    for day, r in (*course.pre_readings, *course.readings):
+        if r.concept == "anc" and isinstance(r.value, Quantity) and first <= day <= end_day:
+            by_day[day].append(r)
+    return {d: _Day(min(r.value.value for r in rs if isinstance(r.value, Quantity)), tuple(rs))
+            for d, rs in sorted(by_day.items())}
+
+
+def interpolated(measured: dict[int, _Day], gap: int, step: int) -> dict[int, _Day]:
+    """H6: linear interpolation over up to `gap` days without an ANC, rounded to `step`/uL as Liang does."""
+    days = dict(measured)
+    known = sorted(measured)
+    for a, b in pairwise(known):
+        if 1 < b - a <= gap + 1:
+            va, vb = measured[a].value, measured[b].value
+            for d in range(a + 1, b):
+                days[d] = _Day(math.floor((va + (vb - va) * (d - a) / (b - a)) / step + 0.5) * step)
+    return days
+
+
+def early_count(days: dict[int, _Day], threshold: int, w: IcahtWindow, stable: int) -> _Count:
+    """Decision 11 cumulative days at or below `threshold` in days 0-30; open days read both ways."""
+    span = range(w.first_day, max(w.last_day + stable - 1, max(days, default=0)) + 1)
+    cells = [days[d].at_most(threshold) if d in days else None for d in span]
+    absent = [d not in days for d in span]
+    assumed: list[int] = []
+    i = 0
+    while i < len(cells):
+        j = i
+        while j < len(cells) and absent[j]:
+            j += 1
+        # 4.5: no ANC after a stable recovery, ending above (or with the data): recovered.
+        if j > i and i >= stable and all(c is ABOVE for c in cells[i - stable:i]) \
+                and (j == len(cells) or cells[j] is ABOVE):
+            cells[i:j] = [ABOVE] * (j - i)
+            assumed += [span[k] for k in range(i, j) if span[k] <= w.last_day]
+        i = max(j, i + 1)
+    last = w.last_day - w.first_day
+    return _Count(cumulative([c is BELOW for c in cells], last, stable),
+                  cumulative([c is not ABOVE for c in cells], last, stable),
+                  tuple(span[k] for k, c in enumerate(cells) if c is None and span[k] <= w.last_day),
+                  tuple(assumed))

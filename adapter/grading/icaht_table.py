@@ -1,0 +1,72 @@
+"""EHA/EBMT 2023 ICAHT criteria table (mappings/eha-ebmt-icaht-2023.yaml): row models and their checks."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Literal, get_args
+
+from pydantic import model_validator
+
+from ..tables import Row, Table
+
+SettingName = Literal["stable-recovery-days", "interpolation-max-gap-days", "interpolation-round-to",
+                      "never-recovered-start-last-day", "late-min-measurements"]
+
+
+class Setting(Row):
+    value: int
+    unit: str
+    verified: bool
+    source: str
+
+
+class IcahtWindow(Row):
+    window: Literal["early", "late"]
+    code: str
+    first_day: int
+    last_day: int
+    verified: bool
+    source: str
+
+
+class EarlyRow(Row):
+    id: str
+    anc_at_most: int
+    min_days: int
+    max_days: int | None
+    grade: int
+    verified: bool
+    source: str
+
+
+class LateRow(Row):
+    id: str
+    anc_at_most: int
+    grade: int
+    verified: bool
+    source: str
+
+
+class IcahtTable(Table):
+    windows: tuple[IcahtWindow, ...]
+    settings: dict[SettingName, Setting]
+    early: tuple[EarlyRow, ...]
+    late: tuple[LateRow, ...]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IcahtTable:
+        if sorted(w.window for w in self.windows) != ["early", "late"]:
+            raise ValueError("windows: exactly one early and one late window")
+        missing = set(get_args(SettingName)) - set(self.settings)
+        if missing:
+            raise ValueError(f"settings: missing {sorted(missing)}")
+        ids = [*(r.id for r in self.early), *(r.id for r in self.late)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("early/late: duplicate row id")
+        for t in {r.anc_at_most for r in self.early}:
+            rows = sorted((r for r in self.early if r.anc_at_most == t), key=lambda r: r.min_days)
+            if any(a.max_days is None or a.max_days >= b.min_days for a, b in pairwise(rows)):
+                raise ValueError(f"early: day bands of ANC <= {t} overlap")
+        if len({r.anc_at_most for r in self.late}) != len(self.late):
+            raise ValueError("late: duplicate threshold")
+        return self
