@@ -139,37 +139,42 @@ class Engine:
                 report.patients_graded += 1
             if before:
                 report.ignored["events before day 0"] += before
-        out = []
-        for course in course_list:
-            cr = CourseResult(course)
-            cr.days[Toxicity.CRS] = self.crs.grade(course)
-            cr.days[Toxicity.ICANS] = self.icans.grade(course)
-            for tox, days in cr.days.items():
-                cr.episodes[tox] = episodes(tox, days)
-            other = {Toxicity.CRS: Toxicity.ICANS, Toxicity.ICANS: Toxicity.CRS}
-            for tox, days in cr.days.items():
-                cr.treatments[tox] = self.treatments.analyze(course, tox, days, cr.episodes[tox],
-                                                             cr.episodes[other[tox]])
-                if report is not None:
-                    report.unverified_rows.update(r for tr in cr.treatments[tox] for r in tr.unverified_rows)
-            crs_days, crs_eps = cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]
-            icans_days, icans_eps = cr.days[Toxicity.ICANS], cr.episodes[Toxicity.ICANS]
-            for found in (self.iechs.grade(course, crs_days, crs_eps), self.icaht.grade(course),
-                          self.infections.grade(course), self.neuro_other.grade(course, icans_days, icans_eps)):
-                cr.events.extend(found.events)
-                tied = {id(ev.assessment) for ev in found.events if ev.assessment is not None}
-                cr.assessments.extend(a for a in found.assessments if id(a) not in tied)
-            cr.hematotox = self.hematotox.score(course)
-            if report is not None:  # decision 10: the run report names the unverified rows a result used
-                if cr.hematotox.state != State.NOT_ASSESSABLE:
-                    report.unverified_rows.update(self.hematotox.unverified_rows(cr.hematotox))
-                for ev in cr.events:
-                    if ev.toxicity in (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE) and ev.assessment is not None:
-                        report.unverified_rows.update(self.icaht.unverified_rows(ev.assessment))
-                    elif ev.toxicity == Toxicity.IEC_HS:
-                        report.unverified_rows.add(f"{self.iechs.t.table}:screen-and-grade")
-            out.append(cr)
-        return PatientResult(data, out)
+        return PatientResult(data, [self._grade_course(course, report) for course in course_list])
+
+    def _grade_course(self, course: Course, report: RunReport | None) -> CourseResult:
+        """Every grader over one infusion course: CRS and ICANS day by day, then the toxicities that read
+        their episodes (treatments, IEC-HS, other neurotoxicity), then the independent ones."""
+        cr = CourseResult(course)
+        cr.days[Toxicity.CRS] = self.crs.grade(course)
+        cr.days[Toxicity.ICANS] = self.icans.grade(course)
+        for tox, days in cr.days.items():
+            cr.episodes[tox] = episodes(tox, days)
+        other = {Toxicity.CRS: Toxicity.ICANS, Toxicity.ICANS: Toxicity.CRS}
+        for tox, days in cr.days.items():
+            cr.treatments[tox] = self.treatments.analyze(course, tox, days, cr.episodes[tox], cr.episodes[other[tox]])
+        crs_days, crs_eps = cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]
+        icans_days, icans_eps = cr.days[Toxicity.ICANS], cr.episodes[Toxicity.ICANS]
+        for found in (self.iechs.grade(course, crs_days, crs_eps), self.icaht.grade(course),
+                      self.infections.grade(course), self.neuro_other.grade(course, icans_days, icans_eps)):
+            cr.events.extend(found.events)
+            tied = {id(ev.assessment) for ev in found.events if ev.assessment is not None}
+            cr.assessments.extend(a for a in found.assessments if id(a) not in tied)
+        cr.hematotox = self.hematotox.score(course)
+        if report is not None:
+            self._report_unverified(cr, report)
+        return cr
+
+    def _report_unverified(self, cr: CourseResult, report: RunReport) -> None:
+        """Decision 10: the run report names the unverified criteria rows a result used."""
+        for responses in cr.treatments.values():
+            report.unverified_rows.update(r for tr in responses for r in tr.unverified_rows)
+        if cr.hematotox is not None and cr.hematotox.state != State.NOT_ASSESSABLE:
+            report.unverified_rows.update(self.hematotox.unverified_rows(cr.hematotox))
+        for ev in cr.events:
+            if ev.toxicity in (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE) and ev.assessment is not None:
+                report.unverified_rows.update(self.icaht.unverified_rows(ev.assessment))
+            elif ev.toxicity == Toxicity.IEC_HS:
+                report.unverified_rows.add(f"{self.iechs.t.table}:screen-and-grade")
 
     # ---- output ------------------------------------------------------------------------------
 
