@@ -14,7 +14,8 @@ PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/re
         "timeline.py", "grading/treatments.py", "grading/iechs.py", "grading/icaht.py", "grading/hematotox.py",
         "grading/infections.py", "grading/neuro_other.py", "grading/attribution.py", "grading/iechs_table.py",
         "grading/iechs_screen.py", "grading/iechs_timing.py", "grading/iechs_suggest.py", "grading/icaht_series.py",
-        "grading/icaht_table.py"]
+        "grading/icaht_table.py", "grading/treatments_table.py", "grading/treatments_linking.py",
+        "grading/treatments_outcomes.py"]
 
 
 def imports(path: Path) -> set[str]:

@@ -13,125 +13,48 @@ windows are rows of mappings/treatment-response.yaml; this module holds the comb
 - T2 exposure: dexamethasone equivalents of systemic corticosteroids only (intrathecal excluded, 8.1).
 - T3 refractory (8.3): the first table row met decides; a row the data cannot decide is named as missing.
 - T4 response (8.4, 8.5): baselines are the daily grades of the first-dose day and the day before.
+
+Modules: treatments_table (the table and its start-up check), treatments_linking (T1, T2),
+treatments_outcomes (T3, T4); this one builds the result of an episode and re-exports the public names of
+the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import datetime
 
-from ..errors import ConfigError
-from ..model import DrugAdmin, Moment
-from ..tables import DrugTable, IcansSettings, Row, Table, load_tables, load_yaml_table
+from ..model import Moment
+from ..tables import DrugTable, IcansSettings, load_tables
 from ..timeline import Course
 from .result import Assessment, Component, DayGrade, Episode, State, Toxicity
+from .treatments_linking import _Dose
+from .treatments_outcomes import IDM_SOURCE, TreatmentOutcomes, _Finding, _hours
+from .treatments_table import (
+    AgentRow,
+    DoseLimitRow,
+    HighDoseRow,
+    ImprovementRule,
+    IntrathecalRow,
+    ReasonRow,
+    ReasonWindow,
+    RefractoryRow,
+    RemissionRow,
+    RemissionRules,
+    Sourced,
+    ToxName,
+    TreatmentTable,
+    check_treatment_table,
+    load_treatment_table,
+)
 
-ToxName = Literal["crs", "icans"]
-IDM_SOURCE = "Meng 2025 IDM remission (grading.md 8.5)"
-
-
-class Sourced(Row):
-    verified: bool
-    source: str
-
-
-class AgentRow(Sourced):
-    agent: str
-    treats: Literal["crs", "icans", "any"]
-
-
-class IntrathecalRow(Sourced):
-    route_system: str
-    route_code: str
-    treats: ToxName
-    label: str
-    idm_agents: tuple[str, ...]
-
-
-class ReasonRow(Sourced):
-    system: str
-    code: str
-    match: Literal["exact", "prefix"]
-    toxicity: ToxName
-
-    def matches(self, coding: str) -> bool:
-        system, _, code = coding.partition("|")
-        # ICD-10-CM codes are compared without the dot (both spellings occur in EHR extracts).
-        mine, theirs = self.code.replace(".", ""), code.replace(".", "")
-        hit = theirs.startswith(mine) if self.match == "prefix" else theirs == mine
-        return system == self.system and hit
-
-
-class ReasonWindow(Sourced):
-    before_onset_hours: float
-    after_resolution_hours: float
-
-
-class HighDoseRow(Sourced):
-    id: str
-    agent: str
-    min_mg_per_24h: float
-    text: str
-    flag: str | None = None  # review hint when this row decides (a documented default was used)
-
-
-class RefractoryRow(Sourced):
-    id: str
-    toxicity: ToxName
-    kind: Literal["persists", "second-line"]
-    text: str
-    min_grade: int | None = None  # persists
-    hours: float | None = None  # persists
-    agents: tuple[str, ...] = ()  # second-line
-    after: tuple[str, ...] = ()  # second-line: only these steroids count as "steroids first"
-    min_mg_per_24h: float | None = None  # second-line: only a dose reaching this 24-h total
-
-
-class ImprovementRule(Sourced):
-    drop: int
-    baseline_days_before: int
-
-
-class RemissionRow(Sourced):
-    id: str
-    baseline_min: int
-    baseline_max: int
-    target: Literal["grade-at-most", "ice-score", "capd-score"]
-    value: int
-    text: str
-
-
-class RemissionRules(Row):
-    baseline_days_before: int
-    rows: tuple[RemissionRow, ...]
-
-
-class DoseLimitRow(Sourced):
-    id: str
-    agent: str
-    max_doses: int
-    window_hours: float | None = None
-    flag: str
-
-
-class TreatmentTable(Table):
-    definition_version: str
-    agents: tuple[AgentRow, ...]
-    intrathecal: IntrathecalRow
-    dose_unit: str
-    reasons: tuple[ReasonRow, ...]
-    reason_window: ReasonWindow
-    high_dose: tuple[HighDoseRow, ...]
-    refractory: tuple[RefractoryRow, ...]
-    improvement: ImprovementRule
-    remission: RemissionRules
-    dose_limits: tuple[DoseLimitRow, ...]
-
-
-def load_treatment_table() -> TreatmentTable:
-    return load_yaml_table("treatment-response.yaml", TreatmentTable)
+__all__ = [
+    "IDM_SOURCE", "AgentRow", "DoseLimitRow", "HighDoseRow", "ImprovementRule", "IntrathecalRow",
+    "ReasonRow", "ReasonWindow", "RefractoryRow", "RemissionRow", "RemissionRules", "Sourced", "ToxName",
+    "TreatmentAnalyzer", "TreatmentResponse", "TreatmentTable", "check_treatment_table",
+    "load_treatment_table",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,32 +88,7 @@ class TreatmentResponse:
     unverified_rows: tuple[str, ...] = ()  # "treatment-response:<row>" for the run report (decision 10)
 
 
-@dataclass(frozen=True, slots=True)
-class _Dose:
-    drug: DrugAdmin
-    label: str  # agent name, or "idm"
-    systemic: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Finding:
-    """One derived outcome (refractory, improvement, remission): met, not met, or undecided (None)."""
-
-    met: bool | None
-    text: str
-    at: datetime | None = None
-    day: int | None = None
-    evidence: tuple[str, ...] = ()
-    missing: tuple[str, ...] = ()
-    rows: tuple[str, ...] = ()  # table rows that decided it
-    definition: str = ""  # the remission definition applied
-
-
-def _hours(a: datetime, b: datetime) -> float:
-    return (b - a).total_seconds() / 3600
-
-
-class TreatmentAnalyzer:
+class TreatmentAnalyzer(TreatmentOutcomes):
     """Links treatments to CRS/ICANS episodes and derives exposure, refractory status and response."""
 
     def __init__(self, table: TreatmentTable | None = None, drugs: DrugTable | None = None,
@@ -202,26 +100,7 @@ class TreatmentAnalyzer:
         self.drugs = {r.agent: r for r in drugs.rows}
         self.capd_max_age = icans.capd_max_age_years
         self.agents = {r.agent: r for r in self.t.agents}
-        self._check()
-
-    def _check(self) -> None:
-        """Start-up check (habit 4): agents are drugs.yaml rows, steroids have a dexamethasone factor."""
-        t, name = self.t, "treatment-response.yaml"
-        named = {*self.agents, *t.intrathecal.idm_agents, *(r.agent for r in (*t.high_dose, *t.dose_limits))}
-        unknown = sorted(a for a in named if a not in self.drugs)
-        if unknown:
-            raise ConfigError(f"{name}: agents not in drugs.yaml: {unknown}")
-        labels = {*self.agents, t.intrathecal.label}
-        for r in t.refractory:
-            if not set(r.agents) | set(r.after) <= labels:
-                raise ConfigError(f"{name}: refractory row {r.id} names an unknown agent")
-            if (r.kind == "persists") != (r.min_grade is not None and r.hours is not None) or \
-                    (r.kind == "second-line") != bool(r.agents):
-                raise ConfigError(f"{name}: refractory row {r.id}: persists needs min_grade and hours, "
-                                  "second-line needs agents")
-        for a in self.agents:
-            if self.drugs[a].role == "corticosteroid" and self.drugs[a].dex_equivalent is None:
-                raise ConfigError(f"{name}: corticosteroid {a} has no dex_equivalent in drugs.yaml")
+        check_treatment_table(self.t, self.drugs)
 
     def analyze(self, course: Course, toxicity: Toxicity, days: Sequence[DayGrade],
                 episodes: Sequence[Episode], others: Sequence[Episode] = ()) -> list[TreatmentResponse]:
@@ -230,134 +109,6 @@ class TreatmentAnalyzer:
         linked = self._link(course, toxicity.value, episodes, others)
         by_day = {d.day: d for d in days}
         return [self._episode(course, e, by_day, *linked[e.number]) for e in episodes]
-
-    # ---- T1 linking -----------------------------------------------------------------------------
-
-    def _dose(self, d: DrugAdmin) -> _Dose | None:
-        """The dose as a treatment: intrathecal dexamethasone/methotrexate is IDM, never systemic (8.1)."""
-        it = self.t.intrathecal
-        if d.route == it.route_code:
-            label = it.label if d.agent in it.idm_agents else d.agent
-            return _Dose(d, label, False) if label == it.label or d.agent in self.agents else None
-        return _Dose(d, d.agent, True) if d.agent in self.agents else None
-
-    def _treats(self, dose: _Dose) -> set[str]:
-        if not dose.systemic:
-            return {self.t.intrathecal.treats}
-        treats = self.agents[dose.drug.agent].treats
-        return {"crs", "icans"} if treats == "any" else {treats}
-
-    def _reason_toxicities(self, course: Course, d: DrugAdmin) -> tuple[set[str], bool]:
-        """Toxicities named by the dose's reasonReference targets, and whether any target was found."""
-        found: set[str] = set()
-        known = False
-        for key in d.reasons:
-            codings = course.patient.condition_codes.get(key)
-            if codings is not None:
-                known = True
-                found |= {r.toxicity for r in self.t.reasons for c in codings if r.matches(c)}
-        return found, known
-
-    @staticmethod
-    def _open(e: Episode, at: datetime) -> bool:
-        return e.onset <= at and (e.abatement is None or at < e.abatement)
-
-    def _reason_episode(self, episodes: Sequence[Episode], at: datetime) -> tuple[Episode | None, str]:
-        """The episode of a reason-linked dose: open at the dose, else the nearest one within the window."""
-        w = self.t.reason_window
-        after, before = timedelta(hours=w.after_resolution_hours), timedelta(hours=w.before_onset_hours)
-        for e in episodes:
-            if self._open(e, at):
-                return e, ""
-        for e in reversed(episodes):
-            if e.abatement is not None and e.abatement <= at <= e.abatement + after:
-                return e, "reason-linked-after-resolution"
-        for e in episodes:
-            if at < e.onset <= at + before:
-                return e, "reason-linked-before-onset"
-        return None, ""
-
-    def _link(self, course: Course, tox: str, episodes: Sequence[Episode],
-              others: Sequence[Episode]) -> dict[int, tuple[list[_Dose], set[str]]]:
-        linked: dict[int, tuple[list[_Dose], set[str]]] = {e.number: ([], set()) for e in episodes}
-        for d in sorted(course.drugs, key=lambda d: d.start.at):
-            dose = self._dose(d)
-            if dose is None or d.intent == "prophylaxis":
-                continue  # T1: prophylaxis treats no episode
-            reason_tox, known = self._reason_toxicities(course, d)
-            flags: set[str] = set()
-            if reason_tox:
-                e, flag = self._reason_episode(episodes, d.start.at) if tox in reason_tox else (None, "")
-                flags = {flag, "shared-treatment" if len(reason_tox) > 1 else ""} - {""}
-            elif known:
-                continue  # T1: a reason naming another condition beats timing
-            else:
-                e = next((e for e in episodes if self._open(e, d.start.at)), None)
-                if tox not in self._treats(dose):
-                    e = None
-                if d.reasons:
-                    flags.add("reason-unresolved")
-                if len(self._treats(dose)) > 1 and any(self._open(o, d.start.at) for o in others):
-                    flags.add("shared-treatment")
-            if e is not None:
-                linked[e.number][0].append(dose)
-                linked[e.number][1].update(flags)
-        return linked
-
-    # ---- T2 exposure ----------------------------------------------------------------------------
-
-    def _systemic_steroid(self, x: _Dose) -> bool:
-        return x.systemic and self.drugs[x.drug.agent].role == "corticosteroid"
-
-    def _dex_equivalent(self, doses: list[_Dose]) -> tuple[float | None, list[str], list[str]]:
-        """Dexamethasone-equivalent mg, flags, missing inputs; a dose not known in mg is never guessed."""
-        total, flags, missing = 0.0, [], []
-        unit = self.t.dose_unit
-        for x in filter(self._systemic_steroid, doses):
-            d = x.drug
-            if d.statement:
-                flags.append("steroid-statement-dose-count-unknown")
-                missing.append(f"administered doses of {d.ref} (MedicationStatement)")
-            elif d.dose is None:
-                flags.append("steroid-dose-missing")
-                missing.append(f"dose in {unit} of {d.ref}")
-            elif d.dose_unit != unit:
-                flags.append("steroid-dose-unit-not-mg")
-                missing.append(f"dose in {unit} of {d.ref} (recorded in {d.dose_unit})")
-            else:
-                total += d.dose * (self.drugs[d.agent].dex_equivalent or 0.0)
-        return (None if missing else total), flags, missing
-
-    def _mg_24h(self, doses: list[_Dose], first: _Dose) -> float:
-        """Systemic mg of the agent of `first` given in the 24 h from it (administrations in mg only)."""
-        t0, t1 = first.drug.start.at, first.drug.start.at + timedelta(hours=24)
-        return sum(x.drug.dose or 0.0 for x in doses
-                   if x.systemic and not x.drug.statement and x.drug.agent == first.drug.agent
-                   and x.drug.dose_unit == self.t.dose_unit and t0 <= x.drug.start.at < t1)
-
-    def _high_dose(self, doses: list[_Dose]) -> tuple[datetime | None, HighDoseRow | None]:
-        for x in doses:
-            for row in self.t.high_dose:
-                if x.systemic and x.drug.agent == row.agent and self._mg_24h(doses, x) >= row.min_mg_per_24h:
-                    return x.drug.start.at, row
-        return None, None
-
-    def _limit_flags(self, course: Course, doses: list[_Dose]) -> list[str]:
-        """Review hints on tocilizumab dosing (8.1), counting every dose of the course."""
-        flags = []
-        for row in self.t.dose_limits:
-            mine = [x.drug.start.at for x in doses if x.drug.agent == row.agent and x.systemic]
-            given = [d.start.at for d in course.drugs
-                     if d.agent == row.agent and d.route != self.t.intrathecal.route_code]
-            if not mine:
-                continue
-            if row.window_hours is None:
-                over = sum(1 for t in given if t <= max(mine)) > row.max_doses
-            else:
-                span = timedelta(hours=row.window_hours)
-                over = any(sum(1 for t in given if s - span < t <= s) > row.max_doses for s in mine)
-            flags += [row.flag] if over else []
-        return flags
 
     # ---- one episode ----------------------------------------------------------------------------
 
@@ -435,141 +186,3 @@ class TreatmentAnalyzer:
         for f in found:
             ids += [f.id] if isinstance(f, HighDoseRow) else list(f.rows) if isinstance(f, _Finding) else []
         return tuple(f"{t.table}:{i}" for i in dict.fromkeys(ids) if not verified.get(i, True))
-
-    # ---- T3 refractory (8.3, local-definition-v1) ---------------------------------------------------
-
-    def _refractory(self, course: Course, e: Episode, by_day: dict[int, DayGrade], doses: list[_Dose],
-                    hd_at: datetime | None, hd_row: HighDoseRow | None) -> _Finding:
-        label = self.t.definition_version
-        rows = [r for r in self.t.refractory if r.toxicity == e.toxicity.value]
-        results = []
-        for row in rows:
-            f = (self._persists(course, e, by_day, doses, row, hd_at, hd_row) if row.kind == "persists"
-                 else self._second_line(course, doses, row))
-            if f.met:
-                return _Finding(True, f"{label} {row.id}: {row.text} ({f.text})", evidence=f.evidence,
-                                rows=f.rows)
-            results.append(f)
-        notes = "; ".join(f.text for f in results)
-        ids = tuple(dict.fromkeys([*(r.id for r in rows), *(i for f in results for i in f.rows)]))
-        if any(f.met is None for f in results):
-            return _Finding(None, f"{label}: refractory status undetermined ({notes})",
-                            missing=tuple(m for f in results for m in f.missing), rows=ids)
-        return _Finding(False, f"{label}: not refractory ({notes})", rows=ids)
-
-    def _persists(self, course: Course, e: Episode, by_day: dict[int, DayGrade], doses: list[_Dose],
-                  row: RefractoryRow, hd_at: datetime | None, hd_row: HighDoseRow | None) -> _Finding:
-        hours, min_grade, name = row.hours or 0.0, row.min_grade or 0, e.toxicity.value.upper()
-        if hd_at is None or hd_row is None:
-            unknown = [x.drug.ref for x in doses if self._systemic_steroid(x) and (
-                x.drug.statement or x.drug.dose is None or x.drug.dose_unit != self.t.dose_unit)]
-            if unknown:
-                return _Finding(None, f"{row.id}: high-dose start unknown (a steroid dose not in mg)",
-                                missing=tuple(f"dose in mg of {r}" for r in unknown))
-            return _Finding(False, f"{row.id}: no high-dose steroid")
-        check = course.day_of(Moment(hd_at + timedelta(hours=hours)))
-        after = f"{hours:g} h after {hd_row.text} started on day {course.day_of(Moment(hd_at))}"
-        if e.resolved_day is not None and e.resolved_day <= check:
-            return _Finding(False, f"{row.id}: resolved on day {e.resolved_day}, by {after}",
-                            rows=(hd_row.id,))
-        # Decision 1: the daily grade of the day 72 h later; when that day has no grade, a later day of the
-        # episode still at >= 2 proves persistence (a lower one proves nothing about the 72-h day).
-        later = [by_day[d] for d in sorted(by_day) if d >= check and by_day[d].grade is not None
-                 and (e.resolved_day is None or d < e.resolved_day)]
-        dg = later[0] if later else None
-        if dg is not None and dg.grade is not None and dg.grade >= min_grade:
-            return _Finding(True, f"grade {dg.grade} on day {dg.day}, {after}", evidence=dg.evidence,
-                            rows=(row.id, hd_row.id))
-        if dg is not None and dg.day == check and dg.state == State.GRADED:
-            return _Finding(False, f"{row.id}: grade {dg.grade} on day {check}, {after}", rows=(hd_row.id,))
-        return _Finding(None, f"{row.id}: no {name} grade on day {check}",
-                        missing=(f"{name} grade on day {check} ({after})",))
-
-    def _second_line(self, course: Course, doses: list[_Dose], row: RefractoryRow) -> _Finding:
-        steroids = [x for x in doses
-                    if self._systemic_steroid(x) and (not row.after or x.drug.agent in row.after)]
-        if not steroids:
-            return _Finding(False, f"{row.id}: no {'/'.join(row.after) or 'steroid'} given")
-        s0 = steroids[0].drug
-        for x in doses:
-            if x.label not in row.agents or x.drug.start.at <= s0.start.at:
-                continue
-            if row.min_mg_per_24h is None or (x.systemic and self._mg_24h(doses, x) >= row.min_mg_per_24h):
-                return _Finding(True, f"{x.label} on day {course.day_of(x.drug.start)} after {s0.agent} on "
-                                      f"day {course.day_of(s0.start)}", evidence=(x.drug.ref, s0.ref),
-                                rows=(row.id,))
-        return _Finding(False, f"{row.id}: none after {s0.agent}")
-
-    # ---- T4 response (8.4, 8.5) ---------------------------------------------------------------------
-
-    @staticmethod
-    def _baseline(by_day: dict[int, DayGrade], at: datetime | None, course: Course,
-                  days_before: int) -> int | None:
-        """Maximum grade of the day of `at` and the days before: the 24 h before a first dose (8.4, 8.5)."""
-        if at is None:
-            return None
-        d0 = course.day_of(Moment(at))
-        grades = [by_day[d].grade for d in range(d0 - days_before, d0 + 1) if d in by_day]
-        return max((g for g in grades if g is not None), default=None)
-
-    @staticmethod
-    def _first_day_at_most(e: Episode, by_day: dict[int, DayGrade], after_day: int,
-                           grade: int) -> DayGrade | None:
-        """The first day after `after_day`, up to the episode's resolution, graded (not a bound) <= grade."""
-        return next((by_day[d] for d in sorted(by_day)
-                     if after_day < d and (e.resolved_day is None or d <= e.resolved_day)
-                     and by_day[d].state == State.GRADED and (by_day[d].grade or 0) <= grade), None)
-
-    def _improvement(self, course: Course, e: Episode, by_day: dict[int, DayGrade],
-                     first: datetime | None) -> _Finding:
-        rule = self.t.improvement
-        base = self._baseline(by_day, first, course, rule.baseline_days_before)
-        if first is None or base is None or base < rule.drop:
-            return _Finding(None, "")
-        dg = self._first_day_at_most(e, by_day, course.day_of(Moment(first)), base - rule.drop)
-        if dg is None:
-            return _Finding(False, f"no improvement from baseline grade {base} in the data",
-                            rows=("improvement",))
-        return _Finding(True, f"improved from grade {base} to {dg.grade} on day {dg.day}", dg.window[0],
-                        dg.day, dg.evidence, rows=("improvement",))
-
-    def _remission(self, course: Course, e: Episode, by_day: dict[int, DayGrade],
-                   doses: list[_Dose]) -> _Finding:
-        idm = [x.drug for x in doses if x.label == self.t.intrathecal.label]
-        if e.toxicity != Toxicity.ICANS or not idm:
-            return _Finding(None, "")
-        t0, d0 = idm[0].start.at, course.day_of(idm[0].start)
-        base = self._baseline(by_day, t0, course, self.t.remission.baseline_days_before)
-        if base is None:
-            return _Finding(None, f"IDM remission: no ICANS grade on day {d0 - 1} or {d0}",
-                            definition=f"{IDM_SOURCE}: baseline ICANS grade unknown",
-                            missing=(f"ICANS grade on day {d0 - 1} or {d0} (before the first intrathecal "
-                                     "dose)",))
-        rows = [r for r in self.t.remission.rows if r.baseline_min <= base <= r.baseline_max]
-        if not rows:
-            return _Finding(None, f"IDM remission: no definition for baseline ICANS grade {base}",
-                            definition=f"{IDM_SOURCE}: none for baseline grade {base}")
-        definition = f"{IDM_SOURCE}, baseline ICANS grade {base} on days {d0 - 1}-{d0}: " + \
-            " or ".join(f"{r.id} ({r.text})" for r in rows)
-        hits = [h for r in rows if (h := self._remission_hit(course, e, by_day, r, t0, d0)) is not None]
-        if not hits:
-            return _Finding(False, "no IDM remission in the data", rows=tuple(r.id for r in rows),
-                            definition=definition)
-        at, day, ev, r = min(hits, key=lambda h: h[0])
-        return _Finding(True, f"IDM remission on day {day} ({r.id}), {_hours(t0, at):.1f} h after the first "
-                              "intrathecal dose", at, day, ev, rows=(r.id,), definition=definition)
-
-    def _remission_hit(self, course: Course, e: Episode, by_day: dict[int, DayGrade], row: RemissionRow,
-                       t0: datetime, d0: int) -> tuple[datetime, int, tuple[str, ...], RemissionRow] | None:
-        """When the target of one remission row was first met after the first intrathecal dose."""
-        if row.target == "grade-at-most":
-            dg = self._first_day_at_most(e, by_day, d0, row.value)
-            return (dg.window[0], dg.day, dg.evidence, row) if dg else None
-        for day, r in course.readings:
-            if r.concept != row.target or r.when.at <= t0 or type(r.value) is not int or r.value != row.value:
-                continue
-            age = course.age_on(day)
-            if row.target == "capd-score" and (age is None or age > self.capd_max_age):
-                continue  # CAPD only where the ICE is not the instrument (decision 6)
-            return r.when.at, day, (r.ref,), row
-        return None

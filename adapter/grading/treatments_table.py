@@ -1,0 +1,133 @@
+"""Treatment-response table (mappings/treatment-response.yaml, grading.md 8): row models, start-up check."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import ConfigError
+from ..tables import DrugRow, Row, Table, load_yaml_table
+
+ToxName = Literal["crs", "icans"]
+
+
+class Sourced(Row):
+    verified: bool
+    source: str
+
+
+class AgentRow(Sourced):
+    agent: str
+    treats: Literal["crs", "icans", "any"]
+
+
+class IntrathecalRow(Sourced):
+    route_system: str
+    route_code: str
+    treats: ToxName
+    label: str
+    idm_agents: tuple[str, ...]
+
+
+class ReasonRow(Sourced):
+    system: str
+    code: str
+    match: Literal["exact", "prefix"]
+    toxicity: ToxName
+
+    def matches(self, coding: str) -> bool:
+        system, _, code = coding.partition("|")
+        # ICD-10-CM codes are compared without the dot (both spellings occur in EHR extracts).
+        mine, theirs = self.code.replace(".", ""), code.replace(".", "")
+        hit = theirs.startswith(mine) if self.match == "prefix" else theirs == mine
+        return system == self.system and hit
+
+
+class ReasonWindow(Sourced):
+    before_onset_hours: float
+    after_resolution_hours: float
+
+
+class HighDoseRow(Sourced):
+    id: str
+    agent: str
+    min_mg_per_24h: float
+    text: str
+    flag: str | None = None  # review hint when this row decides (a documented default was used)
+
+
+class RefractoryRow(Sourced):
+    id: str
+    toxicity: ToxName
+    kind: Literal["persists", "second-line"]
+    text: str
+    min_grade: int | None = None  # persists
+    hours: float | None = None  # persists
+    agents: tuple[str, ...] = ()  # second-line
+    after: tuple[str, ...] = ()  # second-line: only these steroids count as "steroids first"
+    min_mg_per_24h: float | None = None  # second-line: only a dose reaching this 24-h total
+
+
+class ImprovementRule(Sourced):
+    drop: int
+    baseline_days_before: int
+
+
+class RemissionRow(Sourced):
+    id: str
+    baseline_min: int
+    baseline_max: int
+    target: Literal["grade-at-most", "ice-score", "capd-score"]
+    value: int
+    text: str
+
+
+class RemissionRules(Row):
+    baseline_days_before: int
+    rows: tuple[RemissionRow, ...]
+
+
+class DoseLimitRow(Sourced):
+    id: str
+    agent: str
+    max_doses: int
+    window_hours: float | None = None
+    flag: str
+
+
+class TreatmentTable(Table):
+    definition_version: str
+    agents: tuple[AgentRow, ...]
+    intrathecal: IntrathecalRow
+    dose_unit: str
+    reasons: tuple[ReasonRow, ...]
+    reason_window: ReasonWindow
+    high_dose: tuple[HighDoseRow, ...]
+    refractory: tuple[RefractoryRow, ...]
+    improvement: ImprovementRule
+    remission: RemissionRules
+    dose_limits: tuple[DoseLimitRow, ...]
+
+
+def load_treatment_table() -> TreatmentTable:
+    return load_yaml_table("treatment-response.yaml", TreatmentTable)
+
+
+def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
+    """Start-up check (habit 4): agents are drugs.yaml rows, steroids have a dexamethasone factor."""
+    name = "treatment-response.yaml"
+    agents = {r.agent: r for r in t.agents}
+    named = {*agents, *t.intrathecal.idm_agents, *(r.agent for r in (*t.high_dose, *t.dose_limits))}
+    unknown = sorted(a for a in named if a not in drugs)
+    if unknown:
+        raise ConfigError(f"{name}: agents not in drugs.yaml: {unknown}")
+    labels = {*agents, t.intrathecal.label}
+    for r in t.refractory:
+        if not set(r.agents) | set(r.after) <= labels:
+            raise ConfigError(f"{name}: refractory row {r.id} names an unknown agent")
+        if (r.kind == "persists") != (r.min_grade is not None and r.hours is not None) or \
+                (r.kind == "second-line") != bool(r.agents):
+            raise ConfigError(f"{name}: refractory row {r.id}: persists needs min_grade and hours, "
+                              "second-line needs agents")
+    for a in agents:
+        if drugs[a].role == "corticosteroid" and drugs[a].dex_equivalent is None:
+            raise ConfigError(f"{name}: corticosteroid {a} has no dex_equivalent in drugs.yaml")
