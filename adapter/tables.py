@@ -134,38 +134,35 @@ class ConditionFindingTable(Table):
     rows: tuple[ConditionFindingRow, ...]
 
 
-class InfectionRow(Row):
-    """A coded infection (Condition) or positive microbiology result (Observation) and how it is classified."""
+class CodedEventRow(Row):
+    """A code that marks an event beyond CRS/ICANS, with the CTCAE v5.0 term it is graded with."""
 
     system: str
     code: str
     display: str
     key: str
-    pathogen_type: Literal["bacterial", "viral", "fungal", "other"]
-    site: str
     ctcae_term: str
     ncit: str | None = None
     verified: bool
     source: str
+
+
+class InfectionRow(CodedEventRow):
+    """A coded infection (Condition) or positive microbiology result (Observation) and how it is classified."""
+
+    pathogen_type: Literal["bacterial", "viral", "fungal", "other"]
+    site: str
 
 
 class InfectionTable(Table):
     rows: tuple[InfectionRow, ...]
 
 
-class NeuroEventRow(Row):
+class NeuroEventRow(CodedEventRow):
     """A coded non-ICANS neurological event (grading.md section 7.1)."""
 
-    system: str
-    code: str
-    display: str
-    key: str
     category: Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
                       "myelopathy-paraparesis", "other"]
-    ctcae_term: str
-    ncit: str | None = None
-    verified: bool
-    source: str
 
 
 class NeuroEventTable(Table):

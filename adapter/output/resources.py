@@ -70,6 +70,19 @@ def _input_ref(key: str) -> dict[str, str]:
     return {"reference": key}
 
 
+def _grade_header(course: Course, value_id: str, code: str, display: str | None, text: str) -> dict[str, Any]:
+    """The elements every grade Observation starts with (output-contract.md section 1)."""
+    return {
+        "resourceType": "Observation",
+        "meta": {"profile": [PROFILE_GRADE]},
+        "identifier": [{"system": ID_GRADE, "value": value_id}],
+        "status": "preliminary",
+        "category": [{"coding": [coding(OBS_CATEGORY, "survey", "Survey")]}],
+        "code": {"coding": [coding(CS_TOXICITY, code, display)], "text": text},
+        "subject": dict(course.patient.reference),
+    }
+
+
 def _relative_day(course: Course, day: int) -> dict[str, Any]:
     """cqf-relativeDateTime: day N after the start of the CAR-T infusion (output-contract.md section 1)."""
     return {"url": EXT_RELATIVE_DATETIME, "extension": [
@@ -112,21 +125,14 @@ class Writer:
         value_id = stable_hash(course.patient.key, course.infusion.ref, tox, scale, dg.day)
         table = "astct-crs-2019" if tox == "crs" else "astct-icans-2019"
         start, end = dg.window
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            "meta": {"profile": [PROFILE_GRADE]},
-            "identifier": [{"system": ID_GRADE, "value": value_id}],
-            "status": "preliminary",
-            "category": [{"coding": [coding(OBS_CATEGORY, "survey", "Survey")]}],
-            "code": {"coding": [coding(CS_TOXICITY, scale, scale_display)],
-                     "text": f"{scale_display}, day {dg.day}"},
-            "subject": dict(course.patient.reference),
+        res = _grade_header(course, value_id, scale, scale_display, f"{scale_display}, day {dg.day}")
+        res.update({
             "effectivePeriod": {
                 "extension": [_relative_day(course, dg.day)],
                 "start": iso(start),
                 "end": iso(end - timedelta(seconds=1)),  # Period.end is inclusive: the day's last second
             },
-        }
+        })
         if dg.state == State.NOT_ASSESSABLE:
             reason = "not-performed" if any(m.startswith(("body temperature", "ice", "capd"))
                                             for m in dg.missing) else "unknown"
@@ -286,16 +292,8 @@ class Writer:
         """One Observation for an assessment that is not a daily grade (ICAHT, CAR-HEMATOTOX, IEC-HS,
         an infection's or neurological event's CTCAE grade, a treatment-response summary)."""
         value_id = stable_hash(course.patient.key, course.infusion.ref, a.code, key)
-        res: dict[str, Any] = {
-            "resourceType": "Observation",
-            "meta": {"profile": [PROFILE_GRADE]},
-            "identifier": [{"system": ID_GRADE, "value": value_id}],
-            "status": "preliminary",
-            "category": [{"coding": [coding(OBS_CATEGORY, "survey", "Survey")]}],
-            "code": {"coding": [coding(CS_TOXICITY, a.code, ASSESSMENT_DISPLAY.get(a.code))],
-                     "text": ASSESSMENT_DISPLAY.get(a.code, a.code)},
-            "subject": dict(course.patient.reference),
-        }
+        res = _grade_header(course, value_id, a.code, ASSESSMENT_DISPLAY.get(a.code),
+                            ASSESSMENT_DISPLAY.get(a.code, a.code))
         if focus is not None:  # e.g. a treatment-response summary is about its episode Condition
             res["focus"] = [ref(focus)]
         day = course.day_of(Moment(a.start))
