@@ -68,6 +68,12 @@ class PatientResult:
 
 
 @dataclass(slots=True)
+class PatientResources:
+    patient_key: str  # "Patient/<id>" as the input names the patient
+    resources: list[Written]
+
+
+@dataclass(slots=True)
 class RunResult:
     patients: list[PatientResult]
     report: RunReport
@@ -180,12 +186,19 @@ class Engine:
 
     def resources(self, result: RunResult, recorded: datetime) -> list[Written]:
         """Every resource of the run, in a stable order: Device, then per patient grades, episodes, AEs, Provenance."""
+        device, groups = self.resources_by_patient(result, recorded)
+        out = [w for g in groups for w in g.resources]
+        return [device, *out] if out else []
+
+    def resources_by_patient(self, result: RunResult, recorded: datetime) -> tuple[Written, list[PatientResources]]:
+        """The engine Device, and each graded patient's resources (their Provenance last), for per-patient
+        writes to a server: referenced resources always come before the resources that refer to them."""
         with _no_cyclic_gc():
             return self._resources(result, recorded)
 
-    def _resources(self, result: RunResult, recorded: datetime) -> list[Written]:
+    def _resources(self, result: RunResult, recorded: datetime) -> tuple[Written, list[PatientResources]]:
         writer = Writer(self.codes, self.versions, recorded)
-        out: list[Written] = [writer.device]
+        groups: list[PatientResources] = []
         for pr in result.patients:
             mine: list[Written] = []
             sources: list[str] = []
@@ -210,9 +223,10 @@ class Engine:
                 continue
             result.report.grades_written += sum(len(days) for cr in pr.courses for days in cr.days.values())
             mine.append(writer.provenance(pr.patient.key, mine, list(dict.fromkeys(sources))))
-            out.extend(mine)
-        result.report.resources_written = len(out) if len(out) > 1 else 0
-        return out if len(out) > 1 else []
+            groups.append(PatientResources(pr.patient.key, mine))
+        count = sum(len(g.resources) for g in groups)
+        result.report.resources_written = count + 1 if count else 0
+        return writer.device, groups
 
     def _other_resources(self, writer: Writer, cr: CourseResult, sources: list[str]) -> list[Written]:
         """Observations, Conditions and AdverseEvents of the toxicities beyond CRS/ICANS, and the score."""

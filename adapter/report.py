@@ -30,6 +30,18 @@ class RunReport:
     unverified_rows: set[str] = field(default_factory=set)
     issues: list[Issue] = field(default_factory=list)
 
+    def merge(self, other: RunReport) -> None:
+        """Add another run's counts and issues (a server cohort is graded one patient at a time)."""
+        self.resources_read += other.resources_read
+        self.resources_used += other.resources_used
+        self.ignored.update(other.ignored)
+        self.patients += other.patients
+        self.patients_graded += other.patients_graded
+        self.grades_written += other.grades_written
+        self.resources_written += other.resources_written
+        self.unverified_rows |= other.unverified_rows
+        self.issues.extend(other.issues)
+
     def warn(self, message: str, location: Location) -> None:
         self.issues.append(Issue("warning", message, location))
 
