@@ -7,13 +7,14 @@ import logging
 import os
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from . import __version__
+from .cli_remote import ServerRun, add_server_args, grade_from_server, push_command
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
 from .ingest.read import read_paths
 from .pipeline import Engine
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grade", help="grade CAR-T toxicities (ASTCT CRS and ICANS) in FHIR R4 input",
                        description="Grade FHIR R4 Bundles and NDJSON files or folders; write the output Bundle.")
-    g.add_argument("inputs", nargs="+", metavar="INPUT", help="Bundle .json, .ndjson file, or a folder of them")
+    g.add_argument("inputs", nargs="*", metavar="INPUT", help="Bundle .json, .ndjson file, or a folder of them")
     g.add_argument("-o", "--output", metavar="OUT.json", help="write the output Bundle here (default: stdout)")
     g.add_argument("--concept-map", action="append", default=[], metavar="MAP.json",
                    help="a FHIR ConceptMap from site-local codes to cart-fhir's concepts (repeatable)")
@@ -43,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate every emitted resource with the fhir.resources R4B models before writing")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
+    who = g.add_argument_group("patients on a FHIR server (instead of INPUT files)")
+    who.add_argument("--patient", action="append", default=[], metavar="ID", help="a patient id (repeatable)")
+    who.add_argument("--group", metavar="ID", help="every active member of this Group")
+    who.add_argument("--all-infused", action="store_true",
+                     help="every patient with a coded CAR-T infusion (MedicationAdministration or Procedure)")
+    who.add_argument("--write-back", action="store_true",
+                     help="write the results to the server (conditional updates: running twice creates nothing)")
+    add_server_args(g)
+    push = sub.add_parser("push", help="write an output Bundle of `cart-fhir grade` to a FHIR server",
+                          description="Write a cart-fhir output Bundle to a FHIR server, idempotently.")
+    push.add_argument("bundle", metavar="OUT.json", help="a collection or transaction Bundle from cart-fhir grade")
+    push.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
+    add_server_args(push)
     return p
 
 
@@ -75,11 +89,32 @@ def _load_concept_maps(paths: list[str]) -> list[tuple[str, Any]]:
     return maps
 
 
+def _check_sources(args: argparse.Namespace) -> None:
+    remote = bool(args.patient or args.group or args.all_infused)
+    chosen = sum((bool(args.patient), bool(args.group), bool(args.all_infused)))
+    if args.inputs and (remote or args.base_url):
+        raise ConfigError("give INPUT files, or --server with --patient/--group/--all-infused, not both")
+    if chosen > 1:
+        raise ConfigError("give one of --patient, --group, --all-infused")
+    if not args.inputs and not remote:
+        raise ConfigError("nothing to grade: give INPUT files, or --server URL with --patient ID, --group ID "
+                          "or --all-infused")
+    if args.write_back and not remote:
+        raise ConfigError("--write-back needs patients from a server (--patient, --group or --all-infused)")
+
+
 def grade_command(args: argparse.Namespace) -> int:
+    _check_sources(args)
     engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
-    result = engine.grade(read_paths(args.inputs))
-    recorded = datetime.now(timezone.utc).replace(microsecond=0)
-    written = engine.resources(result, recorded)
+    recorded = datetime.now(UTC).replace(microsecond=0)
+    run = None
+    if args.inputs:
+        result = engine.grade(read_paths(args.inputs))
+        written = engine.resources(result, recorded)
+    else:
+        run = grade_from_server(args, engine)
+        result = run.result
+        written = [run.device, *(w for g in run.groups for w in g.resources)] if run.groups and run.device else []
     if args.validate:
         from .validate import validate_resources
 
@@ -92,7 +127,7 @@ def grade_command(args: argparse.Namespace) -> int:
         _write_atomic(args.summary_json, summary)
     if args.output:
         _write_atomic(args.output, payload)
-    else:
+    elif not args.write_back:  # written back: the results are on the server, stdout stays quiet
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
@@ -101,7 +136,28 @@ def grade_command(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         for issue in result.report.issues:
             print(f"{issue.severity}: {issue}", file=sys.stderr)
+    if run is not None:
+        return _server_outcome(run, args.quiet)
     return EXIT_OK
+
+
+def _server_outcome(run: ServerRun, quiet: bool) -> int:
+    """Patients with bad data (exit 2) and failed writes (exit 1) are reported after the others went on."""
+    for err in run.input_errors[:MAX_ERROR_LINES]:
+        print(f"cart-fhir: error: {err}", file=sys.stderr)
+    if run.write is not None:
+        for line in run.write.lines() if not quiet or run.write.failed else []:
+            print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
+        if run.write.failed:
+            return EXIT_FAILURE
+    return EXIT_BAD_INPUT if run.input_errors else EXIT_OK
+
+
+def push_cmd(args: argparse.Namespace) -> int:
+    report = push_command(args)
+    for line in report.lines():
+        print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
+    return EXIT_FAILURE if report.failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "grade":
             return grade_command(args)
+        if args.command == "push":
+            return push_cmd(args)
     except InputErrors as exc:
         for err in exc.errors[:MAX_ERROR_LINES]:
             print(f"cart-fhir: error: {err}", file=sys.stderr)

@@ -1,0 +1,196 @@
+"""The command line's FHIR-server half: `grade --server` (read, grade, optionally write back) and `push`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .constants import BASE, ID_DEVICE, ID_RUN
+from .errors import BadInput, InputErrors, Location
+from .ingest.index import ref_key
+from .output.resources import Written
+from .pipeline import Engine, PatientResources, RunResult
+from .remote.connect import connect
+from .remote.read import PatientReader
+from .remote.settings import load_settings
+from .remote.write import ResultWriter, WriteReport
+from .report import RunReport
+
+log = logging.getLogger("cart_fhir")
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """Server settings; each also comes from CART_FHIR_* in the environment or a TOML --config file."""
+    s = p.add_argument_group("FHIR server (flags override CART_FHIR_* environment, which overrides --config)")
+    s.add_argument("--server", dest="base_url", metavar="URL", help="FHIR base URL (CART_FHIR_SERVER)")
+    s.add_argument("--config", metavar="FILE.toml", help="server settings in a TOML file ([server] table)")
+    s.add_argument("--auth", choices=("none", "bearer", "smart"),
+                   help="default: smart with a client id, bearer with a token, else none")
+    s.add_argument("--token-file", metavar="FILE", help="a file holding a bearer token (or CART_FHIR_TOKEN)")
+    s.add_argument("--client-id", metavar="ID", help="SMART Backend Services client id")
+    s.add_argument("--private-key", metavar="FILE", help="SMART signing key: PEM (RSA or EC P-384) or JWKS")
+    s.add_argument("--kid", help="key id (default: the JWK's kid, or the key's RFC 7638 thumbprint)")
+    s.add_argument("--scope", help="SMART scopes to request")
+    s.add_argument("--token-url", metavar="URL", help="token endpoint (default: from .well-known/smart-configuration)")
+    s.add_argument("--page-size", type=int, metavar="N", help="_count for searches and $everything (default 1000)")
+    s.add_argument("--chunk-size", type=int, metavar="N", help="entries per transaction (default 100)")
+    s.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout per request (default 60)")
+    s.add_argument("--retries", type=int, metavar="N", help="attempts for 429/502/503/504 and dropped connections")
+    s.add_argument("--max-resources", type=int, metavar="N", help="stop reading one search after N resources")
+    s.add_argument("--write-mode", choices=("auto", "transaction", "batch"),
+                   help="auto (default): transactions unless the server refuses them")
+
+
+def server_flags(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("base_url", "auth", "token_file", "client_id", "private_key", "kid", "scope", "token_url", "page_size",
+             "chunk_size", "timeout", "retries", "max_resources", "write_mode")
+    return {n: getattr(args, n, None) for n in names}
+
+
+@dataclass(slots=True)
+class ServerRun:
+    result: RunResult
+    device: Written | None = None
+    groups: list[PatientResources] = field(default_factory=list)
+    write: WriteReport | None = None
+    input_errors: list[BadInput] = field(default_factory=list)
+
+
+def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
+    """One patient at a time: read, grade, write back (under that patient's lock), so memory stays per patient
+    and a patient with bad data or a failed write does not stop the others."""
+    settings = load_settings(server_flags(args), args.config)
+    client = connect(settings)
+    try:
+        reader = PatientReader(client, engine.terminology, observation_categories=settings.observation_categories,
+                               use_everything=settings.everything)
+        if args.patient:
+            ids = list(dict.fromkeys(p.removeprefix("Patient/") for p in args.patient))
+        elif args.group:
+            ids = reader.group_members(args.group)
+        else:
+            ids = reader.infused_patients()
+        log.info("%d patients to grade from %s", len(ids), client.base_url)
+        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode) \
+            if args.write_back else None
+        run = ServerRun(RunResult([], RunReport()))
+        if writer is not None:
+            run.write = WriteReport(client.base_url)
+        recorded = datetime.now(UTC).replace(microsecond=0)
+        start = client.http.round_trips
+        for pid in ids:
+            _grade_one(pid, reader, engine, writer, recorded, run)
+        if run.write is not None and writer is not None:
+            run.write.mode = writer.mode if writer.mode != "auto" else (
+                "transaction" if client.capabilities().transaction else "batch")
+            run.write.round_trips = sum(p.round_trips for p in run.write.patients)
+        log.info("read %d patients in %d round trips (%s)", reader.stats.patients, reader.stats.round_trips,
+                 ", ".join(f"{k}: {v}" for k, v in reader.stats.per_patient.items()))
+        log.debug("server round trips in all: %d", client.http.round_trips - start)
+        return run
+    finally:
+        client.close()
+
+
+def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWriter | None,
+               recorded: datetime, run: ServerRun) -> None:
+    try:
+        result = engine.grade(reader.patient(pid))
+    except InputErrors as exc:
+        run.input_errors.extend(exc.errors)
+        run.result.report.patients += 1
+        return
+    except BadInput as exc:
+        run.input_errors.append(exc)
+        run.result.report.patients += 1
+        return
+    run.result.report.merge(result.report)
+    run.result.patients.extend(result.patients)
+    device, groups = engine.resources_by_patient(result, recorded)
+    run.device = device
+    run.groups.extend(groups)
+    if writer is not None and run.write is not None:
+        for group in groups:
+            run.write.patients.append(writer.write_patient(device, group))
+
+
+# ---- push ----------------------------------------------------------------------------------------
+
+def push_command(args: argparse.Namespace) -> WriteReport:
+    """Write a Bundle that `cart-fhir grade` produced (collection or transaction) to a server."""
+    device, groups = written_from_bundle(args.bundle)
+    settings = load_settings(server_flags(args), args.config)
+    client = connect(settings)
+    try:
+        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode)
+        if device is None:
+            raise BadInput("the Bundle has no cart-fhir engine Device: not a cart-fhir output Bundle",
+                           Location(args.bundle))
+        return writer.write(device, groups)
+    finally:
+        client.close()
+
+
+def written_from_bundle(path: str) -> tuple[Written | None, list[PatientResources]]:
+    """Rebuild the writer's view of an output Bundle: each resource with its fullUrl and conditional URL,
+    grouped by patient in Bundle order (Provenance goes with the patient of its targets)."""
+    try:
+        doc = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise BadInput(f"cannot read: {exc.strerror}", Location(path)) from exc
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"not valid JSON: {exc}", Location(path)) from exc
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle" or \
+            doc.get("type") not in ("collection", "transaction"):
+        raise BadInput("expected a collection or transaction Bundle written by cart-fhir grade", Location(path))
+    device: Written | None = None
+    groups: dict[str, list[Written]] = {}
+    patient_of: dict[str, str] = {}
+    for i, entry in enumerate(doc.get("entry") or []):
+        loc = Location(path, entry=i)
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        url = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if not isinstance(res, dict) or not isinstance(url, str):
+            raise BadInput("entry has no resource or no fullUrl", loc)
+        w = Written(url, res, _condition(res, entry, loc))
+        rtype = res.get("resourceType")
+        if rtype == "Device":
+            device = w
+            continue
+        if rtype == "Provenance":
+            targets = [t.get("reference") for t in res.get("target") or [] if isinstance(t, dict)]
+            patient = next((patient_of[t] for t in targets if t in patient_of), None)
+        else:
+            ref = (res.get("subject") or {}).get("reference")
+            patient = ref_key(ref) if isinstance(ref, str) else None
+        if patient is None:
+            raise BadInput(f"{rtype} has no subject (or Provenance target) to group it by patient", loc)
+        patient_of[url] = patient
+        groups.setdefault(patient, []).append(w)
+    return device, [PatientResources(k, v) for k, v in groups.items()]
+
+
+def _condition(res: dict[str, Any], entry: dict[str, Any], loc: Location) -> str:
+    """The conditional update URL: the transaction's own, else built from the business identifier."""
+    request = entry.get("request")
+    if isinstance(request, dict) and isinstance(request.get("url"), str) and "?" in request["url"]:
+        return request["url"]
+    rtype = res.get("resourceType")
+    if rtype == "Provenance":
+        tags = [t for t in (res.get("meta") or {}).get("tag") or [] if t.get("system") == ID_RUN]
+        if tags:
+            return f"Provenance?_tag={ID_RUN}|{tags[0]['code']}"
+    ids = res.get("identifier")
+    ids = ids if isinstance(ids, list) else [ids] if isinstance(ids, dict) else []
+    ours = [i for i in ids if isinstance(i, dict) and str(i.get("system", "")).startswith(f"{BASE}/identifier/")]
+    if not ours:
+        raise BadInput(f"{rtype} carries no cart-fhir business identifier: cannot be written idempotently", loc)
+    if rtype == "Device" and ours[0].get("system") != ID_DEVICE:
+        raise BadInput("Device identifier is not cart-fhir's", loc)
+    return f"{rtype}?identifier={ours[0]['system']}|{ours[0]['value']}"
