@@ -9,6 +9,9 @@ from helpers import day_grade, run
 
 from adapter.pipeline import Engine
 
+# The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
+pytest_plugins = ["fhir_server_fixture"]
+
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
