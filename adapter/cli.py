@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # urllib3 logs every request line with its query (search values) at DEBUG: keep it out of our logs.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
     try:
         if args.command == "grade":
             return grade_command(args)

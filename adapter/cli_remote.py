@@ -45,11 +45,17 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-resources", type=int, metavar="N", help="stop reading one search after N resources")
     s.add_argument("--write-mode", choices=("auto", "transaction", "batch"),
                    help="auto (default): transactions unless the server refuses them")
+    s.add_argument("--no-everything", dest="everything", action="store_const", const=False,
+                   help="read by searches even where the server offers Patient/$everything")
+    s.add_argument("--observation-category", dest="observation_categories", metavar="CODES",
+                   help="read only Observations of these categories (comma-separated, e.g. "
+                        "vital-signs,laboratory,survey; default: all, so uncategorised data is not missed)")
 
 
 def server_flags(args: argparse.Namespace) -> dict[str, Any]:
     names = ("base_url", "auth", "token_file", "client_id", "private_key", "kid", "scope", "token_url", "page_size",
-             "chunk_size", "timeout", "retries", "max_resources", "write_mode")
+             "chunk_size", "timeout", "retries", "max_resources", "write_mode", "everything",
+             "observation_categories")
     return {n: getattr(args, n, None) for n in names}
 
 
