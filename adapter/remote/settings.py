@@ -14,9 +14,10 @@ from ..errors import ConfigError
 
 AuthKind = Literal["none", "bearer", "smart"]
 
-# Setting name -> environment variable (the service, issue 5, reads the same names).
+# Setting name -> environment variable. The upstream server's auth kind is CART_FHIR_SERVER_AUTH: CART_FHIR_AUTH
+# is the service's own inbound-auth switch (on/off).
 ENV = {
-    "base_url": "CART_FHIR_SERVER", "auth": "CART_FHIR_AUTH", "token": "CART_FHIR_TOKEN",
+    "base_url": "CART_FHIR_SERVER", "auth": "CART_FHIR_SERVER_AUTH", "token": "CART_FHIR_TOKEN",
     "token_file": "CART_FHIR_TOKEN_FILE", "client_id": "CART_FHIR_CLIENT_ID",
     "private_key": "CART_FHIR_PRIVATE_KEY", "kid": "CART_FHIR_KID", "scope": "CART_FHIR_SCOPE",
     "token_url": "CART_FHIR_TOKEN_URL", "jku": "CART_FHIR_JKU", "page_size": "CART_FHIR_PAGE_SIZE",
