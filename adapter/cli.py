@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("bundle", metavar="OUT.json", help="a collection or transaction Bundle from cart-fhir grade")
     push.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     add_server_args(push)
+    srv = sub.add_parser("serve", help="run the FHIR service (gunicorn); settings from CART_FHIR_* variables",
+                         description="Run cart-fhir's FHIR operations and CDS Hooks under gunicorn. Settings "
+                                     "come from CART_FHIR_* environment variables (see the README).")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    srv.add_argument("--workers", type=int, help="worker processes (default: one per core, 2 to 8)")
+    srv.add_argument("--timeout", type=int, default=120, help="seconds before a silent worker is restarted")
     return p
 
 
@@ -171,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             return grade_command(args)
         if args.command == "push":
             return push_cmd(args)
+        if args.command == "serve":
+            from .service.serve import serve
+
+            serve(args.host, args.port, args.workers, args.timeout)
+            return EXIT_OK
     except InputErrors as exc:
         for err in exc.errors[:MAX_ERROR_LINES]:
             print(f"cart-fhir: error: {err}", file=sys.stderr)

@@ -108,12 +108,13 @@ class Engine:
 
     # ---- grading -----------------------------------------------------------------------------
 
-    def grade(self, items: Iterable[Item]) -> RunResult:
-        """Grade every patient in the input. Strict mode raises InputErrors on any bad input."""
+    def grade(self, items: Iterable[Item], strict: bool | None = None) -> RunResult:
+        """Grade every patient in the input. Strict mode (the engine's, unless given) raises InputErrors on
+        any bad input."""
         with _no_cyclic_gc():
-            return self._grade(items)
+            return self._grade(items, self.strict if strict is None else strict)
 
-    def _grade(self, items: Iterable[Item]) -> RunResult:
+    def _grade(self, items: Iterable[Item], strict: bool) -> RunResult:
         report = RunReport()
         idx = build_index(items, report)
         extractor = Extractor(self.terminology, self.units, report)
@@ -131,7 +132,7 @@ class Engine:
         report.resources_used += used
         if len(medications) > used:
             report.ignored["Medication (not referenced)"] += len(medications) - used
-        if self.strict and report.errors:
+        if strict and report.errors:
             raise InputErrors([BadInput(i.message, i.location) for i in report.errors])
         return RunResult(results, report)
 

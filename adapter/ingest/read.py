@@ -74,6 +74,14 @@ def read_bytes(data: bytes, name: str) -> Iterator[Item]:
     yield from _bundle_items(doc, name, None)
 
 
+def read_bundle(doc: Any, name: str) -> Iterator[Item]:
+    """Items of a Bundle already parsed (the service's request body)."""
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        got = doc.get("resourceType") if isinstance(doc, dict) else type(doc).__name__
+        raise BadInput(f"expected resourceType 'Bundle', got {got!r}", Location(name))
+    yield from _bundle_items(doc, name, None)
+
+
 def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
     for path in expand_paths(paths):
         try:
@@ -126,7 +134,7 @@ def _check_resource(res: Any, loc: Location) -> None:
 
 def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterator[Item]:
     btype = bundle.get("type")
-    if btype not in BUNDLE_TYPES:
+    if not isinstance(btype, str) or btype not in BUNDLE_TYPES:  # a dict here is unhashable: check the type first
         raise BadInput(f"Bundle.type {btype!r} is not a FHIR R4 Bundle type", Location(name, line=line))
     entries = bundle.get("entry", [])
     if not isinstance(entries, list):

@@ -31,6 +31,10 @@ OBSERVATION_LOOKBACK_DAYS = 28
 CPT = "http://www.ama-assn.org/go/cpt"
 
 
+class PatientNotFound(BadInput):
+    """The server has no such patient (404/410): the service answers 404, the CLI exits 2."""
+
+
 @dataclass(slots=True)
 class ReadStats:
     patients: int = 0
@@ -64,7 +68,7 @@ class PatientReader:
             resources = self._searches(patient_id)
         resources = self._with_medications(resources)
         if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id for r in resources):
-            raise BadInput(f"Patient/{patient_id} was not found on the server", Location(self.client.base_url))
+            raise PatientNotFound(f"Patient/{patient_id} was not found on the server", Location(self.client.base_url))
         used = self.client.http.round_trips - before
         self.stats.patients += 1
         self.stats.resources += len(resources)
@@ -80,7 +84,7 @@ class PatientReader:
             return _used(self.client.pages(f"Patient/{pid}/$everything", {"_count": [self.client.page_size]}))
         except ServerError as exc:
             if exc.status == 404:
-                raise BadInput(f"Patient/{pid} was not found on the server", Location(self.client.base_url)) from exc
+                raise PatientNotFound(f"Patient/{pid} was not found on the server", Location(self.client.base_url)) from exc
             if exc.status not in (400, 405, 501):
                 raise
             log.warning("Patient/$everything refused (HTTP %s): reading by searches instead", exc.status)
@@ -98,7 +102,7 @@ class PatientReader:
         found: list[dict[str, Any]] = []
         patient = self._first_batch(pid, searches, found)
         if patient is None:
-            raise BadInput(f"{subject} was not found on the server", Location(self.client.base_url))
+            raise PatientNotFound(f"{subject} was not found on the server", Location(self.client.base_url))
         found.append(patient)
         found = self._with_medications(found)
         window = self._observation_params(subject, found)
