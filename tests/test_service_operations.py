@@ -225,3 +225,10 @@ def test_patient_operation_upstream_errors(upstream_app, fhir, engine):
     gone = down.test_client().post("/fhir/Patient/p1/$grade-toxicity")
     assert gone.status_code == 504 and "127.0.0.1:9" in outcome_texts(gone)[0]
     assert down.test_client().get("/ready").status_code == 503
+
+
+def test_behind_a_proxy_the_public_url_comes_from_forwarded_headers(engine):
+    app = create_app({"testing": True, "auth": False, "upstream": False, "tables": engine.tables, "proxy_hops": 1})
+    cs = app.test_client().get("/fhir/metadata", headers={"X-Forwarded-Proto": "https",
+                                                          "X-Forwarded-Host": "cart-fhir.example.org"})
+    assert cs.get_json(force=True)["implementation"]["url"] == "https://cart-fhir.example.org/fhir"

@@ -78,6 +78,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = load_service_settings(overrides)
     app = Flask("cart_fhir")
     app.config.update(TESTING=settings.testing, MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
     svc = Services(settings, Engine(tables=settings.tables))
     if settings.auth:
         from .security import CdsJwtVerifier, TokenVerifier

@@ -296,7 +296,7 @@ def _trend_line(days: Sequence[DayGrade]) -> str:
 def _why(what: str, reasons: Sequence[str], evidence: Sequence[str]) -> list[str]:
     out = []
     if reasons:
-        out.append(f"- What set the {what}: {'; '.join(reasons)}")
+        out.append(f"- What set {what}: {'; '.join(reasons)}")
     if evidence:
         out.append(f"- Evidence: {', '.join(dict.fromkeys(evidence))}")
     return out

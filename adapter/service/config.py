@@ -27,6 +27,7 @@ ENV = {
     "max_body_bytes": "CART_FHIR_MAX_BODY_BYTES",
     "timeline_url": "CART_FHIR_TIMELINE_URL",  # the SMART app the CDS cards link to
     "cds_fhir_servers": "CART_FHIR_CDS_FHIR_SERVERS",  # fhirServer URL prefixes CDS calls may name ("*": any)
+    "proxy_hops": "CART_FHIR_PROXY_HOPS",      # reverse proxies in front whose X-Forwarded-* headers to trust
 }
 
 
@@ -46,6 +47,8 @@ class ServiceSettings(BaseModel):
     timeline_url: str = "https://cart-fhir.org/timeline/launch"
     # The EHR's access token travels to the fhirServer a CDS call names: production lists its FHIR bases.
     cds_fhir_servers: tuple[str, ...] = ("*",)
+    # Behind a proxy the public URL (CDS Hooks `aud`, links) comes from X-Forwarded-*; trusted only this deep.
+    proxy_hops: int = Field(default=0, ge=0, le=5)
     tables: Any = None  # preloaded mapping tables (tests share one parse); None: load at start-up
 
     @field_validator("auth", "upstream", mode="before")
