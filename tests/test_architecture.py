@@ -53,3 +53,22 @@ def test_no_print_in_library_code() -> None:
         tree = ast.parse(p.read_text())
         calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
         assert not calls, f"print() in {p.relative_to(PKG)}"
+
+
+def _users(prefix: str) -> set[str]:
+    return {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py")
+            if any(m == prefix or m.startswith(prefix + ".") for m in imports(p))}
+
+
+def test_one_fhir_client_wraps_fhirpy() -> None:
+    """House style habit 10: the rest of the code never imports fhirpy directly."""
+    assert _users("fhirpy") == {"remote/client.py"}
+
+
+def test_only_the_web_layer_imports_flask_and_gunicorn() -> None:
+    assert {u.split("/")[0] for u in _users("flask") | _users("gunicorn") | _users("werkzeug")} == {"service"}
+
+
+def test_http_only_in_the_client_and_web_layers() -> None:
+    """Grading, ingest and output never talk to a network; FHIR I/O goes through remote/, inbound through service/."""
+    assert {u.split("/")[0] for u in _users("requests")} <= {"remote", "service"}
