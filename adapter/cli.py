@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("bundle", metavar="OUT.json", help="a collection or transaction Bundle from cart-fhir grade")
     push.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     add_server_args(push)
+    val = sub.add_parser("validate", help="check a Bundle (or resource, or NDJSON) against cart-fhir's profiles",
+                         description="Validate FHIR R4 resources: base R4, then each meta.profile of cart-fhir's "
+                                     "published package (cardinality, fixed/pattern values, required bindings, "
+                                     "reference targets, extensions). Exit 0 clean, 1 issues, 2 unreadable.")
+    val.add_argument("file", metavar="FILE", help="a Bundle .json, a single resource, or .ndjson")
+    val.add_argument("--package", metavar="DIR", help="a folder of conformance resources (default: the shipped one)")
     srv = sub.add_parser("serve", help="run the FHIR service (gunicorn); settings from CART_FHIR_* variables",
                          description="Run cart-fhir's FHIR operations and CDS Hooks under gunicorn. Settings "
                                      "come from CART_FHIR_* environment variables (see the README).")
@@ -178,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             return grade_command(args)
         if args.command == "push":
             return push_cmd(args)
+        if args.command == "validate":
+            from .cli_validate import validate_command
+
+            return validate_command(args.file, args.package)
         if args.command == "serve":
             from .service.serve import serve
 

@@ -7,15 +7,37 @@ from typing import Any
 import pytest
 from helpers import day_grade, run
 
+from adapter.conformance import Checker, Package, default_package_dir
+from adapter.conformance.validate import validate_bundle
 from adapter.pipeline import Engine
 
 # The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
 pytest_plugins = ["fhir_server_fixture"]
 
 
+class CheckingEngine(Engine):
+    """The engine, with every resource it emits checked against base R4 and cart-fhir's published profiles
+    (issue 6: every test that emits resources runs them through the checker)."""
+
+    def resources_by_patient(self, result: Any, recorded: Any) -> Any:
+        device, groups = super().resources_by_patient(result, recorded)
+        written = [device, *(w for g in groups for w in g.resources)] if groups else []
+        if written:
+            bundle = {"resourceType": "Bundle", "type": "collection",
+                      "entry": [{"fullUrl": w.full_url, "resource": w.resource} for w in written]}
+            issues = validate_bundle(bundle, _PACKAGE, _CHECKER)
+            assert not issues, "emitted resources do not conform:\n" + "\n".join(
+                f"entry[{i.entry}] {i.resource}: {i.path}: {i.message}" for i in issues[:20])
+        return device, groups
+
+
+_PACKAGE = Package.load(default_package_dir())
+_CHECKER = Checker(_PACKAGE)
+
+
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    return Engine()
+    return CheckingEngine()
 
 
 @pytest.fixture()

@@ -1,0 +1,217 @@
+"""Offline build of the FSH project: pinned SUSHI + an R4 core package rebuilt from npm; write or --check."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GENERATED = HERE / "fsh-generated"
+# Resources the project already ships as JSON (one source of truth): copied verbatim next to SUSHI's output,
+# because SUSHI with FSHOnly: true does not publish predefined resources (input/resources).
+PREDEFINED = (REPO / "mappings" / "avpu-conceptmap.json",
+              REPO / "adapter" / "service" / "definitions" / "OperationDefinition-grade-toxicity.json",
+              REPO / "adapter" / "service" / "definitions" / "OperationDefinition-Patient-grade-toxicity.json")
+# npm does not serve hl7.fhir.r4.core; hl7.fhir.r4.examples@4.0.1 holds every R4 conformance resource
+# (shared/notes/profiles-toolchain.md section 1.3). Its tarball is pinned by the registry's sha512 integrity.
+EXAMPLES = "hl7.fhir.r4.examples@4.0.1"
+EXAMPLES_INTEGRITY = ("sha512-DXBdIZOeQaSKIgCU7w6HOC7sw/6BzylmipLkBW4f//pT+Bc94x+8LImwTdvaNThPJoOzpBzvxAzNqjeu3X/"
+                      "zLw==")
+CORE = "hl7.fhir.r4.core#4.0.1"
+CONFORMANCE_TYPES = frozenset({
+    "StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "SearchParameter", "OperationDefinition",
+    "CapabilityStatement", "CompartmentDefinition", "NamingSystem", "StructureMap", "ImplementationGuide",
+    "MessageDefinition", "GraphDefinition", "TerminologyCapabilities"})
+NPM_TIMEOUT_S = float(os.environ.get("CART_FHIR_NPM_TIMEOUT", "300"))
+NPM_CI = ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error", "--ignore-scripts"]
+
+
+class BuildError(Exception):
+    """The toolchain cannot be installed or SUSHI failed (reason in the message)."""
+
+
+def cache_root() -> Path:
+    """Folder outside the repository holding the toolchain (XDG cache), like tests/fhir_server_fixture.py."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cart-fhir" / "sushi"
+
+
+def lock_digest() -> str:
+    """First 16 hex digits of sha256(package-lock.json + the examples pin): a new pin means a new folder."""
+    data = (HERE / "package-lock.json").read_bytes() + EXAMPLES.encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BuildError(f"`{' '.join(command)}` could not run: {exc}") from exc
+    return done
+
+
+def _checked(command: list[str], cwd: Path) -> str:
+    done = _run(command, cwd)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-20:])
+        raise BuildError(f"`{' '.join(command)}` failed (exit {done.returncode}):\n{tail}")
+    return done.stdout
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def convert_examples(tgz: Path, packages: Path) -> int:
+    """Write `<packages>/hl7.fhir.r4.core#4.0.1/package` from the examples tarball (note section 1.3):
+    package.json (type Core), one file per conformance resource, .index.json (index-version 2)."""
+    out = packages / CORE / "package"
+    out.mkdir(parents=True)
+    index = []
+    with tarfile.open(tgz) as tar:
+        for member in tar:
+            if not (member.isfile() and member.name.endswith(".json")):
+                continue
+            handle = tar.extractfile(member)
+            try:
+                res = json.load(handle) if handle else None
+            except ValueError:
+                continue
+            if not isinstance(res, dict) or res.get("resourceType") not in CONFORMANCE_TYPES or "id" not in res:
+                continue
+            name = f"{res['resourceType']}-{res['id']}.json"
+            (out / name).write_bytes(json.dumps(res, ensure_ascii=False).encode())
+            entry = {"filename": name, "resourceType": res["resourceType"], "id": res["id"]}
+            entry.update({k: res[k] for k in ("url", "version", "kind", "type") if isinstance(res.get(k), str)})
+            index.append(entry)
+    index.sort(key=lambda e: e["filename"])
+    _write_json(out / ".index.json", {"index-version": 2, "files": index})
+    _write_json(out / "package.json", {"name": "hl7.fhir.r4.core", "version": "4.0.1", "type": "Core",
+                                       "fhirVersions": ["4.0.1"], "license": "CC0-1.0",
+                                       "description": f"rebuilt offline from npm {EXAMPLES} by cart-fhir"})
+    return len(index)
+
+
+def _install_into(work: Path) -> None:
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy2(HERE / name, work / name)
+    _checked(NPM_CI, work)
+    packed = json.loads(_checked(["npm", "pack", EXAMPLES, "--json", "--pack-destination", str(work)], work))
+    integrity = packed[0].get("integrity", "")
+    if integrity != EXAMPLES_INTEGRITY:
+        raise BuildError(f"{EXAMPLES}: integrity {integrity} differs from the pinned {EXAMPLES_INTEGRITY}")
+    tgz = work / packed[0]["filename"]
+    digest = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
+    if integrity and digest != integrity:
+        raise BuildError(f"{tgz.name}: sha512 of the download does not match the registry's integrity")
+    convert_examples(tgz, work / "fhir-home" / ".fhir" / "packages")
+    tgz.unlink()
+
+
+def install(root: Path | None = None) -> Path:
+    """SUSHI and the rebuilt core package in the cache, once per lock; flock-guarded, renamed in when done."""
+    root = root or cache_root()
+    digest = lock_digest()
+    target = root / digest
+    if (target / ".complete").exists():
+        return target
+    if shutil.which("npm") is None:
+        raise BuildError("npm is not on PATH: building profiles/ needs Node 20+ and npm")
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        work = Path(tempfile.mkdtemp(prefix=f"{digest}.tmp-", dir=root))
+        try:
+            _install_into(work)
+            (work / ".complete").write_text(digest)
+            if target.exists():  # a half-finished folder from an older, killed install
+                shutil.rmtree(target)
+            work.rename(target)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def sushi(toolchain: Path, out: Path) -> Path:
+    """Run `sushi build --snapshot` on a copy of the project with HOME = the cache's fhir-home."""
+    project = out / "project"
+    project.mkdir()
+    shutil.copy2(HERE / "sushi-config.yaml", project / "sushi-config.yaml")
+    shutil.copytree(HERE / "input", project / "input")
+    env = {**os.environ, "HOME": str(toolchain / "fhir-home")}
+    done = _run([str(toolchain / "node_modules" / ".bin" / "sushi"), "build", str(project), "--snapshot"],
+                project, env)
+    if done.returncode != 0:
+        errors = [ln for ln in done.stdout.splitlines() if "error" in ln.lower()]
+        raise BuildError(f"sushi failed (exit {done.returncode}):\n" + "\n".join(errors[-40:] or
+                                                                                 done.stdout.splitlines()[-40:]))
+    generated = project / "fsh-generated"
+    resources = generated / "resources"
+    for source in PREDEFINED:
+        shutil.copy2(source, resources / source.name.replace("avpu-conceptmap", "ConceptMap-"
+                                                             + json.loads(source.read_text())["id"]))
+    return generated
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stale(built: Path, committed: Path = GENERATED) -> list[str]:
+    """Files that differ between a fresh build and the committed fsh-generated/ (missing, extra, changed)."""
+    new, old = _tree(built), _tree(committed) if committed.exists() else {}
+    return sorted(f"{'missing' if n not in old else 'extra' if n not in new else 'changed'}: {n}"
+                  for n in new.keys() | old.keys() if new.get(n) != old.get(n))
+
+
+@contextlib.contextmanager
+def built() -> Iterator[Path]:
+    """A fresh fsh-generated/ in a temporary folder."""
+    toolchain = install()
+    with tempfile.TemporaryDirectory(prefix="cart-fhir-sushi-") as tmp:
+        yield sushi(toolchain, Path(tmp))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="compare with the committed fsh-generated/; exit 1 "
+                                                             "listing stale files")
+    args = parser.parse_args(argv)
+    try:
+        with built() as fresh:
+            if args.check:
+                problems = stale(fresh)
+                for line in problems:
+                    print(f"stale {line}", file=sys.stderr)
+                if problems:
+                    print("profiles/fsh-generated is stale: run `python profiles/build.py`", file=sys.stderr)
+                return 1 if problems else 0
+            if GENERATED.exists():
+                shutil.rmtree(GENERATED)
+            shutil.copytree(fresh, GENERATED)
+            print(f"wrote {len(list((GENERATED / 'resources').glob('*.json')))} resources to {GENERATED}")
+            return 0
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
