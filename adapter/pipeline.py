@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from .conformance.tables_check import check_shipped
 from .errors import BadInput, InputErrors, Location
 from .grading.crs import CrsGrader
 from .grading.episodes import episodes
@@ -85,6 +86,7 @@ class Engine:
     def __init__(self, tables: Tables | None = None, concept_maps: Iterable[tuple[str, dict[str, Any]]] = (),
                  strict: bool = True) -> None:
         self.tables = tables or load_tables()
+        check_shipped()  # one source of truth: the tables' project codes are those the profiles publish
         self.terminology = Terminology(self.tables, concept_maps)
         self.units = UnitConverter({r.alias: r.ucum for r in self.tables.units.rows},
                                    {(c.from_, c.to): (c.scale, c.offset) for c in self.tables.units.conversions})

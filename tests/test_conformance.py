@@ -242,3 +242,22 @@ def test_golden_output_conforms_to_published_profiles(path: Path) -> None:
     except ConfigError:
         pytest.skip("profiles/fsh-generated/resources not built yet")
     assert validate_bundle(json.loads(path.read_text()), package) == []
+
+
+def test_tables_must_use_only_published_project_codes(tmp_path: Path) -> None:
+    """Start-up check (issue 6, one source of truth): a mapping row with a code the profiles do not define."""
+    import shutil
+
+    from adapter.conformance import default_package_dir
+    from adapter.conformance.tables_check import check_tables
+    from adapter.errors import ConfigError
+    from adapter.tables import mappings_dir
+
+    package = Package.load(default_package_dir())
+    shipped = tmp_path / "mappings"
+    shutil.copytree(mappings_dir(), shipped)
+    check_tables(shipped, package)  # as shipped: consistent
+    concepts = shipped / "concepts.yaml"
+    concepts.write_text(concepts.read_text().replace("high-flow-nasal-cannula,", "high-flow-nasal-canula,"))
+    with pytest.raises(ConfigError, match="oxygen-delivery#high-flow-nasal-canula is not defined"):
+        check_tables(shipped, package)

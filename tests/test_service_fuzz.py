@@ -48,5 +48,5 @@ def test_api_conforms_to_its_openapi_document(case):
 def test_the_document_covers_every_route():
     spec = APP.test_client().get("/openapi.json").get_json()
     routed = {r.rule for r in APP.url_map.iter_rules() if r.endpoint != "static"}
-    documented = {p.replace("{patient_id}", "<patient_id>").replace("{def_id}", "<def_id>") for p in spec["paths"]}
+    documented = {p.replace("{patient_id}", "<patient_id>").replace("{rid}", "<rid>") for p in spec["paths"]}
     assert routed - {"/openapi.json"} == documented, routed ^ documented

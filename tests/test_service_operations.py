@@ -119,6 +119,16 @@ def test_metadata_and_operation_definitions(client):
     for url in urls:
         od = client.get("/fhir/OperationDefinition/" + url.rsplit("/", 1)[1]).get_json(force=True)
         assert od["resourceType"] == "OperationDefinition" and od["url"] == url and od["code"] == "grade-toxicity"
+    published = [r["type"] for r in cs["rest"][0]["resource"] if r.get("interaction")]
+    assert {"StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap"} <= set(published)
+    for path, rtype in (("StructureDefinition/cart-toxicity-grade", "StructureDefinition"),
+                        ("CodeSystem/cart-toxicity", "CodeSystem"), ("ValueSet/toxicity-grade", "ValueSet"),
+                        ("ConceptMap/avpu-to-consciousness-level", "ConceptMap"),
+                        ("CapabilityStatement/cart-fhir-service", "CapabilityStatement")):
+        got = client.get(f"/fhir/{path}")
+        assert got.status_code == 200 and got.get_json(force=True)["resourceType"] == rtype, path
+    sd = client.get("/fhir/StructureDefinition/cart-toxicity-grade").get_json(force=True)
+    assert sd["url"] == "https://cart-fhir.org/fhir/StructureDefinition/cart-toxicity-grade" and sd["snapshot"]
     missing = client.get("/fhir/OperationDefinition/nope")
     assert missing.status_code == 404 and missing.mimetype == FHIR
 

@@ -60,6 +60,11 @@ class Package:
                 raise ConfigError(f"{path}: not a readable FHIR JSON resource: {exc}") from exc
         return cls(resources)
 
+    def codes(self, system: str) -> frozenset[str] | None:
+        """Every code a CodeSystem of the package defines; None when the package has no such CodeSystem."""
+        cs = self.code_systems.get(_canonical(system))
+        return frozenset(_concepts(cs.get("concept", []))) if cs is not None else None
+
     def profile(self, url: str) -> dict[str, Any] | None:
         """The StructureDefinition with this canonical url, when it has a snapshot."""
         sd = self.structure_definitions.get(_canonical(url))

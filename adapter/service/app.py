@@ -95,11 +95,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = svc
     register_error_handlers(app)
     _register_request_log(app)
+    from .artefacts import artefacts
     from .cdshooks import cds
     from .health import health
     from .operations import fhir
 
     app.register_blueprint(fhir)
+    app.register_blueprint(artefacts)
     app.register_blueprint(cds)
     app.register_blueprint(health)
 

@@ -20,6 +20,7 @@ from ..remote.read import PatientNotFound, PatientReader
 from ..remote.write import PatientWrite, ResultWriter
 from ..report import RunReport
 from .app import services
+from .artefacts import TYPES as ARTEFACT_TYPES
 from .errors import ServiceError, fhir_response, issue
 from .guard import json_body, requires
 from .openapi import document
@@ -217,7 +218,7 @@ def metadata() -> Response:
         "resource": [
             {"type": "Patient", "operation": [{"name": "grade-toxicity",
                                                "definition": definition("Patient-grade-toxicity")["url"]}]},
-            {"type": "OperationDefinition", "interaction": [{"code": "read"}]},
+            *({"type": t, "interaction": [{"code": "read"}]} for t in ARTEFACT_TYPES),
         ],
     }
     if svc.settings.auth:
@@ -231,12 +232,3 @@ def metadata() -> Response:
           "fhirVersion": "4.0.1", "format": ["application/fhir+json", "json"],
           "instantiates": [f"{BASE}/CapabilityStatement/cart-fhir-service"], "rest": [rest]}
     return fhir_response(cs)
-
-
-@fhir.get("/OperationDefinition/<def_id>")
-@document("An OperationDefinition of this service", secured=False,
-          responses={200: ("OperationDefinition", "Resource"), 404: ("unknown", "OperationOutcome")})
-def operation_definition(def_id: str) -> Response:
-    if def_id not in ("grade-toxicity", "Patient-grade-toxicity"):
-        raise ServiceError(404, f"no OperationDefinition/{def_id} here", expression="OperationDefinition.id")
-    return fhir_response(definition(def_id))
