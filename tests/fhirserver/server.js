@@ -482,6 +482,11 @@ const DEFAULT_SETTINGS = Object.freeze({
   smart: null,
   // true: keep Medplum's own 400s for >8 conditional entries / >50 updates in one transaction
   medplum_limits: process.env.FHIR_MEDPLUM_STRICT === '1',
+  // Bulk Data $export: status polls answered 202 before the manifest, the Retry-After they carry, and the
+  // number of bytes of the next file download sent before the connection is dropped (0: never)
+  export_polls: 1,
+  export_retry_after: 1,
+  export_truncate: 0,
 });
 
 const state = {
@@ -491,6 +496,7 @@ const state = {
   stats: newStats(),
   tokens: new Map(), // access token -> {expires: epoch seconds, scope}
   seenJti: new Set(),
+  exports: new Map(), // $export job id -> {polls, manifest, files: Map name -> Buffer}
 };
 
 function newStats() {
@@ -507,6 +513,7 @@ function resetState() {
   state.stats = newStats();
   state.tokens.clear();
   state.seenJti.clear();
+  state.exports.clear();
 }
 
 const router = new FhirRouter();
@@ -1112,6 +1119,181 @@ function faultFor(ctx) {
   return null;
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// Bulk Data $export (FHIR Bulk Data Access IG 2.0.0, minimal): [base]/$export, Patient/$export and
+// Group/[id]/$export with _type and _since; the data is snapshotted at kick-off and served as NDJSON files.
+
+function exportParams(ctx) {
+  const pairs = [...ctx.pairs];
+  const body = ctx.method === 'POST' ? parseJsonBody(ctx) : undefined;
+  if (body?.resourceType === 'Parameters') {
+    for (const p of body.parameter ?? []) {
+      const value = p.valueString ?? p.valueInstant ?? p.valueDateTime;
+      if (typeof p.name === 'string' && value !== undefined) {
+        pairs.push([p.name, String(value)]);
+      }
+    }
+  }
+  let types;
+  let since;
+  for (const [k, v] of pairs) {
+    if (k === '_type') {
+      types = [...(types ?? []), ...v.split(',').filter(Boolean)];
+    } else if (k === '_since') {
+      since = Date.parse(v);
+      if (Number.isNaN(since)) {
+        throw fail('invalid', `_since "${v}" is not an instant`, '_since');
+      }
+    } else if (k !== '_outputFormat' || !['application/fhir+ndjson', 'application/ndjson', 'ndjson'].includes(v)) {
+      throw fail('not-supported', `Parameter "${k}" of $export is not supported by this server`, k);
+    }
+  }
+  for (const t of types ?? []) {
+    if (!core.isResourceType(t)) {
+      throw fail('not-supported', `Unknown resource type "${t}" in _type`, '_type');
+    }
+  }
+  return { types: types && new Set(types), since };
+}
+
+async function patientCompartment(ids) {
+  const refs = new Set(ids.map((id) => `Patient/${id}`));
+  const found = [];
+  const stored = new Set(state.repo.storedTypes());
+  for (const { type, params } of COMPARTMENT) {
+    if (!stored.has(type)) {
+      continue;
+    }
+    const seen = new Set();
+    for (const code of params) {
+      if (searchParams(type)[code]?.type !== 'reference') {
+        continue;
+      }
+      const resources = await state.repo.searchResources({
+        resourceType: type, filters: [{ code, operator: core.Operator.EQUALS, value: [...refs].join(',') }],
+      });
+      for (const r of resources) {
+        if (!seen.has(r.id) && (type !== 'Patient' || refs.has(`Patient/${r.id}`))) {
+          seen.add(r.id);
+          found.push(r);
+        }
+      }
+    }
+  }
+  const patients = await state.repo.searchResources({ resourceType: 'Patient' });
+  return [...patients.filter((p) => refs.has(`Patient/${p.id}`)), ...found.filter((r) => r.resourceType !== 'Patient')];
+}
+
+async function exportKickOff(ctx, level, groupId) {
+  if (!/respond-async/i.test(ctx.headers.prefer ?? '')) {
+    throw new HttpError(400, outcome('invalid', '$export needs the header Prefer: respond-async'));
+  }
+  const { types, since } = exportParams(ctx);
+  let resources;
+  if (level === 'system') {
+    resources = [];
+    for (const type of state.repo.storedTypes().sort()) {
+      resources.push(...await state.repo.searchResources({ resourceType: type }));
+    }
+  } else {
+    let ids;
+    if (level === 'group') {
+      const group = await state.repo.readResource('Group', groupId);
+      ids = (group.member ?? []).map((m) => m.entity?.reference ?? '').filter((r) => r.startsWith('Patient/'))
+        .map((r) => r.slice('Patient/'.length));
+    } else {
+      ids = (await state.repo.searchResources({ resourceType: 'Patient' })).map((p) => p.id);
+    }
+    resources = await patientCompartment(ids);
+  }
+  const byType = new Map();
+  for (const r of resources) {
+    if ((types && !types.has(r.resourceType)) || (since !== undefined && !(Date.parse(r.meta?.lastUpdated) >= since))) {
+      continue;
+    }
+    byType.set(r.resourceType, [...(byType.get(r.resourceType) ?? []), r]);
+  }
+  const job = crypto.randomUUID();
+  const files = new Map();
+  const output = [];
+  for (const [type, list] of [...byType].sort(([a], [b]) => a.localeCompare(b))) {
+    const name = `${type}.ndjson`;
+    files.set(name, Buffer.from(list.map((r) => JSON.stringify(r)).join('\n') + '\n', 'utf8'));
+    output.push({ type, url: `${ctx.base}/$export-file/${job}/${name}`, count: list.length });
+  }
+  const manifest = {
+    transactionTime: new Date().toISOString(), request: `${ctx.origin}${ctx.pathname}${ctx.pairs.length ? `?${new URLSearchParams(ctx.pairs)}` : ''}`,
+    requiresAccessToken: Boolean(state.settings.smart), output, error: [],
+  };
+  state.exports.set(job, { polls: state.settings.export_polls, manifest, files });
+  return reply(202, outcome('informational', `Export ${job} started`, undefined, 'information'),
+    { 'Content-Location': `${ctx.base}/$export-status/${job}` });
+}
+
+function exportStatus(ctx, job) {
+  const found = state.exports.get(job);
+  if (!found) {
+    return reply(404, outcome('not-found', `No export job ${job}`));
+  }
+  if (ctx.method === 'DELETE') {
+    state.exports.delete(job);
+    return reply(202, outcome('informational', `Export ${job} cancelled`, undefined, 'information'));
+  }
+  if (found.polls > 0) {
+    found.polls--;
+    return reply(202, undefined, { 'Retry-After': String(state.settings.export_retry_after), 'X-Progress': 'in progress' });
+  }
+  return reply(200, found.manifest, { Expires: new Date(Date.now() + 3600_000).toUTCString() });
+}
+
+function exportFile(ctx, job, name) {
+  const data = state.exports.get(job)?.files.get(name);
+  if (!data) {
+    return reply(404, outcome('not-found', `No export file ${job}/${name}`));
+  }
+  const headers = { 'Content-Type': 'application/fhir+ndjson', 'Accept-Ranges': 'bytes' };
+  const range = /^bytes=(\d+)-(\d*)$/.exec(ctx.headers.range ?? '');
+  let [status, start, end] = [200, 0, data.length];
+  if (ctx.headers.range) {
+    if (!range || Number(range[1]) >= data.length) {
+      return reply(416, outcome('invalid', `Range ${ctx.headers.range} not satisfiable`), { 'Content-Range': `bytes */${data.length}` });
+    }
+    [status, start] = [206, Number(range[1])];
+    end = range[2] ? Math.min(Number(range[2]) + 1, data.length) : data.length;
+    headers['Content-Range'] = `bytes ${start}-${end - 1}/${data.length}`;
+  }
+  const result = { status, body: undefined, raw: data.subarray(start, end), headers };
+  if (state.settings.export_truncate > 0) {
+    result.truncate = Math.min(state.settings.export_truncate, result.raw.length - 1);
+    state.settings.export_truncate = 0; // once
+  }
+  return result;
+}
+
+/** The $export routes, or undefined when the request is not one of them. */
+async function bulkExport(ctx) {
+  const { method, segments } = ctx;
+  const [type, id, op] = segments;
+  const kickOff = method === 'GET' || method === 'POST';
+  if (kickOff && segments.length === 1 && type === '$export') {
+    return exportKickOff(ctx, 'system');
+  }
+  if (kickOff && segments.length === 2 && type === 'Patient' && id === '$export') {
+    return exportKickOff(ctx, 'patient');
+  }
+  if (kickOff && segments.length === 3 && type === 'Group' && op === '$export') {
+    return exportKickOff(ctx, 'group', id);
+  }
+  if (segments.length === 2 && type === '$export-status' && ['GET', 'DELETE'].includes(method)) {
+    return exportStatus(ctx, id);
+  }
+  if (segments.length === 3 && type === '$export-file' && method === 'GET') {
+    return exportFile(ctx, id, op);
+  }
+  return undefined;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // FHIR dispatch
 
@@ -1128,6 +1310,9 @@ function requestKind(method, segments) {
   }
   if (id === '$everything' || op === '$everything') {
     return 'everything';
+  }
+  if (segments.some((s) => s.startsWith('$export'))) {
+    return 'export';
   }
   if (segments.length === 1) {
     return { GET: 'search', POST: 'create', PUT: 'conditional-update', DELETE: 'conditional-delete', PATCH: 'conditional-patch' }[method] ?? 'other';
@@ -1171,6 +1356,10 @@ async function dispatchFhir(ctx) {
     if (method === 'GET') {
       return searchSystem(ctx, ctx.pairs);
     }
+  }
+  const exportReply = await bulkExport(ctx);
+  if (exportReply) {
+    return exportReply;
   }
   if (type && !core.isResourceType(type)) {
     return reply(404, outcome('not-found', `Unknown resource type "${type}"`));
@@ -1247,7 +1436,7 @@ function readBody(req) {
 
 function send(res, result) {
   const isFhir = result.body?.resourceType !== undefined;
-  const body = result.body === undefined ? '' : JSON.stringify(result.body);
+  const body = result.raw ?? (result.body === undefined ? '' : JSON.stringify(result.body));
   res.writeHead(result.status, {
     'Content-Type': isFhir ? 'application/fhir+json; charset=utf-8' : 'application/json; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),
@@ -1348,6 +1537,12 @@ async function handle(req, res) {
     return;
   }
   log(`${ctx.method} ${req.url} -> ${result.status} (${ms.toFixed(1)} ms)`);
+  if (result.truncate !== undefined) {
+    // an interrupted download: the full Content-Length is promised, part of the body sent, then a reset
+    res.writeHead(result.status, { 'Content-Length': result.raw.length, ...result.headers });
+    res.write(result.raw.subarray(0, result.truncate), () => req.socket.destroy());
+    return;
+  }
   send(res, result);
 }
 
