@@ -366,6 +366,18 @@ def _check(t: Tables) -> None:
             raise ConfigError(f"condition-findings.yaml: {f.code}: unknown {domain} value {f.value}")
 
 
+def read_yaml(path: Path) -> Any:
+    """A table file's YAML, parsed once per process and file version: the loaders and the start-up check
+    against the published profiles share the parse. Callers must not mutate the result."""
+    stat = path.stat()
+    return _parse_yaml(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _parse_yaml(path: Path, mtime_ns: int, size: int) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 @functools.cache
 def load_tables(folder: str | None = None) -> Tables:
     """Parse, validate and cross-check every table; a bad row raises ConfigError naming file and row."""
@@ -374,8 +386,7 @@ def load_tables(folder: str | None = None) -> Tables:
     for key, (name, model) in _FILES.items():
         path = base / name
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            parsed[key] = model.model_validate(data)
+            parsed[key] = model.model_validate(read_yaml(path))
         except FileNotFoundError as exc:
             raise ConfigError(f"{path}: mapping table missing") from exc
         except yaml.YAMLError as exc:
@@ -402,7 +413,7 @@ def load_yaml_table(filename: str, model: type[T], folder: str | None = None) ->
     parsed and checked once, when the grader is built at start-up."""
     path = (Path(folder) if folder else mappings_dir()) / filename
     try:
-        return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return model.model_validate(read_yaml(path))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: mapping table missing") from exc
     except yaml.YAMLError as exc:

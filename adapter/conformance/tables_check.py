@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
 from ..constants import BASE, CS_GRADE, CS_TOXICITY
 from ..errors import ConfigError
+from ..tables import read_yaml
 from .package import Package
 
 PROJECT_SYSTEM = f"{BASE}/CodeSystem/"
@@ -37,7 +37,7 @@ def _pairs(node: Any, where: str) -> Iterator[tuple[str, str, str]]:
 def table_codes(mappings: Path) -> Iterator[tuple[str, str, str]]:
     """Every (project system, code, where) the shipped tables and ConceptMaps use."""
     for path in sorted(mappings.glob("*.yaml")):
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        doc = read_yaml(path)  # shared with the table loaders: parsed once per process
         yield from _pairs(doc, path.name)
         if path.name == "concepts.yaml":
             for system, codes in (doc.get("values") or {}).items():

@@ -20,6 +20,28 @@ from .http import FhirHttp
 log = logging.getLogger(__name__)
 
 
+def next_link(bundle: dict[str, Any]) -> str | None:
+    """The Bundle's `next` page link, exactly as the server wrote it."""
+    return next((ln["url"] for ln in bundle.get("link") or []
+                 if isinstance(ln, dict) and ln.get("relation") == "next" and isinstance(ln.get("url"), str)), None)
+
+
+def page_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search page's resources, matches and includes; `search.mode = outcome` entries, and OperationOutcomes
+    not marked as matches, are the server talking about the search, not data: dropped."""
+    out = []
+    for entry in bundle.get("entry") or []:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(res, dict):
+            continue
+        mode = (entry.get("search") or {}).get("mode")
+        if mode == "outcome" or (res.get("resourceType") == "OperationOutcome" and mode != "match"):
+            log.info("a search page carried an OperationOutcome (skipped)")
+            continue
+        out.append(res)
+    return out
+
+
 class _Transport(SyncFHIRClient):
     """fhirpy's client with its single I/O hook going through FhirHttp (retries, timeouts, auth, status)."""
 
@@ -130,21 +152,13 @@ class FhirClient:
             bundle = reply.body
             if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
                 raise ServerError("GET", reply.url, reply.status, detail="the server did not answer a Bundle")
-            for entry in bundle.get("entry") or []:
-                res = entry.get("resource") if isinstance(entry, dict) else None
-                if not isinstance(res, dict):
-                    continue
-                mode = (entry.get("search") or {}).get("mode")
-                if mode == "outcome" or (res.get("resourceType") == "OperationOutcome" and mode != "match"):
-                    log.info("search %s: the server added an OperationOutcome (skipped)", path)
-                    continue
+            for res in page_resources(bundle):
                 seen += 1
                 if seen > self.max_resources:
                     raise ServerError("GET", reply.url, detail=f"more than {self.max_resources} resources; "
                                       "raise the cap (--max-resources) or narrow the search")
                 yield res
-            url = next((ln.get("url") for ln in bundle.get("link") or []
-                        if isinstance(ln, dict) and ln.get("relation") == "next"), None)
+            url = next_link(bundle)
 
     def bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
         """POST a transaction or batch Bundle to the base; returns the response Bundle."""

@@ -43,6 +43,12 @@ class AuthFailed(ServerError):
     """401/403 after the one re-authentication, or the token endpoint refused us: fix the credentials."""
 
 
+def status_code(status: Any) -> int | None:
+    """The HTTP status of a Bundle entry's `response.status` ("201" or "201 Created"); None when unreadable."""
+    head = str(status).split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def outcome_text(outcome: dict[str, Any] | None) -> str:
     """One line from an OperationOutcome: each issue's details.text and diagnostics (HAPI: diagnostics)."""
     if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":

@@ -19,8 +19,8 @@ from ..errors import BadInput, Location
 from ..ingest.codes import Terminology, texts_of
 from ..ingest.index import USED_TYPES, ref_key
 from ..ingest.read import Item
-from .client import FhirClient
-from .errors import ServerError
+from .client import FhirClient, next_link, page_resources
+from .errors import ServerError, status_code
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,14 @@ class PatientReader:
                 if status.startswith("2") and isinstance(res, dict):
                     patient = res
                 elif not status.startswith(("404", "410")):
-                    raise ServerError("GET", self.client.http.url(url), _int(status),
+                    raise ServerError("GET", self.client.http.url(url), status_code(status),
                                       outcome=(entry.get("response") or {}).get("outcome"), detail="(in a batch)")
                 continue
             if not status.startswith("2") or not isinstance(res, dict) or res.get("resourceType") != "Bundle":
-                raise ServerError("GET", self.client.http.url(url), _int(status),
+                raise ServerError("GET", self.client.http.url(url), status_code(status),
                                   outcome=(entry.get("response") or {}).get("outcome"), detail="(in a batch)")
-            found.extend(_entries(res))
-            nxt = _next(res)
+            found.extend(page_resources(res))
+            nxt = next_link(res)
             if nxt is not None:  # the rest of a long search: page on from the server's own link
                 found.extend(self.client.pages(nxt, None))
         return patient
@@ -234,31 +234,10 @@ def _used(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in resources if r.get("resourceType") in USED_TYPES]
 
 
-def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for e in bundle.get("entry") or []:
-        res = e.get("resource") if isinstance(e, dict) else None
-        if isinstance(res, dict) and (e.get("search") or {}).get("mode") != "outcome":
-            out.append(res)
-    return out
-
-
-def _next(bundle: dict[str, Any]) -> str | None:
-    return next((ln.get("url") for ln in bundle.get("link") or []
-                 if isinstance(ln, dict) and ln.get("relation") == "next"), None)
-
-
 def _query(rtype: str, params: dict[str, list[Any]]) -> str:
     from urllib.parse import urlencode
 
     return f"{rtype}?{urlencode([(k, v) for k, vals in params.items() for v in vals], safe=',|:/')}"
-
-
-def _int(status: str) -> int | None:
-    try:
-        return int(status)
-    except ValueError:
-        return None
 
 
 def _subject(res: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from ..ingest.index import ref_key
 from ..output.resources import Written
 from ..pipeline import PatientResources
 from .client import FhirClient
-from .errors import ServerError, outcome_text
+from .errors import ServerError, outcome_text, status_code
 from .locks import PatientLocks
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,10 @@ class ResultWriter:
             else:
                 pw.updated += 1
         if failures:
-            if any(_multiple_matches(_int(s), o) for _, s, o in failures):
+            if any(_multiple_matches(status_code(s), o) for _, s, o in failures):
                 pw.duplicates = self._duplicates([w for w, s, _ in failures if s == "412"] or chunk)
             first = failures[0]
-            raise WriteFailed("POST", self.client.base_url, _int(first[1]), outcome=first[2],
+            raise WriteFailed("POST", self.client.base_url, status_code(first[1]), outcome=first[2],
                               detail=f"{len(failures)} of {len(chunk)} {kind} entries refused, first "
                                      f"{first[0].condition}: HTTP {first[1]}")
 
@@ -328,10 +328,3 @@ def _too_big(exc: ServerError) -> bool:
 def _refuses_transactions(exc: ServerError) -> bool:
     """405/501, or 400/422 'not-supported': the server does not do transactions at all."""
     return exc.status in (405, 501) or (exc.status in (400, 422) and _has_code(exc.outcome, "not-supported"))
-
-
-def _int(status: str) -> int | None:
-    try:
-        return int(status)
-    except ValueError:
-        return None

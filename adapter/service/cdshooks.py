@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 
 from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
-from ..remote.client import FhirClient
+from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
 from .app import Services, services
 from .cards import criteria_of, toxicity_cards
@@ -191,8 +191,8 @@ def _gather(svc: Services, body: dict[str, Any], pid: str) -> list[Item]:
         if key not in prefetch or _failed(value) or (key == "patient" and value is None):
             missing.append(key)
         elif isinstance(value, dict) and value.get("resourceType") == "Bundle":
-            resources.extend(_entries(value))
-            nxt = _next(value)
+            resources.extend(r for r in page_resources(value) if r["resourceType"] != "OperationOutcome")
+            nxt = next_link(value)
             if nxt is not None:
                 pages.append(nxt)
         elif value is not None:
@@ -252,15 +252,3 @@ def _params(query: str) -> dict[str, list[str]]:
 
 def _failed(value: Any) -> bool:
     return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
-
-
-def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    return [e["resource"] for e in bundle.get("entry") or []
-            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
-            and (e.get("search") or {}).get("mode") != "outcome"
-            and e["resource"].get("resourceType") != "OperationOutcome"]
-
-
-def _next(bundle: dict[str, Any]) -> str | None:
-    return next((ln.get("url") for ln in bundle.get("link") or []
-                 if isinstance(ln, dict) and ln.get("relation") == "next" and isinstance(ln.get("url"), str)), None)
