@@ -14,7 +14,11 @@ from typing import Any
 import orjson
 
 from . import __version__
+from .cli_bulk import add_parser as add_bulk_parser
+from .cli_bulk import run as bulk_run
 from .cli_remote import ServerRun, add_server_args, grade_from_server, push_command
+from .cli_synth import add_parser as add_synth_parser
+from .cli_synth import run as synth_run
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
 from .ingest.read import read_paths
 from .pipeline import Engine
@@ -63,24 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "reference targets, extensions). Exit 0 clean, 1 issues, 2 unreadable.")
     val.add_argument("file", metavar="FILE", help="a Bundle .json, a single resource, or .ndjson")
     val.add_argument("--package", metavar="DIR", help="a folder of conformance resources (default: the shipped one)")
-    bulk = sub.add_parser("bulk-export", help="FHIR Bulk Data export from a server, downloaded and graded",
-                          description="Kick off a Bulk Data $export (Patient or Group level), poll it honouring "
-                                      "Retry-After, download the NDJSON (resuming interrupted files) and grade it. "
-                                      "Auth and other server settings come from CART_FHIR_* variables.")
-    bulk.add_argument("--server", dest="base_url", required=True, metavar="URL", help="FHIR base URL")
-    bulk.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the NDJSON and graded/")
-    bulk.add_argument("--group", metavar="ID", help="export this Group's patients (default: all patients)")
-    bulk.add_argument("--since", metavar="INSTANT", help="only resources changed since (_since)")
-    bulk.add_argument("--type", metavar="TYPES", help="comma-separated resource types (_type)")
-    syn = sub.add_parser("synth", help="generate synthetic CAR-T patients (FHIR R4) with their expected grades",
-                         description="Seeded synthetic CAR-T patients as FHIR R4 (DIR/fhir/) and the scenario's "
-                                     "expected CRS/ICANS grades (DIR/expected.json). Same seed, same bytes.")
-    syn.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
-    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    syn.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
-    syn.add_argument("--format", choices=("bundle", "ndjson"), default="bundle",
-                     help="one Bundle per patient (default) or NDJSON per resource type")
-    syn.add_argument("--days", type=int, default=30, help="days of data after the infusion (default 30)")
+    add_bulk_parser(sub)
+    add_synth_parser(sub)
     srv = sub.add_parser("serve", help="run the FHIR service (gunicorn); settings from CART_FHIR_* variables",
                          description="Run cart-fhir's FHIR operations and CDS Hooks under gunicorn. Settings "
                                      "come from CART_FHIR_* environment variables (see the README).")
@@ -203,13 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "push":
             return push_cmd(args)
         if args.command == "bulk-export":
-            from .remote.bulk import bulk_export_command
-
-            return bulk_export_command(args.base_url, args.output, args.group, args.since, args.type)
+            return bulk_run(args)
         if args.command == "synth":
-            from .cli_synth import synth_command
-
-            return synth_command(args.patients, args.seed, args.out, args.format, args.days)
+            return synth_run(args)
         if args.command == "validate":
             from .cli_validate import validate_command
 

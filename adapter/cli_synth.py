@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .errors import ConfigError
 from .synth.generate import FHIR_DIR, Format, write_cohort
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    syn = sub.add_parser("synth", help="generate synthetic CAR-T patients (FHIR R4) with their expected grades",
+                         description="Seeded synthetic CAR-T patients as FHIR R4 (DIR/fhir/) and the scenario's "
+                                     "expected CRS/ICANS grades (DIR/expected.json). Same seed, same bytes.")
+    syn.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
+    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
+    syn.add_argument("--format", choices=("bundle", "ndjson"), default="bundle",
+                     help="one Bundle per patient (default) or NDJSON per resource type")
+    syn.add_argument("--days", type=int, default=30, help="days of data after the infusion (default 30)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return synth_command(args.patients, args.seed, args.out, args.format, args.days)
 
 
 def synth_command(patients: int, seed: int, out_dir: str, fmt: str, days: int) -> int:
