@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate every emitted resource with the fhir.resources R4B models before writing")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
+    g.add_argument("--registry-csv", metavar="FILE", help="write the registry summary: one row per infusion")
+    big = g.add_argument_group("large NDJSON inputs (streamed: memory stays flat as input grows)")
+    big.add_argument("--out-dir", metavar="DIR",
+                     help="write Bulk Data style <Type>.ndjson files and report.json here")
+    big.add_argument("--workers", type=int, metavar="N", help="grading processes (0: all cores; default 1)")
+    big.add_argument("--buckets", type=int, metavar="K",
+                     help="patient partitions (default: ~64 MB of input each)")
+    big.add_argument("--dask", metavar="SCHEDULER",
+                     help="grade the partitions on Dask: synchronous, threads, processes, or tcp://host:port "
+                          "(needs cart-fhir[dask]; the work folder must be on storage every worker reads)")
     who = g.add_argument_group("patients on a FHIR server (instead of INPUT files)")
     who.add_argument("--patient", action="append", default=[], metavar="ID", help="a patient id (repeatable)")
     who.add_argument("--group", metavar="ID", help="every active member of this Group")
@@ -124,6 +134,8 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 def grade_command(args: argparse.Namespace) -> int:
     _check_sources(args)
+    if args.out_dir or args.workers is not None or args.buckets is not None or args.dask:
+        return _stream_command(args)
     engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
     recorded = datetime.now(UTC).replace(microsecond=0)
     run = None
@@ -141,7 +153,10 @@ def grade_command(args: argparse.Namespace) -> int:
     bundle = engine.bundle(written, args.bundle_type)
     payload = orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    registry = _registry_csv(result) if args.registry_csv else None
     # Everything is built before anything is written: a failure above leaves no file behind.
+    if registry is not None:
+        _write_atomic(args.registry_csv, registry)
     if args.summary_json:
         _write_atomic(args.summary_json, summary)
     if args.output:
@@ -157,6 +172,49 @@ def grade_command(args: argparse.Namespace) -> int:
             print(f"{issue.severity}: {issue}", file=sys.stderr)
     if run is not None:
         return _server_outcome(run, args.quiet)
+    return EXIT_OK
+
+
+def _registry_csv(result: Any) -> bytes:
+    """Header and one row per infusion course (adapter.registry, imported only when asked for)."""
+    from .registry import csv_text, registry_rows
+
+    return csv_text(row for pr in result.patients for row in registry_rows(pr)).encode()
+
+
+def _stream_command(args: argparse.Namespace) -> int:
+    """The streamed path (adapter/stream): partition by patient, grade buckets in worker processes."""
+    from .stream.run import StreamInputErrors, StreamJob, run_stream
+
+    if not args.inputs:
+        raise ConfigError("--out-dir, --workers and --buckets grade INPUT files, not patients on a server")
+    if args.validate:
+        raise ConfigError("--validate is not available with --out-dir/--workers: validate the output files")
+    if not (args.out_dir or args.output or args.summary_json or args.registry_csv):
+        raise ConfigError("a streamed run writes files: give --out-dir DIR or -o OUT.json")
+    job = StreamJob(inputs=args.inputs, out_dir=Path(args.out_dir) if args.out_dir else None,
+                    bundle_out=Path(args.output) if args.output else None, bundle_type=args.bundle_type,
+                    summary_json=Path(args.summary_json) if args.summary_json else None,
+                    registry_csv=Path(args.registry_csv) if args.registry_csv else None,
+                    workers=1 if args.workers is None else args.workers, buckets=args.buckets,
+                    strict=not args.skip_invalid, concept_maps=_load_concept_maps(args.concept_map),
+                    progress=not args.quiet, dask=args.dask)
+    try:
+        t = run_stream(job)
+    except StreamInputErrors as exc:
+        for err in exc.errors[:MAX_ERROR_LINES]:
+            print(f"cart-fhir: error: {err}", file=sys.stderr)
+        if exc.total > MAX_ERROR_LINES:
+            print(f"cart-fhir: ... and {exc.total - MAX_ERROR_LINES} more errors", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not args.quiet:
+        for line in t.report.summary_lines():
+            print(line, file=sys.stderr)
+        for issue in t.errors[:MAX_ERROR_LINES] + t.warnings[:MAX_ERROR_LINES]:
+            print(f"{issue.severity}: {issue}", file=sys.stderr)
+        seconds = t.timings["total"]
+        print(f"issues: {t.errors_total} errors, {t.warnings_total} warnings; {seconds:.1f} s, "
+              f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
     return EXIT_OK
 
 

@@ -15,9 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     bulk.add_argument("--group", metavar="ID", help="export this Group's patients (default: all patients)")
     bulk.add_argument("--since", metavar="INSTANT", help="only resources changed since (_since)")
     bulk.add_argument("--type", metavar="TYPES", help="comma-separated resource types (_type)")
+    bulk.add_argument("--restart", action="store_true",
+                      help="start a new export even if DIR holds an unfinished one (which is cancelled); "
+                           "without it, a second run into DIR resumes the saved export")
 
 
 def run(args: argparse.Namespace) -> int:
     from .remote.bulk import bulk_export_command
 
-    return bulk_export_command(args.base_url, args.output, args.group, args.since, args.type)
+    return bulk_export_command(args.base_url, args.output, args.group, args.since, args.type, args.restart)

@@ -47,6 +47,12 @@ def _no_cyclic_gc() -> Iterator[None]:
     try:
         yield
     finally:
+        # Everything allocated meanwhile sits in the youngest generation: the first collections after
+        # re-enabling would scan all of it (measured: ~1.0 s of a 7.3 s pass at 100 patients, in the
+        # Bundle step). freeze() + unfreeze() moves every tracked object to the oldest generation without
+        # a scan; a later full collection still finds any cycle, so nothing leaks.
+        gc.freeze()
+        gc.unfreeze()
         if was_enabled:
             gc.enable()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from operator import attrgetter
 
 from .model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
 
@@ -27,6 +28,8 @@ class Course:
     _tz: timezone = field(init=False, repr=False)
     _offset: timedelta = field(init=False, repr=False)
     _day0: date = field(init=False, repr=False)
+    _by_concept: dict[str, list[tuple[int, Reading]]] | None = field(default=None, init=False, repr=False,
+                                                                    compare=False)
 
     def __post_init__(self) -> None:
         # Computed once: day_of() runs for every event of the patient.
@@ -37,6 +40,16 @@ class Course:
     @property
     def tz(self) -> timezone:
         return self._tz
+
+    def of(self, concept: str) -> list[tuple[int, Reading]]:
+        """`readings` of one concept, in the same order. Built on first use, once the course is complete:
+        graders ask for the same concepts many times (measured: IEC-HS oxygen rules scanned every reading
+        ~3 times per episode)."""
+        if self._by_concept is None:
+            self._by_concept = {}
+            for pair in self.readings:
+                self._by_concept.setdefault(pair[1].concept, []).append(pair)
+        return self._by_concept.get(concept, [])
 
     def day_of(self, m: Moment) -> int:
         """Day N: calendar date in the infusion's own UTC offset minus day 0 (a bare date is that date)."""
@@ -65,6 +78,7 @@ def _after(m: Moment, inf: Infusion) -> bool:
 
 
 FRACTION_WINDOW_DAYS = 2
+_WHEN_AT = attrgetter("when.at")  # sort key of readings: faster than a lambda, same order
 
 
 def course_starts(infusions: list[Infusion]) -> list[Infusion]:
@@ -111,14 +125,38 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
                 return c
         return out[-1]
 
-    for r in sorted(patient.readings, key=lambda r: r.when.at):
-        c = owner(r.when)
-        if c is None:
-            before += 1
-            first = out[0]
-            first.pre_readings.append((first.day_of(r.when), r))
-            continue
-        c.readings.append((c.day_of(r.when), r))
+    first = out[0]
+    if len(out) == 1 and not first.infusion.when.date_only:
+        # The usual patient (one timed infusion): owner() is "at or after the infusion", inlined because this
+        # loop runs once per reading (measured: ~2x faster than calling owner() and day_of() per reading).
+        start = first.infusion.when.at
+        offset, day0, tz = first._offset, first._day0, first._tz
+        post, pre = first.readings, first.pre_readings
+        last: Moment | None = None
+        day, inside = 0, False
+        for r in sorted(patient.readings, key=_WHEN_AT):
+            m = r.when
+            if m is not last:  # readings of one Observation (and of one charting time) share their Moment
+                last, at = m, m.at
+                if m.date_only:
+                    day = (at.date() - day0).days
+                    inside = m.local_date(tz) >= day0
+                else:
+                    day = ((at.date() if at.utcoffset() == offset else at.astimezone(tz).date()) - day0).days
+                    inside = at >= start
+            if inside:
+                post.append((day, r))
+            else:
+                before += 1
+                pre.append((day, r))
+    else:
+        for r in sorted(patient.readings, key=_WHEN_AT):
+            c = owner(r.when)
+            if c is None:
+                before += 1
+                first.pre_readings.append((first.day_of(r.when), r))
+                continue
+            c.readings.append((c.day_of(r.when), r))
     for c_prev, c_next in zip(out, out[1:]):
         c_next.pre_readings.extend((c_next.day_of(r.when), r) for _, r in c_prev.readings
                                    if r.when.at >= c_prev.infusion.when.at)

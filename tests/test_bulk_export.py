@@ -14,6 +14,7 @@ import responses
 import urllib3
 from fhirbuild import PatientBuilder, bundle_of
 
+from adapter.errors import BadInput
 from adapter.ingest.read import read_paths
 from adapter.pipeline import Engine
 from adapter.remote.auth import BearerToken
@@ -160,7 +161,7 @@ def test_output_on_another_host_is_refused_unless_allowed(mock, sleeps, tmp_path
     mock.add(responses.GET, STATUS, json=manifest(output=[{"type": "Patient", "url": foreign}]))
     with pytest.raises(ServerError, match="another host"):
         exporter(sleeps).run(tmp_path)
-    mock.add(responses.POST, KICK, status=202, headers={"Content-Location": STATUS})
+    # the second run, allowing the bucket, resumes the same export: no second kick-off
     mock.add(responses.GET, STATUS, json=manifest(output=[{"type": "Patient", "url": foreign}], token=True))
     mock.add(responses.GET, foreign, body=NDJSON)
     assert exporter(sleeps, allowed_origins=("https://bucket.example.net",)).run(tmp_path)[0].read_bytes() == NDJSON
@@ -259,3 +260,149 @@ def test_test_server_export_levels_since_range_and_cancel(fhir):
     assert session.delete(kick.headers["Content-Location"], timeout=30).status_code == 202
     assert session.get(kick.headers["Content-Location"], timeout=30).status_code == 404
     assert session.get(f"{fhir.base_url}/Patient/$export", timeout=30).status_code == 400  # no Prefer
+
+
+# ---- resuming an export across runs (the status URL saved in DIR/.bulk-export.json) ----------------------------
+
+STATE = ".bulk-export.json"
+
+
+class Killed(Exception):
+    """Stands for the process dying (Ctrl-C, a lost session) while it waits for the export."""
+
+
+def killed_while_polling(mock: responses.RequestsMock, sleeps: list[float], folder: Path, **params: str) -> None:
+    """A first run: kick-off answers, the job is still running, then the run dies before the manifest."""
+    def die(_: float) -> None:
+        raise Killed
+
+    mock.add(responses.POST, KICK if "group" not in params else f"{BASE}/Group/{params['group']}/$export",
+             status=202, headers={"Content-Location": STATUS})
+    mock.add(responses.GET, STATUS, status=202, headers={"Retry-After": "5"})
+    with pytest.raises(Killed):
+        BulkExport(FhirHttp(BASE, sleep=die)).run(folder, **params)
+
+
+def test_second_run_resumes_the_saved_status_url_without_a_second_kick_off(mock, sleeps, tmp_path):
+    killed_while_polling(mock, sleeps, tmp_path, types="Patient")
+    saved = orjson.loads((tmp_path / STATE).read_bytes())
+    assert saved["status_url"] == STATUS and saved["params"]["types"] == "Patient"
+    mock.add(responses.GET, STATUS, json=manifest())
+    mock.add(responses.GET, FILE, body=NDJSON)
+    paths = exporter(sleeps).run(tmp_path, types="Patient")
+    assert paths[0].read_bytes() == NDJSON
+    assert [c.request.method for c in mock.calls] == ["POST", "GET", "GET", "GET"]  # one kick-off only
+    assert not (tmp_path / STATE).exists()  # done: nothing left to resume
+
+
+def test_resumed_run_keeps_finished_files_and_continues_partial_ones(mock, sleeps, tmp_path):
+    second = f"{BASE}/files/Observation.ndjson"
+    out = [{"type": "Patient", "url": FILE}, {"type": "Observation", "url": second}]
+    killed_while_polling(mock, sleeps, tmp_path)
+    (tmp_path / "Patient.000.ndjson").write_bytes(NDJSON)  # the first run finished this file...
+    (tmp_path / "Observation.001.ndjson.part").write_bytes(NDJSON[:20])  # ...and was cut in this one
+    mock.add(responses.GET, STATUS, json=manifest(output=out))
+    mock.add(responses.GET, second, status=206, body=NDJSON[20:],
+             headers={"Content-Range": f"bytes 20-{len(NDJSON) - 1}/{len(NDJSON)}"},
+             match=[responses.matchers.header_matcher({"Range": "bytes=20-"})])
+    paths = exporter(sleeps).run(tmp_path)
+    assert [p.read_bytes() for p in paths] == [NDJSON, NDJSON]
+    assert FILE not in [c.request.url for c in mock.calls]
+
+
+@pytest.mark.parametrize("second", [
+    pytest.param({"types": "Observation"}, id="other-type"),
+    pytest.param({"since": "2026-01-01T00:00:00Z"}, id="since-added"),
+    pytest.param({"group": "g1"}, id="group-instead-of-all-patients"),
+])
+def test_other_parameters_are_refused_without_restart(mock, sleeps, tmp_path, second):
+    killed_while_polling(mock, sleeps, tmp_path, types="Patient")
+    with pytest.raises(BadInput, match="unfinished export of .*--restart"):
+        exporter(sleeps).run(tmp_path, **second)
+    assert orjson.loads((tmp_path / STATE).read_bytes())["status_url"] == STATUS  # left for a resume
+
+
+def test_restart_cancels_the_saved_export_and_kicks_off_a_new_one(mock, sleeps, tmp_path):
+    killed_while_polling(mock, sleeps, tmp_path, types="Patient")
+    (tmp_path / "Observation.000.ndjson.part").write_bytes(b"stale")
+    new_status = f"{BASE}/$export-status/job2"
+    mock.add(responses.DELETE, STATUS, status=202)
+    mock.add(responses.POST, KICK, status=202, headers={"Content-Location": new_status})
+    mock.add(responses.GET, new_status, json=manifest(output=[{"type": "Observation", "url": FILE}]))
+    mock.add(responses.GET, FILE, body=NDJSON, match=[no_range])  # the stale part is not resumed
+    paths = exporter(sleeps).run(tmp_path, types="Observation", restart=True)
+    assert paths[0].read_bytes() == NDJSON and not (tmp_path / STATE).exists()
+
+
+@pytest.mark.parametrize("gone", [pytest.param(404, id="status-url-404"), pytest.param(410, id="status-url-410")])
+def test_expired_status_url_starts_a_new_export(mock, sleeps, tmp_path, caplog, gone):
+    killed_while_polling(mock, sleeps, tmp_path)
+    new_status = f"{BASE}/$export-status/job2"
+    mock.add(responses.GET, STATUS, status=gone)
+    mock.add(responses.POST, KICK, status=202, headers={"Content-Location": new_status})
+    mock.add(responses.GET, new_status, json=manifest())
+    mock.add(responses.GET, FILE, body=NDJSON)
+    assert exporter(sleeps).run(tmp_path)[0].read_bytes() == NDJSON
+    assert f"expired (HTTP {gone})" in caplog.text
+
+
+def test_status_error_other_than_expiry_keeps_the_state(mock, sleeps, tmp_path):
+    killed_while_polling(mock, sleeps, tmp_path)
+    mock.add(responses.GET, STATUS, status=500)
+    with pytest.raises(ServerError):
+        exporter(sleeps).run(tmp_path)
+    assert (tmp_path / STATE).exists()
+
+
+def test_timeout_cancels_and_forgets_the_export(mock, sleeps, tmp_path):
+    kicked_off(mock)
+    mock.add(responses.GET, STATUS, status=202, headers={"Retry-After": "60"})
+    mock.add(responses.DELETE, STATUS, status=202)
+    with pytest.raises(ServerError, match="not finished"):
+        exporter(sleeps, poll=PollPolicy(timeout=30)).run(tmp_path)
+    assert not (tmp_path / STATE).exists()
+
+
+@pytest.mark.parametrize("content", [pytest.param(b"{not json", id="not-json"),
+                                     pytest.param(b'{"version": 1}', id="no-status-url"),
+                                     pytest.param(b'{"version": 9, "params": {"base_url": "x"}, "status_url": "u",'
+                                                  b' "kicked_off": "t"}', id="other-version")])
+def test_damaged_state_file_is_bad_input(sleeps, tmp_path, content):
+    (tmp_path / STATE).write_bytes(content)
+    with pytest.raises(BadInput, match=r"\.bulk-export\.json"):
+        exporter(sleeps).run(tmp_path)
+
+
+def test_bulk_export_command_resumes_against_the_test_server(fhir, tmp_path, monkeypatch):
+    """A first run dies while the real server's job is still running; the second run finishes the same job."""
+    fhir.load(crs_patient("p1").bundle("transaction"))
+    fhir.configure(export_polls=1, export_retry_after=0)
+    posts = fhir.stats()["by_method"].get("POST", 0)  # the load's transaction
+    for var in ("CART_FHIR_TOKEN", "CART_FHIR_TOKEN_FILE", "CART_FHIR_CLIENT_ID", "CART_FHIR_SERVER_AUTH"):
+        monkeypatch.delenv(var, raising=False)
+
+    def die(_: float) -> None:
+        raise Killed
+
+    with FhirHttp(fhir.base_url, sleep=die) as http, pytest.raises(Killed):
+        BulkExport(http).run(tmp_path)
+    assert orjson.loads((tmp_path / STATE).read_bytes())["status_url"].startswith(fhir.base_url)
+    assert bulk_export_command(fhir.base_url, str(tmp_path), None, None, None) == 0
+    assert fhir.stats()["by_method"]["POST"] - posts == 1  # the first run's kick-off only
+    assert not (tmp_path / STATE).exists() and (tmp_path / "graded" / "bundle.json").exists()
+
+
+def test_cli_refuses_other_parameters_in_one_line_and_restart_kicks_off(mock, tmp_path, monkeypatch, capsys):
+    from adapter.cli import main
+
+    for var in ("CART_FHIR_TOKEN", "CART_FHIR_TOKEN_FILE", "CART_FHIR_CLIENT_ID", "CART_FHIR_SERVER_AUTH"):
+        monkeypatch.delenv(var, raising=False)
+    killed_while_polling(mock, [], tmp_path, types="Patient")
+    assert main(["bulk-export", "--server", BASE, "-o", str(tmp_path), "--type", "Observation"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--restart" in err[0] and "Traceback" not in err[0]
+    mock.add(responses.DELETE, STATUS, status=202)
+    mock.add(responses.POST, KICK, status=202, headers={"Content-Location": STATUS})
+    mock.add(responses.GET, STATUS, json=manifest(output=[]))
+    assert main(["bulk-export", "--server", BASE, "-o", str(tmp_path), "--type", "Observation", "--restart"]) == 0
+    assert not (tmp_path / STATE).exists()

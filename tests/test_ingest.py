@@ -170,6 +170,7 @@ def test_folder_of_ndjson_files_one_per_resource_type(engine: Engine, tmp_path: 
     for rtype, resources in by_type.items():
         (tmp_path / f"{rtype}.ndjson").write_bytes(ndjson(resources))
     assert len(list(tmp_path.iterdir())) == 3  # Patient, MedicationAdministration, Observation
+    (tmp_path / ".bulk-export.json").write_text('{"status_url": "x"}')  # a tool's state file: not input
     res = engine.grade(read_paths([tmp_path]))
     assert daily(res, "crs") == STANDARD_CRS
     assert res.report.resources_read == len(standard_patient().resources)

@@ -143,9 +143,8 @@ def _last_at(d: DrugAdmin, horizon: datetime | None) -> datetime:
 
 def _oxygen_support(course: Course) -> list[tuple[datetime, str, Reading]]:
     """(time, device, reading) of every oxygen record; a flow without a device at that time is a cannula."""
-    devices = [(r.when.at, str(r.value), r) for _, r in course.readings if r.concept == "oxygen-device"]
+    devices = [(r.when.at, str(r.value), r) for _, r in course.of("oxygen-device")]
     times = {at for at, _, _ in devices}
-    flows = [(r.when.at, "nasal-cannula", r) for _, r in course.readings
-             if r.concept == "oxygen-flow" and isinstance(r.value, Quantity) and r.value.value > 0
-             and r.when.at not in times]
+    flows = [(r.when.at, "nasal-cannula", r) for _, r in course.of("oxygen-flow")
+             if isinstance(r.value, Quantity) and r.value.value > 0 and r.when.at not in times]
     return sorted(devices + flows, key=lambda x: x[0])

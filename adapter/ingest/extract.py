@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import date, timezone
 from typing import Any
 
@@ -19,6 +20,16 @@ MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
 MS_USABLE = frozenset({"active", "completed", "intended"})
 COND_EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+
+
+@functools.lru_cache(maxsize=256)
+def _component_path(code: str) -> str:
+    """Message path of a component (one per concept code in the tables: built once, not per Observation)."""
+    return f"Observation.component[{code}]"
+
+
+# effective[x] / performed[x] elements that hold one time, in the order they are read.
+_TIME_ELEMENTS = {p: (p + "DateTime", p + "Instant") for p in ("effective", "performed")}
 UTC = timezone.utc
 
 
@@ -30,18 +41,22 @@ class Extractor:
         self.units = units
         self.report = report
         self.medications_used: set[str] = set()  # Medication resources some administration referred to
+        self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
+        self._quantities: dict[tuple[float, str | None], Quantity] = {}  # see _quantity()
 
     # ---- entry point ---------------------------------------------------------------------------
 
     def patient(self, idx: InputIndex, pkey: str) -> PatientData:
         pat = idx.by_key[pkey]
         res = pat.resource
+        self._moments.clear()  # timestamps rarely repeat across patients: keep the caches small
+        self._quantities.clear()
         birth = self._birth_date(res, pat.loc)
         pid = res.get("id") or pkey
         data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
                            birth_date=birth, source=str(pat.loc))
         if isinstance(res.get("deceasedDateTime"), str):
-            data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat.loc, UTC)
+            data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat, UTC)
         entries = idx.by_patient.get(pkey, [])
         self.report.resources_used += 1
         for ent in entries:
@@ -53,9 +68,13 @@ class Extractor:
             tz = self._charting_offset(entries, tz)
             data.infusions = [Infusion(i.ref, Moment(i.when.at.replace(tzinfo=tz), True), i.product)
                               for i in data.infusions]
+        observation = self._observation  # most entries are Observations: skip the dispatch for them
         for ent in entries:
             try:
-                self._resource(ent, idx, data, tz)
+                if ent.resource["resourceType"] == "Observation":
+                    observation(ent, data, tz)
+                else:
+                    self._resource(ent, idx, data, tz)
             except BadInput as err:
                 self.report.error(err)
         latest = [r.when.at for r in data.readings] + [d.start.at for d in data.drugs] + \
@@ -107,33 +126,43 @@ class Extractor:
                 return None
             raise BadInput(f"Patient.birthDate {b!r} is not a valid FHIR date", loc) from None
 
-    def _moment(self, value: Any, path: str, loc: Location, tz: timezone) -> Moment:
-        try:
-            m = parse_moment(value, tz)
-        except TimeError as exc:
-            raise BadInput(f"{path}: {exc}", loc) from exc
-        if isinstance(value, str) and not has_offset(value):
-            self.report.warn(f"{path} {value!r} has no UTC offset: taken in the infusion's offset", loc)
-        return m
+    def _moment(self, value: Any, path: str, at: Indexed, tz: timezone) -> Moment:
+        """`path` names the element in messages; `at` is the resource (its Location is built only for one)."""
+        # Vital signs charted together share one timestamp: parse each (string, offset) once per patient
+        # (the cache is cleared in patient()). Moments are frozen, so sharing one is safe.
+        key = (value, tz) if type(value) is str else None
+        hit = self._moments.get(key) if key is not None else None
+        if hit is None:
+            try:
+                m = parse_moment(value, tz)
+            except TimeError as exc:
+                raise BadInput(f"{path}: {exc}", at.loc) from exc
+            hit = (m, not isinstance(value, str) or has_offset(value))
+            if key is not None:
+                self._moments[key] = hit
+        if not hit[1]:
+            self.report.warn(f"{path} {value!r} has no UTC offset: taken in the infusion's offset", at.loc)
+        return hit[0]
 
-    def _effective(self, res: dict[str, Any], loc: Location, tz: timezone, prefix: str = "effective"
+    def _effective(self, res: dict[str, Any], at: Indexed, tz: timezone, prefix: str = "effective"
                    ) -> tuple[Moment, Moment | None, bool] | None:
         """(start, end, instant) of effective[x] / performed[x]; None when the resource has no time."""
         rtype = res["resourceType"]
-        for suffix in ("DateTime", "Instant"):
-            v = res.get(prefix + suffix)
+        for element in _TIME_ELEMENTS[prefix]:
+            v = res.get(element)
             if v is not None:
-                return self._moment(v, f"{rtype}.{prefix}{suffix}", loc, tz), None, True
+                return self._moment(v, f"{rtype}.{element}", at, tz), None, True
         period = res.get(prefix + "Period")
         if period is not None:
+            loc = at.loc  # rare: the Location is built only here (see Item.loc)
             if not isinstance(period, dict):
                 raise BadInput(f"{rtype}.{prefix}Period must be an object", loc)
             start = period.get("start")
             if start is None:
                 raise BadInput(f"{rtype}.{prefix}Period has no start", loc)
-            s = self._moment(start, f"{rtype}.{prefix}Period.start", loc, tz)
+            s = self._moment(start, f"{rtype}.{prefix}Period.start", at, tz)
             e = period.get("end")
-            end = self._moment(e, f"{rtype}.{prefix}Period.end", loc, tz) if e is not None else None
+            end = self._moment(e, f"{rtype}.{prefix}Period.end", at, tz) if e is not None else None
             if end is not None and end.at < s.at:
                 raise BadInput(f"{rtype}.{prefix}Period ends before it starts", loc)
             return s, end, False
@@ -180,12 +209,12 @@ class Extractor:
                 product = self.term.cart_product(cc, texts)
                 if product is None:
                     return
-                eff = self._effective(res, loc, UTC)
+                eff = self._effective(res, ent, UTC)
             else:
                 if res.get("status") != "completed" or not self.term.is_cart_procedure(res.get("code")):
                     return
                 product = self.term.cart_product(res.get("code"), texts_of(res.get("code"))) or "CAR-T cell product"
-                eff = self._effective(res, loc, UTC, prefix="performed")
+                eff = self._effective(res, ent, UTC, prefix="performed")
         except BadInput as err:
             self.report.error(err)
             return
@@ -211,46 +240,58 @@ class Extractor:
     # ---- Observations --------------------------------------------------------------------------
 
     def _observation(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
-        res, loc = ent.resource, ent.loc
+        # The hot path of a run (one call per input Observation): no Location is built unless a message
+        # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
+        res = ent.resource
         status = res.get("status")
         if status not in OBS_USABLE:
             self.report.ignored[f"Observation status {status}"] += 1
             return
         concept = self.term.concept(res.get("code"))
         components = res.get("component")
-        if components is not None and not isinstance(components, list):
-            raise BadInput("Observation.component must be a list", loc)
-        sub = [(self.term.concept(c.get("code")), c) for c in components or [] if isinstance(c, dict)]
-        sub = [(row, c) for row, c in sub if row is not None and row.kind != "panel"]
-        if (concept is None or concept.kind == "panel") and not sub:
+        sub: list[tuple[ConceptRow, dict[str, Any]]] = []
+        if components is not None:
+            if not isinstance(components, list):
+                raise BadInput("Observation.component must be a list", ent.loc)
+            for c in components:
+                if isinstance(c, dict):
+                    row = self.term.concept(c.get("code"))
+                    if row is not None and row.kind != "panel":
+                        sub.append((row, c))
+        own = concept is not None and concept.kind != "panel"
+        if not own and not sub:
             event = self.term.event(res.get("code")) if concept is None else None
             if event is not None and event[0] == "infections":
                 self._microbiology(ent, data, tz, event)
                 return
             self.report.ignored["Observation (code not used)"] += 1
             return
-        eff = self._effective(res, loc, tz)
+        eff = self._effective(res, ent, tz)
         if eff is None:
             self.report.ignored["Observation without effective time"] += 1
-            self.report.warn("Observation has no effective[x]: not placed on a day, ignored", loc)
+            self.report.warn("Observation has no effective[x]: not placed on a day, ignored", ent.loc)
             return
         when = eff[0]
+        key = ent.key
         made = 0
-        if concept is not None and concept.kind != "panel":
-            value = self._value(res, concept, "Observation", loc)
+        if own:
+            assert concept is not None
+            value = self._value(res, concept, "Observation", ent)
             if value is not None:
-                low, high = self._range(res, concept, loc) if concept.kind == "quantity" else (None, None)
-                data.readings.append(Reading(concept.concept, when, value, ent.key, ent.key, low, high))
+                low, high = self._range(res, concept, ent) if concept.kind == "quantity" else (None, None)
+                data.readings.append(Reading(concept.concept, when, value, key, key, low, high))
                 made += 1
         for row, comp in sub:
-            value = self._value(comp, row, f"Observation.component[{row.code}]", loc)
+            value = self._value(comp, row, _component_path(row.code), ent)
             if value is not None:
-                data.readings.append(Reading(row.concept, when, value, ent.key, ent.key))
+                data.readings.append(Reading(row.concept, when, value, key, key))
                 made += 1
         if made:
             self.report.resources_used += 1
-            for row in [concept] + [r for r, _ in sub]:
-                if row is not None and not row.verified:
+            if concept is not None and not concept.verified:
+                self.report.unverified_rows.add(f"input-concepts:{concept.system}|{concept.code}")
+            for row, _ in sub:
+                if not row.verified:
                     self.report.unverified_rows.add(f"input-concepts:{row.system}|{row.code}")
         else:
             self.report.ignored["Observation without a value"] += 1
@@ -263,7 +304,7 @@ class Extractor:
         if not positive:
             self.report.ignored["microbiology result negative or undecided"] += 1
             return
-        eff = self._effective(res, loc, tz)
+        eff = self._effective(res, ent, tz)
         if eff is None:
             self.report.warn("positive result has no effective[x]: not placed on a day, ignored", loc)
             self.report.ignored["Observation without effective time"] += 1
@@ -274,7 +315,7 @@ class Extractor:
         data.conditions.append(ConditionFact(table, row.key, code, row.display, eff[0], None, ent.key, attrs))
         self.report.resources_used += 1
 
-    def _value(self, holder: dict[str, Any], row: ConceptRow, path: str, loc: Location) -> Any:
+    def _value(self, holder: dict[str, Any], row: ConceptRow, path: str, at: Indexed) -> Any:
         """The value of an Observation or component for a concept, converted and range-checked."""
         if "dataAbsentReason" in holder and not any(k.startswith("value") for k in holder):
             return None
@@ -284,9 +325,9 @@ class Extractor:
             if q is None:
                 other = next((k for k in holder if k.startswith("value")), None)
                 if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueQuantity, got {other}", loc)
+                    raise BadInput(f"{path}: {row.concept} must be a valueQuantity, got {other}", at.loc)
                 return None
-            return self._quantity(q, row, path, loc)
+            return self._quantity(q, row, path, at)
         if kind == "integer":
             v = holder.get("valueInteger")
             if v is None and isinstance(holder.get("valueQuantity"), dict):
@@ -296,52 +337,58 @@ class Extractor:
             if v is None:
                 other = next((k for k in holder if k.startswith("value")), None)
                 if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueInteger, got {other}", loc)
+                    raise BadInput(f"{path}: {row.concept} must be a valueInteger, got {other}", at.loc)
                 return None
             if not isinstance(v, int) or isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be an integer, got {v!r}", loc)
+                raise BadInput(f"{path}: {row.concept} must be an integer, got {v!r}", at.loc)
             if (row.min is not None and v < row.min) or (row.max is not None and v > row.max):
-                raise BadInput(f"{path}: {row.concept} {v} is outside {row.min}-{row.max}", loc)
+                raise BadInput(f"{path}: {row.concept} {v} is outside {row.min}-{row.max}", at.loc)
             return v
         if kind == "code":
             cc = holder.get("valueCodeableConcept")
             if cc is None:
                 other = next((k for k in holder if k.startswith("value")), None)
                 if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueCodeableConcept, got {other}", loc)
+                    raise BadInput(f"{path}: {row.concept} must be a valueCodeableConcept, got {other}", at.loc)
                 return None
             if not isinstance(cc, dict):
-                raise BadInput(f"{path}: valueCodeableConcept must be an object", loc)
+                raise BadInput(f"{path}: valueCodeableConcept must be an object", at.loc)
             assert row.value_system is not None
             code = self.term.answer(cc, row.value_system)
             if code is None or not self.term.is_answer(row.value_system, code):
                 shown = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)] or [cc.get("text")]
                 raise BadInput(f"{path}: {row.concept} answer {shown} is not in {row.value_system} "
-                               "(map site codes with --concept-map)", loc)
+                               "(map site codes with --concept-map)", at.loc)
             return code
         if kind == "boolean":
             v = holder.get("valueBoolean")
             if v is None:
                 return None
             if not isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {v!r}", loc)
+                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {v!r}", at.loc)
             return v
         return None
 
-    def _quantity(self, q: Any, row: ConceptRow, path: str, loc: Location) -> Quantity:
+    def _quantity(self, q: Any, row: ConceptRow, path: str, at: Indexed) -> Quantity:
         if not isinstance(q, dict):
-            raise BadInput(f"{path}.valueQuantity must be an object", loc)
+            raise BadInput(f"{path}.valueQuantity must be an object", at.loc)
         value = q.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", loc)
+            raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", at.loc)
         comparator = q.get("comparator")
         if comparator is not None and comparator not in COMPARATORS:
-            raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", loc)
-        code = q.get("code") if isinstance(q.get("code"), str) else None
-        unit = code or (q.get("unit") if isinstance(q.get("unit"), str) else None)
+            raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", at.loc)
+        code = q.get("code")
+        if not isinstance(code, str):
+            code = None
+        unit = code
+        if not unit:
+            unit = q.get("unit")
+            if not isinstance(unit, str):
+                unit = None
         assert row.unit is not None
         if unit is None:
-            raise BadInput(f"{path}: {row.concept} ({row.system}|{row.code}) has no unit; expected {row.unit}", loc)
+            raise BadInput(f"{path}: {row.concept} ({row.system}|{row.code}) has no unit; expected {row.unit}", at.loc)
         try:
             v = self.units.convert(float(value), unit, row.unit)
         except UnitError as exc:
@@ -351,12 +398,20 @@ class Extractor:
                 try:
                     v = self.units.convert(float(value), alt, row.unit)
                 except UnitError:
-                    raise BadInput(f"{path}: {row.concept}: {exc}", loc) from exc
+                    raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
             else:
-                raise BadInput(f"{path}: {row.concept}: {exc}", loc) from exc
-        return Quantity(v, comparator)
+                raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
+        # Values repeat (SpO2 98, 37.0 Cel): share one frozen Quantity per (value, comparator) within a
+        # patient (a frozen dataclass costs ~1.8 us to build). Zero is not shared: 0.0 == -0.0.
+        if not v:
+            return Quantity(v, comparator)
+        key = (v, comparator)
+        found = self._quantities.get(key)
+        if found is None:
+            found = self._quantities[key] = Quantity(v, comparator)
+        return found
 
-    def _range(self, res: dict[str, Any], row: ConceptRow, loc: Location) -> tuple[float | None, float | None]:
+    def _range(self, res: dict[str, Any], row: ConceptRow, at: Indexed) -> tuple[float | None, float | None]:
         """referenceRange[0] low/high in the concept's unit (labs judge ULN/LLN from the result's own range,
         grading.md 0.4). A range whose unit cannot be converted is dropped with a warning, not guessed."""
         ranges = res.get("referenceRange")
@@ -372,7 +427,7 @@ class Extractor:
             try:
                 out.append(self.units.convert(float(q["value"]), unit, row.unit or "") if unit else None)
             except UnitError as exc:
-                self.report.warn(f"referenceRange.{end} ignored: {exc}", loc)
+                self.report.warn(f"referenceRange.{end} ignored: {exc}", at.loc)
                 out.append(None)
         return out[0], out[1]
 
@@ -394,7 +449,7 @@ class Extractor:
         if row is None:
             self.report.ignored[f"{rtype} (drug not used)"] += 1
             return
-        eff = self._effective(res, loc, tz)
+        eff = self._effective(res, ent, tz)
         if eff is None:
             raise BadInput(f"{rtype} has no effective[x]", loc)
         start, end, instant = eff
@@ -462,7 +517,7 @@ class Extractor:
             self.report.warn("Condition has no onset time: not placed on a day, ignored", loc)
             self.report.ignored["Condition without onset"] += 1
             return
-        when = self._moment(onset, "Condition.onset", loc, tz)
+        when = self._moment(onset, "Condition.onset", ent, tz)
         self.report.resources_used += 1
         if finding is not None:
             data.readings.append(Reading(finding.concept, when, finding.value, ent.key, ent.key))
@@ -470,7 +525,7 @@ class Extractor:
         assert event is not None
         table, row, code = event
         abate = res.get("abatementDateTime")
-        abatement = self._moment(abate, "Condition.abatementDateTime", loc, tz) if abate is not None else None
+        abatement = self._moment(abate, "Condition.abatementDateTime", ent, tz) if abate is not None else None
         severity = next((c.get("code") for c in codings(res.get("severity")) if isinstance(c.get("code"), str)),
                         None)
         attrs = tuple((k, str(v)) for k, v in row.model_dump().items()

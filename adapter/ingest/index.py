@@ -85,40 +85,45 @@ class InputIndex:
 def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
     """First pass: keep the latest version of each resource; second: join clinical resources to patients."""
     idx = InputIndex()
-    for item in items:
-        report.resources_read += 1
-        res = item.resource
-        rtype = res["resourceType"]
-        if rtype == "OperationOutcome":
-            report.ignored["OperationOutcome"] += 1
-            report.warn("OperationOutcome in the input skipped", item.loc)
-            continue
-        if rtype not in USED_TYPES:
-            report.ignored[rtype] += 1
-            continue
-        rid = res.get("id")
-        if rid:
-            key = f"{rtype}/{rid}"
-        elif item.full_url and not item.full_url.startswith("urn:") and ref_key(item.full_url).startswith(rtype + "/"):
-            key = ref_key(item.full_url)  # a server address ending in Type/id: relative references resolve to it
-        else:
-            # No id: the fullUrl, or else a key unique to this occurrence (two id-less resources never merge).
-            key = item.full_url or f"{rtype}@{item.file}:{item.line}:{item.entry}#{report.resources_read}"
-        if item.full_url:
-            idx.alias[item.full_url] = key
-        prev = idx.by_key.get(key)
-        if prev is not None:
-            # The same resource twice (e.g. preliminary then amended): the latest version wins
-            # (input-contract.md, "Everything else"); on a tie the later one in the input.
-            report.ignored["superseded version"] += 1
-            if _version(res) < _version(prev.resource):
+    by_key, alias, ignored = idx.by_key, idx.alias, report.ignored  # hoisted: the loop runs per resource
+    read = report.resources_read
+    try:
+        for item in items:
+            read += 1
+            res = item.resource
+            rtype = res["resourceType"]
+            if rtype not in USED_TYPES:
+                if rtype == "OperationOutcome":
+                    report.warn("OperationOutcome in the input skipped", item.loc)
+                ignored[rtype] += 1
                 continue
-        idx.by_key[key] = Indexed(res, key, item)
-    for ent in idx.by_key.values():
+            rid = res.get("id")
+            full_url = item.full_url
+            if rid:
+                key = f"{rtype}/{rid}"
+            elif full_url and not full_url.startswith("urn:") and ref_key(full_url).startswith(rtype + "/"):
+                key = ref_key(full_url)  # a server address ending in Type/id: relative references resolve to it
+            else:
+                # No id: the fullUrl, or else a key unique to this occurrence (two id-less resources never merge).
+                key = full_url or f"{rtype}@{item.file}:{item.line}:{item.entry}#{read}"
+            if full_url:
+                alias[full_url] = key
+            prev = by_key.get(key)
+            if prev is not None:
+                # The same resource twice (e.g. preliminary then amended): the latest version wins
+                # (input-contract.md, "Everything else"); on a tie the later one in the input.
+                ignored["superseded version"] += 1
+                if _version(res) < _version(prev.resource):
+                    continue
+            by_key[key] = Indexed(res, key, item)
+    finally:
+        report.resources_read = read
+    for ent in by_key.values():
         rtype = ent.resource["resourceType"]
         if rtype == "Patient":
             idx.by_patient.setdefault(ent.key, [])
-    for ent in idx.by_key.values():
+    subject_keys: dict[str, str] = {}  # a patient's resources all name the same subject: normalise it once
+    for ent in by_key.values():
         rtype = ent.resource["resourceType"]
         element = SUBJECT_ELEMENT.get(rtype)
         if element is None:
@@ -132,8 +137,10 @@ def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
             report.ignored[f"{rtype} without subject"] += 1
             report.warn(f"{rtype}.{element} has no literal reference: not joined to a patient", ent.loc)
             continue
-        key = idx.key_of(ref)
-        if key.startswith("urn:") and key not in idx.by_key:
+        key = subject_keys.get(ref)
+        if key is None:
+            key = subject_keys[ref] = idx.key_of(ref)
+        if key.startswith("urn:") and key not in by_key:
             report.error(BadInput(f"{element} refers to {ref}, which is not in the input", ent.loc))
             continue
         if not key.startswith("Patient/") and not (key in idx.by_key and

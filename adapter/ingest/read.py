@@ -39,11 +39,13 @@ def label(resource: dict[str, Any]) -> str | None:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a folder stands for its *.ndjson and *.json files, sorted for a stable order."""
+    """Files as given; a folder stands for its *.ndjson and *.json files (not hidden ones), sorted."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix in (".ndjson", ".json") and q.is_file())
+            # Hidden files are tools' state, not input (e.g. bulk-export's .bulk-export.json while it runs).
+            found = sorted(q for q in p.iterdir()
+                           if q.suffix in (".ndjson", ".json") and not q.name.startswith(".") and q.is_file())
             if not found:
                 raise BadInput("folder holds no .ndjson or .json files", Location(str(p)))
             out.extend(found)
@@ -104,18 +106,19 @@ def _looks_like_ndjson(stripped: bytes) -> bool:
 
 
 def _read_ndjson(data: bytes, name: str) -> Iterator[Item]:
+    loads = orjson.loads  # hoisted: once per line
     for n, line in enumerate(data.split(b"\n"), start=1):
         line = line.strip()
         if not line:
             continue
         try:
-            res = orjson.loads(line)
+            res = loads(line)
         except orjson.JSONDecodeError as exc:
             raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
-        if type(res) is not dict or type(res.get("resourceType")) is not str or "id" in res and (
-                type(res["id"]) is not str or not res["id"]):
+        rtype = res.get("resourceType") if type(res) is dict else None
+        if type(rtype) is not str or "id" in res and (type(res["id"]) is not str or not res["id"]):
             _check_resource(res, Location(name, line=n))  # raises the precise error
-        if res["resourceType"] == "Bundle":
+        if rtype == "Bundle":
             yield from _bundle_items(res, name, n)
         else:
             yield Item(res, None, name, n)

@@ -16,8 +16,11 @@ import orjson
 import requests
 import urllib3
 
+from adapter.errors import BadInput, Location
+
+from .bulk_state import ExportParams, ExportState, clear_state, load_state, save_state, state_path
 from .errors import AuthFailed, ServerError, ServerUnreachable, outcome_text
-from .http import _NO_ANSWER, FhirHttp, _origin, _retry_after
+from .http import NO_ANSWER, FhirHttp, origin, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class PollPolicy:
         return min(self.first * 2 ** (polls - 1), self.max_interval)
 
 
+class ExportTimedOut(ServerError):
+    """The export did not finish in time; the job has been cancelled on the server."""
+
+
 class BulkExport:
     """One server's $export: everything goes through the FhirHttp session, auth and retry policy."""
 
@@ -49,15 +56,58 @@ class BulkExport:
         self.http = http
         self.poll_policy = poll
         # Output files may live elsewhere (a storage bucket): only origins the user named are fetched.
-        self._allowed = {_origin(self.http.base_url), *(_origin(o) for o in allowed_origins)}
+        self._allowed = {origin(self.http.base_url), *(origin(o) for o in allowed_origins)}
         self._clock = clock
 
     def run(self, out_dir: str | Path, *, group: str | None = None, since: str | None = None,
-            types: str | None = None) -> list[Path]:
-        """Kick off, wait for the manifest, download every output file; returns the NDJSON paths."""
-        status_url = self.kick_off(group=group, since=since, types=types)
-        manifest = self.wait(status_url)
-        return self.download(manifest, Path(out_dir))
+            types: str | None = None, restart: bool = False) -> list[Path]:
+        """Kick off (or resume the export saved in out_dir), wait for the manifest, download every output
+        file; returns the NDJSON paths. The status URL is saved as soon as the server gives it, so an
+        interrupted run resumes it instead of starting a second export job on the server."""
+        folder = Path(out_dir)
+        params = ExportParams(self.http.base_url, group, since, types)
+        manifest = self._resume(folder, params, restart)
+        resumed = manifest is not None
+        if manifest is None:
+            status_url = self.kick_off(group=group, since=since, types=types)
+            save_state(folder, ExportState(params, status_url, datetime.now(UTC).isoformat(timespec="seconds")))
+            try:
+                manifest = self.wait(status_url)
+            except ExportTimedOut:
+                clear_state(folder)  # the job was cancelled: nothing left to resume
+                raise
+        paths = self.download(manifest, folder, resume=resumed)
+        clear_state(folder)
+        return paths
+
+    def _resume(self, folder: Path, params: ExportParams, restart: bool) -> dict[str, Any] | None:
+        """The manifest of the export saved in folder, or None when a new export must be kicked off."""
+        state = load_state(folder)
+        if state is None:
+            return None
+        if restart:
+            if state.params.base_url == self.http.base_url:
+                self.cancel(state.status_url)  # best effort: do not leave the old job running
+            clear_state(folder)
+            return None
+        if state.params != params:
+            raise BadInput(f"this folder holds an unfinished export of {state.params.describe()} (kicked off "
+                           f"{state.kicked_off}), not of {params.describe()}: use the same parameters to resume "
+                           "it, --restart to start a new one, or another folder", Location(str(state_path(folder))))
+        log.warning("resuming the export kicked off %s (status URL saved in %s)", state.kicked_off,
+                    state_path(folder))
+        try:
+            return self.wait(state.status_url)
+        except ExportTimedOut:
+            clear_state(folder)
+            raise
+        except ServerError as exc:
+            # The server forgets finished or abandoned jobs (IG 2.0.0: 404 after DELETE or expiry).
+            if exc.status not in (404, 410):
+                raise
+            log.warning("the saved export status URL has expired (HTTP %s): starting a new export", exc.status)
+            clear_state(folder)
+            return None
 
     # ---- kick-off ----------------------------------------------------------------------------
 
@@ -98,13 +148,13 @@ class BulkExport:
                 raise ServerError("GET", status_url, reply.status, detail="export status: unexpected answer")
             polls += 1
             progress = reply.headers.get("X-Progress")
-            wait = self.poll_policy.delay(polls, _retry_after(reply.headers.get("Retry-After")))
+            wait = self.poll_policy.delay(polls, parse_retry_after(reply.headers.get("Retry-After")))
             if self._clock() + wait > deadline:
                 self.cancel(status_url)
-                raise ServerError("GET", status_url, 202,
-                                  detail=f"export not finished after {self.poll_policy.timeout:.0f} s (cancelled)")
+                raise ExportTimedOut("GET", status_url, 202,
+                                     detail=f"export not finished after {self.poll_policy.timeout:.0f} s (cancelled)")
             log.debug("export in progress (%s); polling again in %.1f s", progress or "no progress given", wait)
-            self.http._sleep(wait)
+            self.http.sleep(wait)
 
     def cancel(self, status_url: str) -> None:
         """DELETE the status URL (best effort: a failure here is logged, not raised)."""
@@ -115,13 +165,17 @@ class BulkExport:
 
     # ---- downloads ---------------------------------------------------------------------------
 
-    def download(self, manifest: dict[str, Any], out_dir: Path) -> list[Path]:
-        """Every output file to out_dir as <Type>.<n>.ndjson; error files (OperationOutcomes) to out_dir/errors."""
+    def download(self, manifest: dict[str, Any], out_dir: Path, *, resume: bool = False) -> list[Path]:
+        """Every output file to out_dir as <Type>.<n>.ndjson; error files (OperationOutcomes) to out_dir/errors.
+
+        resume: the manifest is that of the export an earlier run began downloading (same status URL), so
+        files already complete are kept and partial ones continue where they stopped."""
         out_dir.mkdir(parents=True, exist_ok=True)
         token = bool(manifest.get("requiresAccessToken"))
-        errors = [self._fetch(f, out_dir / "errors", n, token) for n, f in enumerate(manifest.get("error") or [])]
+        errors = [self._fetch(f, out_dir / "errors", n, token, resume)
+                  for n, f in enumerate(manifest.get("error") or [])]
         texts = [t for p in errors for t in _outcome_lines(p)]
-        paths = [self._fetch(f, out_dir, n, token) for n, f in enumerate(manifest.get("output") or [])]
+        paths = [self._fetch(f, out_dir, n, token, resume) for n, f in enumerate(manifest.get("output") or [])]
         if texts and not paths:
             raise ServerError("GET", str(manifest.get("request") or self.http.base_url),
                               detail="export failed: " + "; ".join(texts[:5]))
@@ -129,11 +183,11 @@ class BulkExport:
             log.warning("export reported %d error(s); see %s", len(texts), out_dir / "errors")
         return paths
 
-    def _fetch(self, item: Any, folder: Path, n: int, token: bool) -> Path:
+    def _fetch(self, item: Any, folder: Path, n: int, token: bool, resume: bool) -> Path:
         if not isinstance(item, dict) or not isinstance(item.get("url"), str):
             raise ServerError("GET", self.http.base_url, detail="export manifest: an output entry has no url")
         url, rtype = item["url"], str(item.get("type") or "Resource")
-        if _origin(url) not in self._allowed:
+        if origin(url) not in self._allowed:
             raise ServerError("GET", url, detail=f"refusing to download from another host than {self.http.base_url} "
                                                  "(allow its origin explicitly)")
         if not _SAFE_TYPE.match(rtype):
@@ -141,7 +195,10 @@ class BulkExport:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{rtype}.{n:03d}.ndjson"
         part = target.with_suffix(".ndjson.part")
-        part.unlink(missing_ok=True)
+        if resume and target.exists():
+            return target  # renamed from .part only once complete
+        if not resume:
+            part.unlink(missing_ok=True)  # a part of another export's file
         self._stream(url, part, token)
         part.replace(target)
         return target
@@ -160,8 +217,7 @@ class BulkExport:
             try:
                 with self.http.session.get(url, headers=headers, stream=True, timeout=self.http.timeouts,
                                            allow_redirects=False) as resp:
-                    with self.http._count_lock:
-                        self.http.round_trips += 1
+                    self.http.count_round_trip()
                     status = resp.status_code
                     if status == 401 and token and not reauthenticated and self.http.auth is not None \
                             and self.http.auth.refresh():
@@ -171,7 +227,7 @@ class BulkExport:
                         failures += 1
                         if failures >= self.http.retry.attempts:
                             raise ServerError("GET", url, status, detail="export file download")
-                        self.http._pause(failures, _retry_after(resp.headers.get("Retry-After")))
+                        self.http.pause(failures, parse_retry_after(resp.headers.get("Retry-After")))
                         continue
                     if status == 416 and have and _total(resp) == have:
                         return  # we already hold the whole file
@@ -192,13 +248,13 @@ class BulkExport:
                     if expected is not None and part.stat().st_size < expected:
                         raise requests.exceptions.ChunkedEncodingError("body shorter than announced")
                     return
-            except _NO_ANSWER as exc:
+            except NO_ANSWER as exc:
                 failures += 1
                 got = part.stat().st_size if part.exists() else 0
                 log.info("export download interrupted at %d bytes (%s)", got, type(exc).__name__)
                 if failures >= self.http.retry.attempts:
                     raise ServerUnreachable("GET", url, f"{type(exc).__name__} (after {failures} attempts)") from exc
-                self.http._pause(failures, None)
+                self.http.pause(failures, None)
 
 
 def _copy(resp: requests.Response, fh: BinaryIO) -> None:
@@ -251,7 +307,7 @@ def _expected_end(resp: requests.Response, start: int) -> int | None:
 
 
 def bulk_export_command(base_url: str, out_dir: str, group: str | None, since: str | None,
-                        types: str | None) -> int:
+                        types: str | None, restart: bool = False) -> int:
     """`cart-fhir bulk-export`: export, download, then grade the NDJSON into out_dir/graded/bundle.json."""
     from adapter.ingest.read import read_paths
     from adapter.pipeline import Engine
@@ -263,7 +319,7 @@ def bulk_export_command(base_url: str, out_dir: str, group: str | None, since: s
     settings = load_settings({"base_url": base_url})
     with FhirHttp(settings.base_url, auth=make_auth(settings), timeout=settings.timeout,
                   retry=RetryPolicy(attempts=settings.retries)) as http:
-        paths = BulkExport(http).run(out_dir, group=group, since=since, types=types)
+        paths = BulkExport(http).run(out_dir, group=group, since=since, types=types, restart=restart)
     sys.stderr.write(f"cart-fhir: downloaded {len(paths)} NDJSON file(s) to {out_dir}\n")
     if not paths:
         return 0

@@ -34,7 +34,7 @@ _ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # No answer at all. ConnectionError covers refused, reset and RemoteDisconnected (and ConnectTimeout);
 # ChunkedEncodingError is a connection dropped mid-body, which requests does not class as ConnectionError.
-_NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class FhirHttp:
         parts = urlsplit(self.base_url)
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise ConfigError(f"FHIR base URL must be an http(s) URL with a host, not {base_url!r}")
-        self._origin = _origin(self.base_url)
+        self._origin = origin(self.base_url)
         self.auth = auth
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -85,7 +85,7 @@ class FhirHttp:
         self.user_agent = user_agent
         self.round_trips = 0
         self.token_requests = 0
-        self._sleep = sleep
+        self.sleep = sleep  # injectable: tests record the waits instead of waiting
         self._count_lock = threading.Lock()
         self._owns_session = session is None
         if session is None:
@@ -138,18 +138,18 @@ class FhirHttp:
             except requests.exceptions.SSLError as exc:
                 # A certificate problem does not heal by waiting.
                 raise ServerUnreachable(method, url, _describe(exc)) from exc
-            except _NO_ANSWER as exc:
+            except NO_ANSWER as exc:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise ServerUnreachable(method, url, f"{_describe(exc)} (after {sent} attempts)") from exc
-                self._pause(failures, None)
+                self.pause(failures, None)
                 continue
             status = resp.status_code
             if status in self.retry.statuses:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise _error(ServerError, method, url, resp)
-                self._pause(failures, _retry_after(resp.headers.get("Retry-After")))
+                self.pause(failures, parse_retry_after(resp.headers.get("Retry-After")))
                 continue
             if status == 401:
                 # One re-authentication per request: the token may have expired or been revoked.
@@ -182,7 +182,7 @@ class FhirHttp:
     def _resolve(self, method: str, path_or_url: str) -> str:
         if _ABSOLUTE.match(path_or_url):
             # fhirpy refuses such links too ("possible security issue"): our token must not leave the server.
-            if _origin(path_or_url) != self._origin:
+            if origin(path_or_url) != self._origin:
                 raise ServerError(method, path_or_url,
                                   detail=f"refusing to follow a link to another host than {self.base_url}")
             return path_or_url
@@ -196,8 +196,7 @@ class FhirHttp:
         all_headers = dict(headers)
         if self.auth is not None:
             all_headers.update(self.auth.headers(self))  # per attempt: a refresh() gives a new token
-        with self._count_lock:
-            self.round_trips += 1
+        self.count_round_trip()
         path = urlsplit(url).path  # never the query (identifiers), headers (token) or body (patient data)
         start = time.perf_counter()
         try:
@@ -213,13 +212,20 @@ class FhirHttp:
                   (time.perf_counter() - start) * 1000, attempt)
         return resp
 
-    def _pause(self, failures: int, retry_after: float | None) -> None:
+    def count_round_trip(self) -> None:
+        """Count one request sent (thread-safe): also for requests made outside `request`, e.g. bulk downloads."""
+        with self._count_lock:
+            self.round_trips += 1
+
+    def pause(self, failures: int, retry_after: float | None) -> None:
+        """Wait before retry number `failures`, as the retry policy says (Retry-After when given)."""
         seconds = self.retry.delay(failures, retry_after)
         log.debug("retrying in %.2f s", seconds)
-        self._sleep(seconds)
+        self.sleep(seconds)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with default ports filled in: two URLs may share a token only if these match."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
@@ -229,7 +235,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
-def _retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
     if not value:
         return None

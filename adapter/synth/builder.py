@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..constants import BASE
+from . import labs
 from .scenario import Episode, Scenario
 
 LOINC = "http://loinc.org"
@@ -26,8 +27,6 @@ CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 CS_OBS = f"{BASE}/CodeSystem/cart-observation"
 RX = {"norepinephrine": "7512", "epinephrine": "3992", "tocilizumab": "612865", "dexamethasone": "3264",
       "fludarabine": "24698", "cyclophosphamide": "3002"}
-LAB = {"anc": ("751-8", "10*3/uL"), "platelets": ("777-3", "10*3/uL"), "crp": ("1988-5", "mg/L"),
-       "ferritin": ("2276-4", "ng/mL")}
 CAPD_MAX_AGE = 11  # mappings/astct-icans-2019.yaml capd_max_age_years: CAPD below 12 years, ICE from 12
 ICE_BY_GRADE = {0: 10, 1: 8, 2: 5, 3: 2}
 CAPD_BY_GRADE = {0: 0, 1: 4, 2: 6, 3: 12}
@@ -41,11 +40,17 @@ class PatientWriter:
 
     s: Scenario
     rng: random.Random
+    days: int = 30
     resources: list[dict[str, Any]] = field(default_factory=list)
     n: int = 0
 
+    dates: dict[int, str] = field(default_factory=dict)
+
     def at(self, day: int, hhmm: str) -> str:
-        return f"{(self.s.day0 + timedelta(days=day)).isoformat()}T{hhmm}:00{self.s.tz}"
+        date = self.dates.get(day)
+        if date is None:  # cached: called for every resource
+            date = self.dates[day] = (self.s.day0 + timedelta(days=day)).isoformat()
+        return f"{date}T{hhmm}:00{self.s.tz}"
 
     def add(self, prefix: str, res: dict[str, Any]) -> dict[str, Any]:
         self.n += 1
@@ -92,7 +97,7 @@ class PatientWriter:
 
 def build(s: Scenario, rng: random.Random, days: int) -> list[dict[str, Any]]:
     """Every resource of one patient, in a fixed order."""
-    w = PatientWriter(s, rng)
+    w = PatientWriter(s, rng, days)
     _patient(w)
     _lymphodepletion(w)
     w.add("cart", {"resourceType": "MedicationAdministration", "status": "completed",
@@ -101,10 +106,15 @@ def build(s: Scenario, rng: random.Random, days: int) -> list[dict[str, Any]]:
                                                              "display": s.product.product}],
                                                  "text": s.product.product},
                    "subject": w.subject(), "effectiveDateTime": w.at(0, "10:00")})
-    for day in range(days):
-        _vitals(w, day)
-        _neuro(w, day)
-        _labs(w, day)
+    labs.prophylaxis(w)
+    for day in range(max(days, 31)):  # daily blood counts cover the early ICAHT window (days 0-30)
+        if day < days:
+            _vitals(w, day)
+            _neuro(w, day)
+        labs.daily(w, day, _in(s.crs, day))
+    labs.follow_up(w)
+    for inf in s.infections:
+        labs.infection(w, inf)
     return w.resources
 
 
@@ -124,9 +134,7 @@ def _lymphodepletion(w: PatientWriter) -> None:
     for day in (-5, -4, -3):
         w.drug("fludarabine", day, "09:00", end=(day, "09:30"), dose_mg=round(30 * bsa))
         w.drug("cyclophosphamide", day, "10:00", end=(day, "11:00"), dose_mg=round(cy * bsa))
-    for concept, value in (("anc", 3.1), ("platelets", 180.0), ("crp", 4.0), ("ferritin", 420.0)):
-        loinc, unit = LAB[concept]
-        w.qty(concept, loinc, -6, "07:00", value, unit, "laboratory")
+    labs.baseline(w)
 
 
 def _in(ep: Episode | None, day: int) -> bool:
@@ -193,16 +201,3 @@ def _neuro(w: PatientWriter, day: int) -> None:
         w.project("ice-score", day, hhmm, valueInteger=ICE_BY_GRADE[grade])
     if grade >= 2:  # grades above 1 fall on the peak day only
         w.drug("dexamethasone", day, "10:00", dose_mg=10.0)
-
-
-def _labs(w: PatientWriter, day: int) -> None:
-    """Daily blood count and inflammation markers: neutropenia after lymphodepletion, CRP up during CRS."""
-    rng, crs = w.rng, w.s.crs
-    anc = 0.2 if day < 10 else (0.8 if day < 14 else 1.8)
-    plt = 60.0 if day < 14 else 110.0
-    crp = rng.uniform(60, 220) if _in(crs, day) else rng.uniform(2, 12)
-    ferritin = rng.uniform(900, 1400) if _in(crs, day) else rng.uniform(300, 600)
-    values = (("anc", anc), ("platelets", plt), ("crp", round(crp, 1)), ("ferritin", float(round(ferritin))))
-    for concept, value in values:
-        loinc, unit = LAB[concept]
-        w.qty(concept, loinc, day, "06:00", value, unit, "laboratory")

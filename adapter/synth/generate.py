@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from collections.abc import Iterator
+from contextlib import ExitStack
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import orjson
 
 from .builder import build
+from .noise import Noise, add_noise
+from .sitecodes import concept_map, localise
 from .scenario import Episode, Scenario, draw
 from .table import SynthTable, load_synth_table
 
 FHIR_DIR = "fhir"  # inputs under DIR/fhir/, so `cart-fhir grade DIR/fhir` never reads expected.json
+CONCEPT_MAP = "conceptmap.json"
 
 
 class Format(str, Enum):
@@ -25,19 +32,31 @@ class Format(str, Enum):
     NDJSON = "ndjson"
 
 
-def cohort(patients: int, seed: int, days: int,
-           table: SynthTable | None = None) -> Iterator[tuple[Scenario, list[dict[str, Any]]]]:
+@dataclass(frozen=True, slots=True)
+class Options:
+    local_codes: bool = False  # site codes for some observations, mapped by DIR/conceptmap.json
+    noise: Noise = Noise.NONE
+
+
+def cohort(patients: int, seed: int, days: int, table: SynthTable | None = None,
+           options: Options = Options()) -> Iterator[tuple[Scenario, list[dict[str, Any]]]]:
     """Each patient's scenario and resources. Patient i uses its own Random(seed, i): adding patients
-    leaves the first ones unchanged."""
+    leaves the first ones unchanged; noise draws from its own stream, so it never changes the scenario."""
     table = table or load_synth_table()
     for i in range(1, patients + 1):
         rng = random.Random(f"{seed}:{i}")
         s = draw(rng, table, i, days)
-        yield s, build(s, rng, days)
+        resources = add_noise(s, build(s, rng, days), options.noise, random.Random(f"{seed}:{i}:noise"))
+        if options.local_codes:  # after the noise, which picks observations by their LOINC code
+            for r in resources:
+                if r["resourceType"] == "Observation":
+                    localise(r)
+        yield s, resources
 
 
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def dumps(doc: Any) -> bytes:
+    """Compact JSON with sorted keys (orjson: the generator spends most of its time here at 100k patients)."""
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 def expected_row(s: Scenario) -> dict[str, Any]:
@@ -46,36 +65,54 @@ def expected_row(s: Scenario) -> dict[str, Any]:
             return {"max_grade": 0, "onset_day": None}
         return {"max_grade": e.grade, "onset_day": e.onset_day, "peak_day": e.peak_day,
                 "last_day": e.last_day, "resolution_day": e.last_day + 1}
+    c, pressors = s.cytopenia, s.pressor_days
     return {"patient": s.pid, "product": s.product.product, "indication": s.product.indication,
             "trial_distribution": s.product.trial, "age": s.age, "day0": s.day0.isoformat(),
-            "utc_offset": s.tz, "crs": ep(s.crs), "icans": ep(s.icans)}
+            "utc_offset": s.tz, "crs": ep(s.crs), "icans": ep(s.icans),
+            "icaht_early": {"max_grade": c.early_grade, "anc_le_500_days": c.d500, "anc_le_100_days": c.d100},
+            "icaht_late": {"max_grade": c.late_grade},
+            "infections": [{"kind": i.kind, "key": i.key, "window": i.window, "onset_day": i.onset_day,
+                            "last_day": i.last_day, "route": i.route, "grade": i.grade(pressors)}
+                           for i in s.infections]}
+
+
+def _bundle(s: Scenario, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "id": s.pid, "type": "collection",
+            "entry": [{"fullUrl": f"https://cart-fhir.org/synthetic/{r['resourceType']}/{r['id']}",
+                       "resource": r} for r in resources]}
 
 
 def write_cohort(out_dir: str | Path, patients: int, seed: int, days: int = 30,
-                 fmt: Format = Format.BUNDLE) -> list[dict[str, Any]]:
+                 fmt: Format = Format.BUNDLE, options: Options = Options()) -> list[dict[str, Any]]:
     """Write the cohort and expected.json under out_dir; return the expected rows."""
     out = Path(out_dir)
     fhir = out / FHIR_DIR
     fhir.mkdir(parents=True, exist_ok=True)
     table = load_synth_table()
     rows: list[dict[str, Any]] = []
-    by_type: dict[str, list[str]] = {}
-    for s, resources in cohort(patients, seed, days, table):
-        rows.append(expected_row(s))
-        if fmt == Format.BUNDLE:
-            bundle = {"resourceType": "Bundle", "id": s.pid, "type": "collection",
-                      "entry": [{"fullUrl": f"https://cart-fhir.org/synthetic/{r['resourceType']}/{r['id']}",
-                                 "resource": r} for r in resources]}
-            (fhir / f"{s.pid}.json").write_text(dumps(bundle) + "\n", encoding="utf-8")
-        else:
+    with ExitStack() as stack:
+        # NDJSON streams one line per resource to its type's file: memory stays flat at 100k patients.
+        files: dict[str, BinaryIO] = {}
+        for s, resources in cohort(patients, seed, days, table, options):
+            rows.append(expected_row(s))
+            if fmt == Format.BUNDLE:
+                (fhir / f"{s.pid}.json").write_bytes(dumps(_bundle(s, resources)) + b"\n")
+                continue
             for r in resources:
-                by_type.setdefault(r["resourceType"], []).append(dumps(r))
-    for rtype in sorted(by_type):
-        (fhir / f"{rtype}.ndjson").write_text("\n".join(by_type[rtype]) + "\n", encoding="utf-8")
+                rtype = r["resourceType"]
+                if rtype not in files:
+                    files[rtype] = stack.enter_context((fhir / f"{rtype}.ndjson").open("wb"))
+                files[rtype].write(dumps(r) + b"\n")
+    if options.local_codes:
+        (out / CONCEPT_MAP).write_bytes(orjson.dumps(concept_map(), option=orjson.OPT_SORT_KEYS |
+                                                     orjson.OPT_INDENT_2) + b"\n")
     meta = {"generator": "cart-fhir synth", "table": table.table, "table_version": table.version,
             "seed": seed, "patients": patients, "days": days, "format": fmt.value,
-            "grades": "ASTCT 2019 CRS and ICANS max grade and onset day (day 0 = infusion day, calendar days "
-                      "in the patient's UTC offset), from each patient's scenario",
+            "local_codes": options.local_codes, "noise": options.noise.value,
+            "grades": "ASTCT 2019 CRS and ICANS max grade and onset day; EHA/EBMT ICAHT early (days 0-30) and "
+                      "late (days 31-100) grade; infections with CTCAE v5 grade suggested from treatment "
+                      "(grading.md 6.2) and onset day (day 0 = infusion day, calendar days in the patient's "
+                      "UTC offset), from each patient's scenario",
             "expected": rows}
     (out / "expected.json").write_text(json.dumps(meta, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
                                        encoding="utf-8")

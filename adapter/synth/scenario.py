@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from .late import Cytopenia, Infection, draw_cytopenia, draw_infections
 from .table import ProductRow, Spread, SynthTable, ToxicityRow
 
 OFFSETS = ("+00:00", "+01:00", "+02:00", "-05:00", "-08:00")  # non-UTC offsets catch day-boundary bugs
@@ -41,6 +42,16 @@ class Scenario:
     crs: Episode | None
     icans: Episode | None
     crs_route: str  # how grade >= 2 CRS shows: "hypotension" or "hypoxia"
+    cytopenia: Cytopenia = Cytopenia(10, 0, 0)
+    infections: tuple[Infection, ...] = ()
+
+    @property
+    def pressor_days(self) -> frozenset[int]:
+        """Days with a vasopressor running (CRS grade >= 3 by hypotension, on the peak day)."""
+        crs = self.crs
+        if crs is None or crs.grade < 3 or self.crs_route != "hypotension":
+            return frozenset()
+        return frozenset({crs.peak_day})
 
 
 def _spread(rng: random.Random, s: Spread, lo: int, hi: int) -> int:
@@ -80,4 +91,7 @@ def draw(rng: random.Random, table: SynthTable, number: int, days: int) -> Scena
     crs = _episode(rng, trial.crs, days)
     icans = _episode(rng, trial.icans, days)
     route = rng.choice(("hypotension", "hypoxia"))
-    return Scenario(f"synth-{number:05d}", product, age, day0, tz, crs, icans, route)
+    # Drawn after the CRS/ICANS draws so those stay what earlier versions drew for the same seed.
+    cytopenia = draw_cytopenia(rng, table)
+    infections = draw_infections(rng, table)
+    return Scenario(f"synth-{number:05d}", product, age, day0, tz, crs, icans, route, cytopenia, infections)

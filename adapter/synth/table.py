@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from ..tables import Row, Table, load_yaml_table
@@ -27,12 +29,48 @@ class ToxicityRow(Row):
     duration_days: Spread
     verified: bool
     note: str
+    checked: str = ""  # the source where the row's figures were found (title and URL)
 
     @model_validator(mode="after")
     def _at_most_100(self) -> ToxicityRow:
         if any(p < 0 for p in self.grade_pct) or sum(self.grade_pct) > 100:
             raise ValueError(f"grade_pct {self.grade_pct} must be >= 0 and sum to <= 100")
         return self
+
+
+class GradeMix(Row):
+    """Share of patients whose worst grade is 1, 2, 3, 4 (rest grade 0), with its source."""
+
+    grade_pct: tuple[float, float, float, float]
+    verified: bool
+    source: str
+    note: str
+
+    @model_validator(mode="after")
+    def _at_most_100(self) -> GradeMix:
+        if any(p < 0 for p in self.grade_pct) or sum(self.grade_pct) > 100:
+            raise ValueError(f"grade_pct {self.grade_pct} must be >= 0 and sum to <= 100")
+        return self
+
+
+class Icaht(Row):
+    early: GradeMix
+    late: GradeMix
+
+
+class InfectionRow(Row):
+    """One kind of infection: how many patients get it in a window, when, for how long, and how it is
+    treated (share treated intravenously; the rest orally)."""
+
+    kind: Literal["bacterial", "viral", "other"]
+    key: Literal["bacteremia", "cmv-infection", "pneumonia"]  # rows of mappings/infections.yaml
+    window: Literal["early", "late"]
+    pct: float = Field(ge=0, le=100)
+    onset_day: Spread
+    duration_days: Spread
+    iv_pct: float = Field(ge=0, le=100)
+    verified: bool
+    source: str
 
 
 class Trial(Row):
@@ -54,12 +92,18 @@ class ProductRow(Row):
 class SynthTable(Table):
     products: tuple[ProductRow, ...]
     trials: dict[str, Trial]
+    icaht: Icaht
+    infections: tuple[InfectionRow, ...]
 
     @model_validator(mode="after")
     def _trials_known(self) -> SynthTable:
         unknown = {p.trial for p in self.products} - set(self.trials)
         if unknown:
             raise ValueError(f"products name unknown trials {sorted(unknown)}")
+        for row in self.infections:
+            lo, hi = (1, 30) if row.window == "early" else (31, 90)
+            if not lo <= row.onset_day.range[0] <= row.onset_day.range[1] <= hi:
+                raise ValueError(f"infection {row.key} ({row.window}): onset range must lie in days {lo}-{hi}")
         return self
 
 

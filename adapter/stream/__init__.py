@@ -1,0 +1,1 @@
+"""Streamed, parallel grading of large NDJSON inputs: partition by patient, grade buckets in processes."""
