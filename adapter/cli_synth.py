@@ -14,7 +14,7 @@ from .errors import AdapterError, ConfigError
 from .ingest.read import read_paths
 from .pipeline import Engine
 from .synth.compare import disagreements, expected_outcomes, graded_outcomes
-from .synth.generate import CONCEPT_MAP, FHIR_DIR, Format, Options, write_cohort
+from .synth.generate import CONCEPT_MAP, DEFAULT_OPTIONS, FHIR_DIR, Format, Options, write_cohort
 from .synth.noise import Noise
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def synth_command(patients: int, seed: int, out_dir: str, fmt: str, days: int,
-                  options: Options = Options()) -> int:
+                  options: Options = DEFAULT_OPTIONS) -> int:
     """Write DIR/fhir/ (bundles or NDJSON) and DIR/expected.json; 0 done, 2 bad arguments or unwritable."""
     if patients < 1 or days < 7:
         sys.stderr.write("cart-fhir: error: synth needs --patients >= 1 and --days >= 7\n")

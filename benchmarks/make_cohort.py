@@ -66,8 +66,8 @@ def build_block(block: int, seed: int, days: int) -> tuple[dict[str, list[bytes]
                 cur.clear()
                 start = m.end()
             cur.append(line[start:])
-    for rtype in pieces:
-        pieces[rtype].append(b"".join(current[rtype]))
+    for rtype, done in pieces.items():
+        done.append(b"".join(current[rtype]))
     return pieces, dict(counts)
 
 

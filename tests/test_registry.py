@@ -14,7 +14,15 @@ from helpers import run
 
 from adapter.ingest.read import read_paths
 from adapter.pipeline import Engine
-from adapter.registry import COLUMNS, NOT_APPLICABLE, NOT_ASSESSABLE, NOT_RESOLVED, UNKNOWN, registry_rows, write_csv
+from adapter.registry import (
+    COLUMNS,
+    NOT_APPLICABLE,
+    NOT_ASSESSABLE,
+    NOT_RESOLVED,
+    UNKNOWN,
+    registry_rows,
+    write_csv,
+)
 from adapter.tables import mappings_dir, read_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -21,7 +21,7 @@ from adapter.pipeline import Engine, RunResult
 from adapter.synth.builder import build
 from adapter.synth.compare import disagreements, expected_outcomes, graded_outcomes
 from adapter.synth.generate import Format, Options, write_cohort
-from adapter.synth.late import Cytopenia, Infection
+from adapter.synth.late import QUICK_RECOVERY, Cytopenia, Infection
 from adapter.synth.noise import Noise
 from adapter.synth.scenario import Episode, Scenario
 from adapter.synth.table import load_synth_table
@@ -87,7 +87,7 @@ def test_engine_grades_what_the_scenarios_say(engine: Engine, tmp_path: Path, fm
     assert disagreements(expected_outcomes(expected), graded_outcomes(result)) == []
 
 
-def _scenario(age: int, crs: int, icans: int, route: str, cytopenia: Cytopenia = Cytopenia(10, 0, 0),
+def _scenario(age: int, crs: int, icans: int, route: str, cytopenia: Cytopenia = QUICK_RECOVERY,
               infections: tuple[Infection, ...] = ()) -> Scenario:
     product = next(p for p in load_synth_table().products if p.age[0] <= age <= p.age[1])
     return Scenario(pid="case", product=product, age=age, day0=date(2024, 3, 30), tz="-05:00",

@@ -24,6 +24,7 @@ def _concat(out: IO[bytes], files: Iterator[Path]) -> None:
     for f in files:
         with f.open("rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
+        f.unlink()  # each part feeds one output: freed as it goes, the disk holds the output about once
 
 
 def write_ndjson(folder: Path, parts: Path, results: list[TaskResult]) -> list[str]:
@@ -52,6 +53,7 @@ def write_bundle(target: Path, parts: Path, results: list[TaskResult], bundle_ty
                 with f.open("rb") as src:
                     for line in src:
                         out.write(b",\n" + line.rstrip(b"\n"))
+                f.unlink()
         out.write(b"\n]}\n")
 
 
@@ -65,6 +67,7 @@ def write_summary(target: Path, parts: Path, results: list[TaskResult]) -> None:
                 for line in src:
                     out.write((b"\n  " if first else b",\n  ") + line.rstrip(b"\n"))
                     first = False
+            f.unlink()
         out.write(b"]\n" if first else b"\n]\n")
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from itertools import chain
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,8 @@ def grade_task(task: Task) -> TaskResult:
         return TaskResult(task.index, RunReport(), fatal=(err.message, err.location))
     out = TaskResult(task.index, result.report, shared_used=shared_used)
     _write_parts(engine, result, task, out)
+    if task.kind != "unit-file":  # a bucket (or Bundle line) is read once: free its disk space now, not at the end
+        Path(task.path).unlink()
     _cap_issues(out)
     return out
 

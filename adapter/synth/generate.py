@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,8 +19,8 @@ import orjson
 
 from .builder import build
 from .noise import Noise, add_noise
-from .sitecodes import concept_map, localise
 from .scenario import Episode, Scenario, draw
+from .sitecodes import concept_map, localise
 from .table import SynthTable, load_synth_table
 
 FHIR_DIR = "fhir"  # inputs under DIR/fhir/, so `cart-fhir grade DIR/fhir` never reads expected.json
@@ -36,6 +36,9 @@ class Format(str, Enum):
 class Options:
     local_codes: bool = False  # site codes for some observations, mapped by DIR/conceptmap.json
     noise: Noise = Noise.NONE
+
+
+DEFAULT_OPTIONS = Options()
 
 
 def cohort(patients: int, seed: int, days: int, table: SynthTable | None = None,

@@ -37,6 +37,9 @@ class Cytopenia:
         return max(by500, by100)
 
 
+QUICK_RECOVERY = Cytopenia(10, 0, 0)  # ANC <= 500 for 10 days, never <= 100, no late cytopenia
+
+
 @dataclass(frozen=True, slots=True)
 class Infection:
     kind: str

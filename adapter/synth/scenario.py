@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from .late import Cytopenia, Infection, draw_cytopenia, draw_infections
+from .late import QUICK_RECOVERY, Cytopenia, Infection, draw_cytopenia, draw_infections
 from .table import ProductRow, Spread, SynthTable, ToxicityRow
 
 OFFSETS = ("+00:00", "+01:00", "+02:00", "-05:00", "-08:00")  # non-UTC offsets catch day-boundary bugs
@@ -42,7 +42,7 @@ class Scenario:
     crs: Episode | None
     icans: Episode | None
     crs_route: str  # how grade >= 2 CRS shows: "hypotension" or "hypoxia"
-    cytopenia: Cytopenia = Cytopenia(10, 0, 0)
+    cytopenia: Cytopenia = QUICK_RECOVERY
     infections: tuple[Infection, ...] = ()
 
     @property
