@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
+from itertools import pairwise
 from operator import attrgetter
 
 from .model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
@@ -30,6 +31,8 @@ class Course:
     _day0: date = field(init=False, repr=False)
     _by_concept: dict[str, list[tuple[int, Reading]]] | None = field(default=None, init=False, repr=False,
                                                                     compare=False)
+    _pre_by_concept: dict[str, list[tuple[int, Reading]]] | None = field(default=None, init=False, repr=False,
+                                                                        compare=False)
 
     def __post_init__(self) -> None:
         # Computed once: day_of() runs for every event of the patient.
@@ -50,6 +53,22 @@ class Course:
             for pair in self.readings:
                 self._by_concept.setdefault(pair[1].concept, []).append(pair)
         return self._by_concept.get(concept, [])
+
+    def of_any(self, concepts: tuple[str, ...]) -> list[tuple[int, Reading]]:
+        """`readings` of any of the concepts, in the same order as `readings` (ties between concepts kept)."""
+        if len(concepts) == 1:
+            return self.of(concepts[0])
+        wanted = set(concepts)
+        return [pair for pair in self.readings if pair[1].concept in wanted]
+
+    def pre_of(self, concept: str) -> list[tuple[int, Reading]]:
+        """`pre_readings` of one concept, in the same order; built on first use like of() (baselines look
+        up a few concepts per course instead of scanning every pre-infusion reading per lookup)."""
+        if self._pre_by_concept is None:
+            self._pre_by_concept = {}
+            for pair in self.pre_readings:
+                self._pre_by_concept.setdefault(pair[1].concept, []).append(pair)
+        return self._pre_by_concept.get(concept, [])
 
     def day_of(self, m: Moment) -> int:
         """Day N: calendar date in the infusion's own UTC offset minus day 0 (a bare date is that date)."""
@@ -157,7 +176,7 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
                 first.pre_readings.append((first.day_of(r.when), r))
                 continue
             c.readings.append((c.day_of(r.when), r))
-    for c_prev, c_next in zip(out, out[1:]):
+    for c_prev, c_next in pairwise(out):
         c_next.pre_readings.extend((c_next.day_of(r.when), r) for _, r in c_prev.readings
                                    if r.when.at >= c_prev.infusion.when.at)
     for d in patient.drugs:
@@ -167,9 +186,7 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
             nxt.pre_drugs.append(d)
             # Started before the first infusion: it belongs to the first course only if it was still running.
             first = out[0]
-            if d.end is not None and d.end.at >= first.infusion.when.at and not d.instant:
-                first.drugs.append(d)
-            elif d.end is None and not d.instant:
+            if not d.instant and (d.end is None or d.end.at >= first.infusion.when.at):
                 first.drugs.append(d)
             else:
                 before += 1

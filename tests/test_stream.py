@@ -203,3 +203,46 @@ def test_registry_csv_streamed_equals_in_memory(cohort: Path, tmp_path: Path) ->
         in_memory = list(csv.reader(fh))
     assert streamed[0] == in_memory[0] == registry.COLUMNS
     assert len(streamed) > 1 and sorted(streamed[1:]) == sorted(in_memory[1:])
+
+
+def _stderr_of_cli(args: list[str], tty: bool) -> str:
+    """Run the installed CLI with stderr on a pseudo-terminal (as a person at a terminal sees it) or a pipe."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    cli = [sys.executable, "-m", "adapter.cli"]
+    if not tty:
+        return subprocess.run([*cli, *args], capture_output=True, check=True, timeout=120).stderr.decode()
+    leader, follower = pty.openpty()
+    # a terminal of 24 x 120 (a pty starts at 0 x 0, where tqdm draws nothing)
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen([*cli, *args], stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_and_a_final_report_always(cohort: Path, tmp_path: Path) -> None:
+    on_tty = _stderr_of_cli(["grade", str(cohort), "--out-dir", str(tmp_path / "a"), "--workers", "1"], tty=True)
+    assert "partition" in on_tty and "grade" in on_tty and "bucket" in on_tty  # tqdm's bars, by stage
+    assert "patients/s" in on_tty  # the final report
+    piped = _stderr_of_cli(["grade", str(cohort), "--out-dir", str(tmp_path / "b"), "--workers", "1"], tty=False)
+    assert "partition" not in piped and "\r" not in piped  # no bar in a log file
+    assert "patients/s" in piped
+    quiet = _stderr_of_cli(["grade", str(cohort), "--out-dir", str(tmp_path / "c"), "--workers", "1", "-q"], tty=True)
+    assert quiet.strip() == ""

@@ -167,8 +167,9 @@ class Attributor:
                     yield f"alternative cause: {what} {f.ref} ({f.display}, day {day}; {near})"
             if row.cause != "positive-culture":
                 continue
-            for day, r in course.readings:
-                if (r.concept in s.culture_concepts and r.ref not in evidence
+            # Per toxicity event: only the culture concepts' readings (Course index), not every reading.
+            for day, r in course.of_any(s.culture_concepts):
+                if (r.ref not in evidence
                         and abs(day - onset_day) <= row.within_days
                         and _positive(r.value, s.culture_negative_values)):
                     yield f"alternative cause: positive culture {r.ref} (day {day}; {near})"

@@ -209,8 +209,8 @@ class HematotoxScorer:
 
     def baseline(self, course: Course, w: _Window, concept: str) -> Reading | None:
         """The latest reading of the concept in the window (a bare date on the LD day does not count)."""
-        found = [r for day, r in course.pre_readings
-                 if r.concept == concept and w.start <= r.when.at < w.end
+        found = [r for day, r in course.pre_of(concept)
+                 if w.start <= r.when.at < w.end
                  and not (r.when.date_only and day == w.ld_day)]
         return max(found, key=lambda r: r.when.at, default=None)
 

@@ -94,8 +94,8 @@ def daily_lowest(course: Course, end_day: int, gap: int) -> dict[int, _Day]:
     """H1: the lowest ANC of each day, from the days before day 0 (anchors only) to the end."""
     first = -(gap + 1)
     by_day: dict[int, list[Reading]] = defaultdict(list)
-    for day, r in (*course.pre_readings, *course.readings):
-        if r.concept == "anc" and isinstance(r.value, Quantity) and first <= day <= end_day:
+    for day, r in (*course.pre_of("anc"), *course.of("anc")):
+        if isinstance(r.value, Quantity) and first <= day <= end_day:
             by_day[day].append(r)
     return {d: _Day(min(r.value.value for r in rs if isinstance(r.value, Quantity)), tuple(rs))
             for d, rs in sorted(by_day.items())}

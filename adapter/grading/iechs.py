@@ -176,7 +176,7 @@ class IecHsGrader(GradeSuggester):
         """Peak ferritin (and its ratio to the ULN and the baseline), peak ALT/AST, lowest fibrinogen over the
         episode, whether cytopenia counted, and every screen criterion met (its table row key)."""
         def within(concept: str) -> list[Reading]:
-            return [r for _, r in labs.post.get(concept, []) if span[0] <= r.when.at < span[1]]
+            return [r for _, r in labs.post(concept) if span[0] <= r.when.at < span[1]]
 
         out: list[Component] = []
         if ferritin := within("ferritin"):

@@ -41,30 +41,45 @@ def _q(r: Reading) -> Quantity:
     return cast(Quantity, r.value)  # _Labs keeps only readings with a Quantity value
 
 
-@dataclass(frozen=True, slots=True)
 class _Labs:
-    """Quantity readings by concept, as (day, reading): at/after the infusion (`post`), before it (`pre`)."""
+    """Quantity readings by concept, as (day, reading) in time order: at/after the infusion (`post`), before
+    it (`pre`). Built per concept on first use from the course's per-concept index: the screen asks for
+    about ten concepts, so this no longer walks every reading of the course (~780 at 30 days)."""
 
-    post: dict[str, list[tuple[int, Reading]]]
-    pre: dict[str, list[tuple[int, Reading]]]
+    __slots__ = ("_course", "_post", "_pre")
+
+    def __init__(self, course: Course) -> None:
+        self._course = course
+        self._post: dict[str, list[tuple[int, Reading]]] = {}
+        self._pre: dict[str, list[tuple[int, Reading]]] = {}
 
     @classmethod
     def of(cls, course: Course) -> _Labs:
-        post: dict[str, list[tuple[int, Reading]]] = {}
-        pre: dict[str, list[tuple[int, Reading]]] = {}
-        for target, source in ((post, course.readings), (pre, course.pre_readings)):
-            for day, r in sorted(source, key=lambda x: x[1].when.at):
-                if isinstance(r.value, Quantity):
-                    target.setdefault(r.concept, []).append((day, r))
-        return cls(post, pre)
+        return cls(course)
+
+    def post(self, concept: str) -> list[tuple[int, Reading]]:
+        found = self._post.get(concept)
+        if found is None:
+            found = self._post[concept] = _quantities(self._course.of(concept))
+        return found
+
+    def pre(self, concept: str) -> list[tuple[int, Reading]]:
+        found = self._pre.get(concept)
+        if found is None:
+            found = self._pre[concept] = _quantities(self._course.pre_of(concept))
+        return found
 
     def after(self, concept: str, first_day: int) -> list[tuple[int, Reading]]:
-        return [(d, r) for d, r in self.post.get(concept, []) if d >= first_day]
+        return [(d, r) for d, r in self.post(concept) if d >= first_day]
 
     def series(self, concept: str) -> list[tuple[int, Reading, bool]]:
         """Every reading of a concept in time order; the flag says it is at/after the infusion."""
-        return ([(d, r, False) for d, r in self.pre.get(concept, [])]
-                + [(d, r, True) for d, r in self.post.get(concept, [])])
+        return ([(d, r, False) for d, r in self.pre(concept)]
+                + [(d, r, True) for d, r in self.post(concept)])
+
+
+def _quantities(pairs: list[tuple[int, Reading]]) -> list[tuple[int, Reading]]:
+    return [(d, r) for d, r in pairs if isinstance(r.value, Quantity)]
 
 
 class ScreenCriteria:
@@ -90,10 +105,10 @@ class ScreenCriteria:
     def baseline(self, labs: _Labs, concept: str) -> tuple[int, Reading] | None:
         """The last value at or before the infusion within baseline-lookback-days, else the first of day 0."""
         lookback = self.s["baseline-lookback-days"]
-        pre = [(d, r) for d, r in labs.pre.get(concept, []) if d >= -lookback]
+        pre = [(d, r) for d, r in labs.pre(concept) if d >= -lookback]
         if pre:
             return pre[-1]
-        return next(((d, r) for d, r in labs.post.get(concept, []) if d == 0), None)
+        return next(((d, r) for d, r in labs.post(concept) if d == 0), None)
 
     # ---- screen criteria (grading.md 3.1, 3.3 item 1) --------------------------------------------
 

@@ -112,7 +112,7 @@ class GradeSuggester(ScreenCriteria):
     def _creatinine_rule(self, labs: _Labs, rule: GradeRule, lookback: datetime, start: datetime,
                          end: datetime | None) -> RuleMatch:
         """A new creatinine rise above factor x the pre-infusion baseline (not already above it before)."""
-        series = labs.post.get("creatinine", [])
+        series = labs.post("creatinine")
         base = self.baseline(labs, "creatinine")
         if base is None:
             return RuleMatch(flags=("creatinine-baseline-missing",) if series else ())

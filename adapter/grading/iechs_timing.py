@@ -56,7 +56,7 @@ class _Timing:
         self.by_day = {d.day: d for d in crs_days}
         self.episodes = list(crs_episodes)
         rew = rules["timing-reworsening"]
-        self.series = {c: labs.post.get(c, []) for c in rew.concepts}
+        self.series = {c: labs.post(c) for c in rew.concepts}
         fall, rise = rew.fall_fraction or 0, rew.rise_fraction or 0
         self.marks = {c: {id(r): text for r, text in _reworsening(s, fall, rise)}
                       for c, s in self.series.items()}

@@ -312,7 +312,8 @@ class InfectionGrader:
             for d in course.drugs:
                 if d.role in row.drug_roles and self._interval_overlaps(d, start, end, horizon):
                     out.append((row, d.ref))
-            out += [(row, r.ref) for _, r in course.readings if _device_in(r, row.oxygen_devices, start, end)]
+            out += [(row, r.ref) for _, r in course.of("oxygen-device")
+                    if _device_in(r, row.oxygen_devices, start, end)]
         return out
 
     def _end(self, f: ConditionFact) -> datetime:

@@ -124,7 +124,7 @@ class NeuroOtherGrader:
         by_day = {d.day: d for d in icans_days}
         runs: list[tuple[list[tuple[int, Reading]], tuple[int, Reading] | None]] = []
         current: list[tuple[int, Reading]] = []
-        for day, r in sorted(((d, r) for d, r in course.readings if r.concept == "motor" and d >= 0),
+        for day, r in sorted(((d, r) for d, r in course.of("motor") if d >= 0),
                              key=lambda dr: dr[1].when.at):
             if r.value == m.resolved_finding:
                 if current:
@@ -182,8 +182,8 @@ class NeuroOtherGrader:
         for row in self.t.support:
             if row.category != category:
                 continue
-            support = [(d, r) for d, r in course.readings
-                       if r.concept == "oxygen-device" and r.value == row.device
+            support = [(d, r) for d, r in course.of("oxygen-device")
+                       if r.value == row.device
                        and day <= d and (end_day is None or d <= end_day)]
             if support:
                 grades.append(row.grade)

@@ -166,8 +166,8 @@ class TreatmentOutcomes(TreatmentLinker):
         if row.target == "grade-at-most":
             dg = self._first_day_at_most(e, by_day, d0, row.value)
             return (dg.window[0], dg.day, dg.evidence, row) if dg else None
-        for day, r in course.readings:
-            if r.concept != row.target or r.when.at <= t0 or type(r.value) is not int or r.value != row.value:
+        for day, r in course.of(row.target):
+            if r.when.at <= t0 or type(r.value) is not int or r.value != row.value:
                 continue
             age = course.age_on(day)
             if row.target == "capd-score" and (age is None or age > self.capd_max_age):

@@ -114,8 +114,11 @@ def _lines(path: Path, names: tuple[str, ...]) -> Iterator[Item]:
         for raw in fh:
             i, n, line = raw.split(b"\t", 2)
             name, lineno = names[int(i)], int(n)
-            res = orjson.loads(line)  # parsed once already in phase 1: it is JSON
             loc = Location(name, line=lineno)
+            try:
+                res = orjson.loads(line)  # phase 1 parsed it already; kept exact if phase 1 ever stops parsing
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(f"not valid JSON: {exc}", loc) from exc
             if type(res) is not dict or type(res.get("resourceType")) is not str:
                 raise _bad_resource(res, loc)
             if "id" in res and (type(res["id"]) is not str or not res["id"]):

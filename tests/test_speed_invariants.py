@@ -1,0 +1,80 @@
+"""Invariants that the speed-ups rely on: a faster computation must give exactly what the plain one gives."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from adapter.model import Infusion, Moment, PatientData, Reading
+from adapter.output.ids import _NS, full_url
+from adapter.timeline import courses
+
+
+@pytest.mark.parametrize(("system", "value"), [
+    pytest.param("urn:cart-fhir:observation", "Patient/p1|crs|2023-05-01", id="ascii"),
+    pytest.param("", "", id="empty"),
+    pytest.param("http://example.org/ids", "é|ü|ß|日本", id="non-ascii-utf8"),
+    pytest.param("s", "x" * 1000, id="long-value"),
+    pytest.param("a|b", "|", id="separator-inside"),
+    pytest.param("tab\tnewline\n", "\x00\x1f", id="control-chars"),
+])
+def test_full_url_equals_uuid5(system: str, value: str) -> None:
+    # ids.full_url computes uuid5 by hand (faster); it must stay the RFC 4122 uuid5 of "system|value".
+    assert full_url(system, value) == f"urn:uuid:{uuid.uuid5(_NS, f'{system}|{value}')}"
+
+
+def _moment(at: datetime) -> Moment:
+    return Moment(at=at, date_only=False)
+
+
+_TZ = timezone(timedelta(hours=-5))
+_T0 = datetime(2024, 3, 1, 10, 0, tzinfo=_TZ)
+
+
+@pytest.mark.parametrize("infusion_hours", [
+    pytest.param((0,), id="one-course"),
+    pytest.param((0, 24 * 10), id="re-infusion-day10"),
+    pytest.param((0, 24 * 10, 24 * 20), id="three-courses"),
+])
+def test_course_readings_are_time_ordered(infusion_hours: tuple[int, ...]) -> None:
+    # iechs_screen._Labs.of reads course.readings and pre_readings without re-sorting them.
+    hours = [37, -30, 5, 250, -2, 1, 480, 240, 100, 500, -100, 3]  # unsorted on purpose, mixed offsets
+    readings = [Reading("temperature", _moment((_T0 + timedelta(hours=h)).astimezone(
+        UTC if i % 2 else _TZ)), 38.0, f"Observation/o{i}", f"Observation/o{i}")
+        for i, h in enumerate(hours)]
+    patient = PatientData(key="Patient/p", id="p", reference={"reference": "Patient/p"}, birth_date=None,
+                          readings=readings,
+                          infusions=[Infusion(ref=f"MedicationAdministration/i{h}",
+                                              when=_moment(_T0 + timedelta(hours=h)), product="x")
+                                     for h in infusion_hours])
+    out, _ = courses(patient)
+    assert len(out) == len(infusion_hours)
+    for c in out:
+        for pairs in (c.readings, c.pre_readings):
+            ats = [r.when.at for _, r in pairs]
+            assert ats == sorted(ats)
+
+
+@pytest.mark.parametrize("concepts", [
+    pytest.param(("temperature",), id="one-concept"),
+    pytest.param(("temperature", "spo2"), id="two-concepts-interleaved"),
+    pytest.param(("spo2", "temperature"), id="two-concepts-other-order"),
+    pytest.param(("absent",), id="concept-without-readings"),
+])
+def test_course_concept_index_equals_scan(concepts: tuple[str, ...]) -> None:
+    # Graders read Course.of / of_any / pre_of instead of scanning every reading: same pairs, same order,
+    # also when readings of two concepts share one time (a tie the index must not reorder).
+    hours = [-30, -30, -2, 1, 1, 5, 37, 37, 100]
+    readings = [Reading(("temperature", "spo2")[i % 2], _moment(_T0 + timedelta(hours=h)), float(i),
+                        f"Observation/o{i}") for i, h in enumerate(hours)]
+    patient = PatientData(key="Patient/p", id="p", reference={"reference": "Patient/p"}, birth_date=None,
+                          readings=readings,
+                          infusions=[Infusion(ref="MedicationAdministration/i", when=_moment(_T0), product="x")])
+    (course,), _ = courses(patient)
+    assert course.of_any(concepts) == [p for p in course.readings if p[1].concept in concepts]
+    for c in concepts:
+        assert course.of(c) == [p for p in course.readings if p[1].concept == c]
+        assert course.pre_of(c) == [p for p in course.pre_readings if p[1].concept == c]
+    assert course.pre_readings and course.readings  # both sides of day 0 are exercised
