@@ -78,3 +78,81 @@ def test_course_concept_index_equals_scan(concepts: tuple[str, ...]) -> None:
         assert course.of(c) == [p for p in course.readings if p[1].concept == c]
         assert course.pre_of(c) == [p for p in course.pre_readings if p[1].concept == c]
     assert course.pre_readings and course.readings  # both sides of day 0 are exercised
+
+
+# ---- extraction caches (round 3) ----------------------------------------------------------------------
+
+from typing import Any  # noqa: E402
+
+from adapter.errors import BadInput  # noqa: E402
+from adapter.ingest.codes import Terminology  # noqa: E402
+from adapter.ingest.extract import Extractor  # noqa: E402
+from adapter.ingest.index import Indexed  # noqa: E402
+from adapter.ingest.read import Item  # noqa: E402
+from adapter.ingest.units import UnitConverter  # noqa: E402
+from adapter.report import RunReport  # noqa: E402
+from adapter.tables import load_tables  # noqa: E402
+
+_LOINC = "http://loinc.org"
+_SITE = "urn:site:lab"
+_SITE_MAP = {"resourceType": "ConceptMap", "group": [{"source": _SITE, "target": _LOINC, "element": [
+    {"code": "CRP-SERUM", "target": [{"code": "1988-5", "equivalence": "equivalent"}]}]}]}
+
+
+@pytest.fixture(scope="module")
+def term() -> Terminology:
+    return Terminology(load_tables(), [("site-map", _SITE_MAP)])
+
+
+@pytest.mark.parametrize("cc", [
+    pytest.param({"coding": [{"system": _LOINC, "code": "8310-5"}]}, id="known-first"),
+    pytest.param({"coding": [{"system": _SITE, "code": "CRP-SERUM"}]}, id="conceptmap-local"),
+    pytest.param({"coding": [{"system": _LOINC, "code": "0000-0"}]}, id="unknown"),
+    pytest.param({"coding": [{"system": _LOINC, "code": "0000-0"}, {"system": _LOINC, "code": "8310-5"}]},
+                 id="known-second"),
+    pytest.param({"coding": [{"code": "8310-5"}]}, id="no-system"),
+    pytest.param({"coding": [{"system": [_LOINC], "code": "8310-5"}]}, id="unhashable-system"),
+    pytest.param({"coding": ["8310-5", {"system": _LOINC, "code": "8310-5"}]}, id="first-not-object"),
+    pytest.param({"coding": {"system": _LOINC, "code": "8310-5"}}, id="coding-not-list"),
+    pytest.param({"coding": []}, id="empty"),
+    pytest.param("8310-5", id="string"),
+    pytest.param(None, id="absent"),
+])
+def test_concept_fast_path_equals_translated_lookup(term: Terminology, cc: Any) -> None:
+    # Terminology.concept tries the first coding with one try/except; it must agree with the validating loop.
+    plain = next((term._concepts[p] for p in term._pairs(cc) if p in term._concepts), None)
+    assert term.concept(cc) is plain
+
+
+def _extractor() -> Extractor:
+    return Extractor(Terminology(load_tables()), UnitConverter({}, {("[degF]", "Cel"): (5 / 9, -160 / 9)}),
+                     RunReport())
+
+
+_AT = Indexed({"resourceType": "Observation"}, "Observation/o1", Item({}, None, "in.ndjson", 1))
+
+
+@pytest.mark.parametrize("quantities", [
+    pytest.param(({"value": 98, "code": "%"}, {"value": 98.0, "code": "%"}), id="int-then-float"),
+    pytest.param(({"value": 100.4, "code": "[degF]"}, {"value": 100.4, "code": "[degF]"}), id="converted-repeat"),
+    pytest.param(({"value": 5, "code": "%", "comparator": "<"}, {"value": 5, "code": "%"}), id="comparator"),
+    pytest.param(({"value": 0.0, "code": "%"}, {"value": -0.0, "code": "%"}), id="signed-zero"),
+    pytest.param(({"value": 1, "code": "%"}, {"value": True, "code": "%"}), id="bool-after-one"),
+    pytest.param(({"value": 1, "code": "%"}, {"value": 1, "code": "%", "unit": ["%"]}), id="unhashable"),
+    pytest.param(({"value": 37, "unit": "Cel"}, {"value": 37, "code": "", "unit": "Cel"}), id="unit-only"),
+])
+def test_quantity_cache_equals_uncached(quantities: tuple[dict[str, Any], ...]) -> None:
+    # _quantity keeps each checked, converted Quantity of a patient; every lookup must give what a fresh
+    # conversion gives (value with its sign and type, comparator) or raise the same error.
+    ext, row = _extractor(), next(r for r in load_tables().concepts.rows if r.kind == "quantity")
+    for q in quantities:
+        cached_row = row.model_copy(update={"unit": "Cel" if "Cel" in str(q) or "degF" in str(q) else "%"})
+        try:
+            want: Any = ext._convert_quantity(q, cached_row, "p", _AT)
+        except BadInput as exc:
+            want = str(exc)
+        try:
+            got: Any = ext._quantity(q, cached_row, "p", _AT)
+        except BadInput as exc:
+            got = str(exc)
+        assert got == want and repr(got) == repr(want)
