@@ -282,13 +282,23 @@ class Extractor:
         made = 0
         if own:
             assert concept is not None
-            value = self._value(res, concept, "Observation", ent)
+            # Quantities (most readings) go straight to _quantity: the checks _value would make first are
+            # the two conditions here. Calls saved per Observation: _value, and _range when there is none.
+            quantity = concept.kind == "quantity"
+            if quantity and type(q := res.get("valueQuantity")) is dict and "dataAbsentReason" not in res:
+                value = self._quantity(q, concept, "Observation", ent)
+            else:
+                value = self._value(res, concept, "Observation", ent)
             if value is not None:
-                low, high = self._range(res, concept, ent) if concept.kind == "quantity" else (None, None)
+                low, high = self._range(res, concept, ent) if quantity and "referenceRange" in res else (None, None)
                 data.readings.append(Reading(concept.concept, when, value, key, key, low, high))
                 made += 1
         for row, comp in sub:
-            value = self._value(comp, row, _component_path(row.code), ent)
+            if row.kind == "quantity" and type(q := comp.get("valueQuantity")) is dict \
+                    and "dataAbsentReason" not in comp:  # as above: a BP panel's two components
+                value = self._quantity(q, row, _component_path(row.code), ent)
+            else:
+                value = self._value(comp, row, _component_path(row.code), ent)
             if value is not None:
                 data.readings.append(Reading(row.concept, when, value, key, key))
                 made += 1
