@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
+from adapter.errors import BadInput
+from adapter.ingest.codes import Terminology
+from adapter.ingest.extract import Extractor
+from adapter.ingest.index import Indexed
+from adapter.ingest.read import Item
+from adapter.ingest.units import UnitConverter
 from adapter.model import Infusion, Moment, PatientData, Reading
 from adapter.output.ids import _NS, full_url
+from adapter.report import RunReport
+from adapter.tables import load_tables
 from adapter.timeline import courses
 
 
@@ -81,17 +90,6 @@ def test_course_concept_index_equals_scan(concepts: tuple[str, ...]) -> None:
 
 
 # ---- extraction caches (round 3) ----------------------------------------------------------------------
-
-from typing import Any  # noqa: E402
-
-from adapter.errors import BadInput  # noqa: E402
-from adapter.ingest.codes import Terminology  # noqa: E402
-from adapter.ingest.extract import Extractor  # noqa: E402
-from adapter.ingest.index import Indexed  # noqa: E402
-from adapter.ingest.read import Item  # noqa: E402
-from adapter.ingest.units import UnitConverter  # noqa: E402
-from adapter.report import RunReport  # noqa: E402
-from adapter.tables import load_tables  # noqa: E402
 
 _LOINC = "http://loinc.org"
 _SITE = "urn:site:lab"
