@@ -700,6 +700,8 @@ MALFORMED_RESOURCES = [
                  ["not a valid FHIR dateTime"], id="unparseable-effective"),
     pytest.param(lambda b: b.temp_raw(2, "08:00", {"value": 38.0, "unit": "Cel", "comparator": "~"}),
                  ["comparator"], id="bad-comparator"),
+    pytest.param(lambda b: b.temp_raw(2, "08:00", {"value": 38.0, "unit": "Cel", "comparator": ["<"]}),
+                 ["comparator"], id="comparator-not-a-string"),
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from datetime import date, timezone
+from datetime import UTC, date, timezone
 from typing import Any
 
 from ..errors import BadInput, Location
@@ -30,7 +30,7 @@ def _component_path(code: str) -> str:
 
 # effective[x] / performed[x] elements that hold one time, in the order they are read.
 _TIME_ELEMENTS = {p: (p + "DateTime", p + "Instant") for p in ("effective", "performed")}
-UTC = timezone.utc
+UTC = UTC
 
 
 class Extractor:
@@ -410,7 +410,7 @@ class Extractor:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", at.loc)
         comparator = q.get("comparator")
-        if comparator is not None and comparator not in COMPARATORS:
+        if comparator is not None and (type(comparator) is not str or comparator not in COMPARATORS):
             raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", at.loc)
         code = q.get("code")
         if not isinstance(code, str):
