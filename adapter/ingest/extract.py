@@ -30,7 +30,6 @@ def _component_path(code: str) -> str:
 
 # effective[x] / performed[x] elements that hold one time, in the order they are read.
 _TIME_ELEMENTS = {p: (p + "DateTime", p + "Instant") for p in ("effective", "performed")}
-UTC = UTC
 
 
 class Extractor:
