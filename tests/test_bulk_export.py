@@ -14,11 +14,12 @@ import responses
 import urllib3
 from fhirbuild import PatientBuilder, bundle_of
 
+from adapter.cli_bulk import bulk_export_command
 from adapter.errors import BadInput
 from adapter.ingest.read import read_paths
 from adapter.pipeline import Engine
 from adapter.remote.auth import BearerToken
-from adapter.remote.bulk import BulkExport, PollPolicy, bulk_export_command
+from adapter.remote.bulk import BulkExport, PollPolicy
 from adapter.remote.errors import ServerError
 from adapter.remote.http import FhirHttp, RetryPolicy
 

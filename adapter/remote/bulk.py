@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -304,33 +303,3 @@ def _expected_end(resp: requests.Response, start: int) -> int | None:
     if resp.headers.get("Content-Encoding") or not (length and length.isdigit()):
         return None
     return start + int(length)
-
-
-def bulk_export_command(base_url: str, out_dir: str, group: str | None, since: str | None,
-                        types: str | None, restart: bool = False) -> int:
-    """`cart-fhir bulk-export`: export, download, then grade the NDJSON into out_dir/graded/bundle.json."""
-    from adapter.ingest.read import read_paths
-    from adapter.pipeline import Engine
-
-    from .connect import make_auth
-    from .http import RetryPolicy
-    from .settings import load_settings
-
-    settings = load_settings({"base_url": base_url})
-    with FhirHttp(settings.base_url, auth=make_auth(settings), timeout=settings.timeout,
-                  retry=RetryPolicy(attempts=settings.retries)) as http:
-        paths = BulkExport(http).run(out_dir, group=group, since=since, types=types, restart=restart)
-    sys.stderr.write(f"cart-fhir: downloaded {len(paths)} NDJSON file(s) to {out_dir}\n")
-    if not paths:
-        return 0
-    engine = Engine()
-    result = engine.grade(read_paths(paths))
-    bundle = engine.bundle(engine.resources(result, datetime.now(UTC).replace(microsecond=0)))
-    target = Path(out_dir) / "graded" / "bundle.json"  # a subfolder: grading the folder again skips it
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-    for line in result.report.summary_lines():
-        sys.stderr.write(line + "\n")
-    sys.stderr.write(f"cart-fhir: graded bundle written to {target}\n")
-    return 0
-
