@@ -26,7 +26,7 @@ from .tally import Tally, tally
 from .worker import Outputs, Task, TaskResult, grade_task, init
 
 BUCKET_BYTES = 64 << 20  # input per bucket: one bucket's in-memory grading is what a worker holds
-MAX_BUCKETS = 512  # open files in phase 1 (1 MB buffer each)
+MAX_BUCKETS = 512  # open files in phase 1 (a 256 KB buffer each, partition.py)
 
 
 class StreamInputErrors(InputErrors):
