@@ -45,10 +45,11 @@ class BadInput(AdapterError):
 class InputErrors(AdapterError):
     """Several BadInput problems collected over one run (strict mode fails on any of them)."""
 
-    def __init__(self, errors: list[BadInput]) -> None:
+    def __init__(self, errors: list[BadInput], total: int | None = None) -> None:
         self.errors = errors
+        self.total = len(errors) if total is None else total  # a streamed run lists only the first ones
         first = errors[0] if errors else None
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        more = f" (and {self.total - 1} more)" if self.total > 1 else ""
         super().__init__(f"{first}{more}")
 
 

@@ -61,7 +61,7 @@ def read_bytes(data: bytes, name: str) -> Iterator[Item]:
     stripped = data.lstrip()
     if not stripped:
         raise BadInput("file is empty", Location(name))
-    if name.endswith(".ndjson") or _looks_like_ndjson(stripped):
+    if name.endswith(".ndjson") or looks_like_ndjson(stripped):
         yield from _read_ndjson(data, name)
         return
     try:
@@ -93,7 +93,8 @@ def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
         yield from read_bytes(data, str(path))
 
 
-def _looks_like_ndjson(stripped: bytes) -> bool:
+def looks_like_ndjson(stripped: bytes) -> bool:
+    """Whether input starting with these bytes (leading whitespace stripped; the first line whole) is NDJSON."""
     # A JSON document spanning several lines starts with "{" and its first line is not a whole object.
     first = stripped.split(b"\n", 1)[0].strip()
     if not first.startswith(b"{") or b"\n" not in stripped.strip():
@@ -117,14 +118,15 @@ def _read_ndjson(data: bytes, name: str) -> Iterator[Item]:
             raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
         rtype = res.get("resourceType") if type(res) is dict else None
         if type(rtype) is not str or "id" in res and (type(res["id"]) is not str or not res["id"]):
-            _check_resource(res, Location(name, line=n))  # raises the precise error
+            check_resource(res, Location(name, line=n))  # raises the precise error
         if rtype == "Bundle":
             yield from _bundle_items(res, name, n)
         else:
             yield Item(res, None, name, n)
 
 
-def _check_resource(res: Any, loc: Location) -> None:
+def check_resource(res: Any, loc: Location) -> None:
+    """Raise the precise BadInput for a parsed line or entry that is not a resource (or has a bad id)."""
     if not isinstance(res, dict):
         raise BadInput("expected a FHIR resource (a JSON object)", loc)
     rtype = res.get("resourceType")
@@ -149,7 +151,7 @@ def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterat
         res = entry.get("resource")
         if res is None:
             continue  # a DELETE in a transaction, or a response entry without a body
-        _check_resource(res, loc)
+        check_resource(res, loc)
         full_url = entry.get("fullUrl")
         if full_url is not None and not isinstance(full_url, str):
             raise BadInput("Bundle entry fullUrl must be a string", loc)

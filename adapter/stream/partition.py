@@ -12,6 +12,7 @@ import orjson
 
 from ..errors import BadInput, Location
 from ..ingest.index import SUBJECT_ELEMENT, ref_key
+from ..ingest.read import looks_like_ndjson
 
 SHARED = "shared.lines"
 _BUFFER = 1 << 20  # reading an input file, and the unit of progress reports
@@ -70,15 +71,13 @@ def is_ndjson(path: Path) -> bool:
     if path.suffix == ".ndjson":
         return True
     with path.open("rb") as fh:
-        first = fh.readline().strip()
-        more = fh.read(4096).strip()
-    if not first.startswith(b"{") or not more:
-        return False
-    try:
-        obj = orjson.loads(first)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and obj.get("resourceType") not in (None, "Bundle")
+        first = b""
+        for raw in fh:  # the first non-blank line, whole (the in-memory reader strips leading whitespace too)
+            if raw.strip():
+                first = raw
+                break
+        more = fh.read(4096)
+    return looks_like_ndjson((first + more).lstrip())
 
 
 def partition(paths: list[Path], work: Path, buckets: int, advance: Callable[[int], None]) -> Partition:

@@ -29,14 +29,6 @@ BUCKET_BYTES = 64 << 20  # input per bucket: one bucket's in-memory grading is w
 MAX_BUCKETS = 512  # open files in phase 1 (a 256 KB buffer each, partition.py)
 
 
-class StreamInputErrors(InputErrors):
-    """Strict mode found bad input; `errors` is capped, `total` counts them all."""
-
-    def __init__(self, errors: list[BadInput], total: int) -> None:
-        super().__init__(errors)
-        self.total = total
-
-
 @dataclass(slots=True)
 class StreamJob:
     inputs: list[str]
@@ -97,7 +89,7 @@ def run_stream(job: StreamJob, recorded: datetime | None = None) -> Tally:
         t2 = time.monotonic()
         t = tally(results, part)
         if job.strict and t.errors_total:
-            raise StreamInputErrors([BadInput(i.message, i.location) for i in t.errors], t.errors_total)
+            raise InputErrors([BadInput(i.message, i.location) for i in t.errors], t.errors_total)
         _assemble(job, stage, parts, results)
         shutil.rmtree(work)
         t.timings = {"partition": t1 - start, "grade": t2 - t1, "assemble": time.monotonic() - t2,

@@ -14,7 +14,7 @@ import orjson
 
 from ..errors import AdapterError, BadInput, Location
 from ..ingest.index import ref_key
-from ..ingest.read import Item, read_bundle, read_paths
+from ..ingest.read import Item, check_resource, read_bundle, read_paths
 from ..pipeline import BundleType, Engine, RunResult
 from ..report import Issue, RunReport
 
@@ -119,23 +119,15 @@ def _lines(path: Path, names: tuple[str, ...]) -> Iterator[Item]:
                 res = orjson.loads(line)  # phase 1 parsed it already; kept exact if phase 1 ever stops parsing
             except orjson.JSONDecodeError as exc:
                 raise BadInput(f"not valid JSON: {exc}", loc) from exc
-            if type(res) is not dict or type(res.get("resourceType")) is not str:
-                raise _bad_resource(res, loc)
-            if "id" in res and (type(res["id"]) is not str or not res["id"]):
-                raise BadInput(f"{res['resourceType']}.id must be a non-empty string, got {res['id']!r}", loc)
+            if type(res) is not dict or type(res.get("resourceType")) is not str or "id" in res and (
+                    type(res["id"]) is not str or not res["id"]):
+                check_resource(res, loc)  # raises the in-memory reader's precise error
             if res["resourceType"] == "Bundle":
                 for item in read_bundle(res, name):
                     item.line = lineno
                     yield item
             else:
                 yield Item(res, None, name, lineno)
-
-
-def _bad_resource(res: Any, loc: Location) -> BadInput:
-    """The in-memory reader's messages for a line that is JSON but not a resource."""
-    if not isinstance(res, dict):
-        return BadInput("expected a FHIR resource (a JSON object)", loc)
-    return BadInput("resource has no resourceType", loc)
 
 
 def _tap_shared(items: Iterator[Item], shared: frozenset[str], used: set[str]) -> Iterator[Item]:
