@@ -360,7 +360,7 @@ RECORDED = datetime(2025, 1, 1, tzinfo=timezone.utc)  # fixed run time: identica
 
 def grading_pass(engine: Any, cohort: Cohort) -> dict[str, Any]:
     """One CLI-equivalent pass (no file I/O); returns stage times and the objects for checking."""
-    from adapter.ingest.read import read_bytes
+    from cart_fhir.ingest.read import read_bytes
 
     t0 = time.perf_counter()
     result = engine.grade(read_bytes(cohort.data, cohort.name))
@@ -380,9 +380,9 @@ def max_rss_mb() -> float:
 
 def source_fingerprint() -> str:
     """sha256 (12 hex) of the adapter's .py files and the mapping tables, as read now: ties figures to code."""
-    import adapter
+    import cart_fhir
 
-    pkg = Path(adapter.__file__).resolve().parent
+    pkg = Path(cart_fhir.__file__).resolve().parent
     files = sorted(pkg.rglob("*.py"))
     for maps in (pkg.parent / "mappings", pkg / "_data" / "mappings"):
         if maps.is_dir():
@@ -405,7 +405,7 @@ def current_rss_mb() -> float | None:
 
 def sanity(result: Any, plans: dict[str, Plan]) -> dict[str, Any]:
     """Planned vs graded maximum grade per patient (a smoke check that the cohort exercises the graders)."""
-    from adapter.grading.result import Toxicity
+    from cart_fhir.grading.result import Toxicity
 
     graded: dict[str, dict[str, int]] = {}
     for pr in result.patients:
@@ -456,9 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.patients < 1 or args.days < 1 or args.repeat < 1:
         ap.error("--patients, --days and --repeat must be >= 1")
 
-    import adapter
-    from adapter.errors import InputErrors
-    from adapter.pipeline import Engine
+    import cart_fhir
+    from cart_fhir.errors import InputErrors
+    from cart_fhir.pipeline import Engine
 
     fingerprint = source_fingerprint()  # the modules were imported just now: this is the code measured
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fhir_server_fixture import running_server
 from fhirbuild import PatientBuilder, bundle_of
 
-from adapter.cli import main
+from cart_fhir.cli import main
 
 OUR_TYPES = ("Observation", "Condition", "AdverseEvent", "Provenance", "Device")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Write a large Bulk-Data style NDJSON cohort by tiling a block of `adapter.synth` patients.
+"""Write a large Bulk-Data style NDJSON cohort by tiling a block of `cart_fhir.synth` patients.
 
 `cart-fhir synth` takes ~5 s per 100 patients and 100k x 30 days is ~32 GB, so this script generates a
-base block of B distinct patients once (`adapter.synth.generate.cohort`) and writes it N/B times. Copy 0
+base block of B distinct patients once (`cart_fhir.synth.generate.cohort`) and writes it N/B times. Copy 0
 is the block as generated; copy i >= 1 gets the suffix `-t{i}` after the patient id wherever it occurs as
 an id, an id prefix, a reference or the MRN (``"synth-00001"`` -> ``"synth-00001-t3"``,
 ``"synth-00001-temp-12"`` -> ``"synth-00001-t3-temp-12"``, ``"Patient/synth-00001"`` ->
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from adapter.synth.generate import cohort
+from cart_fhir.synth.generate import cohort
 
 META = "cohort.meta"
 _SERIAL = orjson.OPT_SORT_KEYS  # same key order as `cart-fhir synth`

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from adapter.grading.result import Toxicity
-from adapter.ingest.read import read_bytes
-from adapter.pipeline import Engine, RunResult
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.ingest.read import read_bytes
+from cart_fhir.pipeline import Engine, RunResult
 
 RECORDED = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import adapter
+import cart_fhir
 
-PKG = Path(adapter.__file__).resolve().parent
+PKG = Path(cart_fhir.__file__).resolve().parent
 FORBIDDEN_IN_PURE = ("fhir", "fhirpy", "flask", "requests", "responses", "orjson", "yaml", "urllib", "socket",
-                     "adapter.ingest", "adapter.output", "adapter.cli", "adapter.pipeline")
+                     "cart_fhir.ingest", "cart_fhir.output", "cart_fhir.cli", "cart_fhir.pipeline")
 PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/result.py", "model.py",
         "timeline.py", "grading/treatments.py", "grading/iechs.py", "grading/icaht.py", "grading/hematotox.py",
         "grading/infections.py", "grading/neuro_other.py", "grading/attribution.py", "grading/iechs_table.py",
@@ -29,7 +29,7 @@ def imports(path: Path) -> set[str]:
             if node.level:  # relative: resolve against the module's package
                 parts = path.relative_to(PKG).parent.parts
                 parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
-                base = ".".join(("adapter", *parts, base)).rstrip(".")
+                base = ".".join(("cart_fhir", *parts, base)).rstrip(".")
             out.add(base)
     return out
 

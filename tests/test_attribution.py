@@ -16,11 +16,11 @@ from fhirbuild import PatientBuilder
 from helpers import run
 from pydantic import ValidationError
 
-from adapter.grading.attribution import AttributionRulesTable, Attributor, Suspect, lower
-from adapter.grading.result import Toxicity
-from adapter.model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
-from adapter.tables import load_yaml_table
-from adapter.timeline import Course
+from cart_fhir.grading.attribution import AttributionRulesTable, Attributor, Suspect, lower
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
+from cart_fhir.tables import load_yaml_table
+from cart_fhir.timeline import Course
 
 TZ = timezone(timedelta(hours=1))
 DAY0 = datetime(2024, 5, 1, 10, 0, tzinfo=TZ)

@@ -14,14 +14,14 @@ import responses
 import urllib3
 from fhirbuild import PatientBuilder, bundle_of
 
-from adapter.cli_bulk import bulk_export_command
-from adapter.errors import BadInput
-from adapter.ingest.read import read_paths
-from adapter.pipeline import Engine
-from adapter.remote.auth import BearerToken
-from adapter.remote.bulk import BulkExport, PollPolicy
-from adapter.remote.errors import ServerError
-from adapter.remote.http import FhirHttp, RetryPolicy
+from cart_fhir.cli_bulk import bulk_export_command
+from cart_fhir.errors import BadInput
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.pipeline import Engine
+from cart_fhir.remote.auth import BearerToken
+from cart_fhir.remote.bulk import BulkExport, PollPolicy
+from cart_fhir.remote.errors import ServerError
+from cart_fhir.remote.http import FhirHttp, RetryPolicy
 
 BASE = "https://fhir.example.org/fhir"
 KICK = f"{BASE}/Patient/$export"
@@ -394,7 +394,7 @@ def test_bulk_export_command_resumes_against_the_test_server(fhir, tmp_path, mon
 
 
 def test_cli_refuses_other_parameters_in_one_line_and_restart_kicks_off(mock, tmp_path, monkeypatch, capsys):
-    from adapter.cli import main
+    from cart_fhir.cli import main
 
     for var in ("CART_FHIR_TOKEN", "CART_FHIR_TOKEN_FILE", "CART_FHIR_CLIENT_ID", "CART_FHIR_SERVER_AUTH"):
         monkeypatch.delenv(var, raising=False)

@@ -19,7 +19,7 @@ ENTRY_POINT = Path(sys.executable).parent / "cart-fhir"
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed `cart-fhir` console script, from a folder outside the source tree."""
-    cmd = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "adapter.cli"]
+    cmd = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "cart_fhir.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=Path(__file__).parent / "data",
                           timeout=120)
 

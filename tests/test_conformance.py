@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from adapter.cli_validate import validate_command
-from adapter.conformance import Checker, Package
-from adapter.conformance.validate import validate_bundle
+from cart_fhir.cli_validate import validate_command
+from cart_fhir.conformance import Checker, Package
+from cart_fhir.conformance.validate import validate_bundle
 
 BASE = "https://cart-fhir.org/fhir/test"
 PROFILE = f"{BASE}/StructureDefinition/test-adverse-event"
@@ -234,8 +234,8 @@ GOLDEN = sorted((Path(__file__).parent / "data" / "golden").glob("*.out.json"))
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.name for p in GOLDEN])
 def test_golden_output_conforms_to_published_profiles(path: Path) -> None:
-    from adapter.conformance import default_package_dir
-    from adapter.errors import ConfigError
+    from cart_fhir.conformance import default_package_dir
+    from cart_fhir.errors import ConfigError
 
     try:
         package = Package.load(default_package_dir())
@@ -248,10 +248,10 @@ def test_tables_must_use_only_published_project_codes(tmp_path: Path) -> None:
     """Start-up check (issue 6, one source of truth): a mapping row with a code the profiles do not define."""
     import shutil
 
-    from adapter.conformance import default_package_dir
-    from adapter.conformance.tables_check import check_tables
-    from adapter.errors import ConfigError
-    from adapter.tables import mappings_dir
+    from cart_fhir.conformance import default_package_dir
+    from cart_fhir.conformance.tables_check import check_tables
+    from cart_fhir.errors import ConfigError
+    from cart_fhir.tables import mappings_dir
 
     package = Package.load(default_package_dir())
     shipped = tmp_path / "mappings"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import RECORDED, episodes
 
-from adapter.ingest.read import read_paths
+from cart_fhir.ingest.read import read_paths
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"

@@ -15,10 +15,10 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-from adapter.grading.hematotox import HematotoxScorer, HematotoxTable
-from adapter.grading.result import Assessment, State, Toxicity
-from adapter.pipeline import Engine
-from adapter.tables import load_yaml_table
+from cart_fhir.grading.hematotox import HematotoxScorer, HematotoxTable
+from cart_fhir.grading.result import Assessment, State, Toxicity
+from cart_fhir.pipeline import Engine
+from cart_fhir.tables import load_yaml_table
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 SCORER = HematotoxScorer()

@@ -14,10 +14,10 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-from adapter.grading.icaht import IcahtGrader, IcahtTable, cumulative, days_text
-from adapter.grading.result import Findings, State, Toxicity
-from adapter.pipeline import Engine
-from adapter.tables import load_yaml_table
+from cart_fhir.grading.icaht import IcahtGrader, IcahtTable, cumulative, days_text
+from cart_fhir.grading.result import Findings, State, Toxicity
+from cart_fhir.pipeline import Engine
+from cart_fhir.tables import load_yaml_table
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 GRADER = IcahtGrader()

@@ -11,8 +11,8 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import daily, episodes, run
 
-from adapter.grading.result import Toxicity
-from adapter.tables import load_tables
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.tables import load_tables
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 CHILD_7 = {"birth": "2017-02-01"}   # 7 years old on 2024-05-01

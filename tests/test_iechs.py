@@ -17,11 +17,11 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-from adapter.errors import ConfigError
-from adapter.grading import iechs
-from adapter.grading.iechs import IecHsGrader, IecHsTable
-from adapter.grading.result import Findings, State, Toxicity
-from adapter.model import Moment, Quantity, Reading
+from cart_fhir.errors import ConfigError
+from cart_fhir.grading import iechs
+from cart_fhir.grading.iechs import IecHsGrader, IecHsTable
+from cart_fhir.grading.result import Findings, State, Toxicity
+from cart_fhir.model import Moment, Quantity, Reading
 
 GRADER = IecHsGrader()
 T = GRADER.t

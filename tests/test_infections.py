@@ -16,12 +16,12 @@ from fhirbuild import PatientBuilder
 from helpers import run
 from test_architecture import FORBIDDEN_IN_PURE, PKG, imports
 
-from adapter.errors import ConfigError
-from adapter.grading.infections import MISSING_DEATH_CAUSE, MISSING_TREATMENT, NCIT, InfectionGrader, \
+from cart_fhir.errors import ConfigError
+from cart_fhir.grading.infections import MISSING_DEATH_CAUSE, MISSING_TREATMENT, NCIT, InfectionGrader, \
     InfectionGradingTable
-from adapter.grading.result import Event, State
-from adapter.tables import InfectionRow, load_tables, load_yaml_table
-from adapter.timeline import Course
+from cart_fhir.grading.result import Event, State
+from cart_fhir.tables import InfectionRow, load_tables, load_yaml_table
+from cart_fhir.timeline import Course
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 SCT = "http://snomed.info/sct"
@@ -425,7 +425,7 @@ def _culture(b: PatientBuilder, day: int, organism: str | None, interpretation: 
     pytest.param("Escherichia coli", "NEG", 0, id="micro-interpretation-neg-wins"),
 ])
 def test_positive_blood_culture_is_an_infection(engine, organism, interpretation, expected) -> None:
-    from adapter.grading.result import Toxicity
+    from cart_fhir.grading.result import Toxicity
 
     b = PatientBuilder()
     _culture(b, 5, organism, interpretation)
@@ -440,7 +440,7 @@ def test_positive_blood_culture_is_an_infection(engine, organism, interpretation
 
 
 def test_culture_within_14_days_of_a_diagnosed_infection_is_the_same_episode(engine) -> None:
-    from adapter.grading.result import Toxicity
+    from cart_fhir.grading.result import Toxicity
 
     b = PatientBuilder()
     b.coded_condition(SCT, "5758002", 5, "10:00")  # bacteremia diagnosed
@@ -459,7 +459,7 @@ def test_culture_within_14_days_of_a_diagnosed_infection_is_the_same_episode(eng
                  id="micro-cmv-below-limit"),
 ])
 def test_pcr_and_viral_load_results(engine, loinc, value, positive) -> None:
-    from adapter.grading.result import Toxicity
+    from cart_fhir.grading.result import Toxicity
 
     b = PatientBuilder()
     b.obs({"system": "http://loinc.org", "code": loinc}, 20, "09:00", "pcr", category="laboratory", **value)

@@ -17,11 +17,11 @@ import pytest
 from fhirbuild import BASE, LOINC, RXNORM, UCUM, PatientBuilder, bundle_of
 from helpers import daily, run
 
-from adapter.errors import BadInput, ConfigError, InputErrors
-from adapter.ingest.read import read_bytes, read_paths
-from adapter.ingest.units import UnitError
-from adapter.pipeline import Engine, RunResult
-from adapter.timeline import Course
+from cart_fhir.errors import BadInput, ConfigError, InputErrors
+from cart_fhir.ingest.read import read_bytes, read_paths
+from cart_fhir.ingest.units import UnitError
+from cart_fhir.pipeline import Engine, RunResult
+from cart_fhir.timeline import Course
 
 G = "graded"
 CS_OBS = f"{BASE}/CodeSystem/cart-observation"

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 
-import adapter
-from adapter.tables import mappings_dir
+import cart_fhir
+from cart_fhir.tables import mappings_dir
 
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
 SOURCE_TREE = Path(__file__).resolve().parent.parent
-FROM_WHEEL = Path(adapter.__file__).resolve().is_relative_to(SITE)
+FROM_WHEEL = Path(cart_fhir.__file__).resolve().is_relative_to(SITE)
 
 
 @pytest.mark.skipif(not FROM_WHEEL and os.environ.get("CI") != "true",
                     reason="an editable install imports the source tree; `pip install .` (as in CI) imports the wheel")
 def test_package_and_tables_come_from_the_installed_wheel() -> None:
-    assert FROM_WHEEL, f"CI must test the installed wheel, but adapter was imported from {adapter.__file__}"
-    assert not Path(adapter.__file__).resolve().is_relative_to(SOURCE_TREE / "adapter")
-    assert mappings_dir().resolve() == (SITE / "adapter" / "_data" / "mappings").resolve()
+    assert FROM_WHEEL, f"CI must test the installed wheel, but adapter was imported from {cart_fhir.__file__}"
+    assert not Path(cart_fhir.__file__).resolve().is_relative_to(SOURCE_TREE / "adapter")
+    assert mappings_dir().resolve() == (SITE / "cart_fhir" / "_data" / "mappings").resolve()
 
 
 def test_every_mapping_file_is_shipped() -> None:

@@ -14,9 +14,9 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-from adapter.grading.neuro_other import ASSESSMENT_CODE, MISSING, NeuroGradingTable, NeuroOtherGrader
-from adapter.grading.result import Findings, State, Toxicity
-from adapter.tables import NeuroEventTable, load_yaml_table
+from cart_fhir.grading.neuro_other import ASSESSMENT_CODE, MISSING, NeuroGradingTable, NeuroOtherGrader
+from cart_fhir.grading.result import Findings, State, Toxicity
+from cart_fhir.tables import NeuroEventTable, load_yaml_table
 
 SCT = "http://snomed.info/sct"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"

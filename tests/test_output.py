@@ -8,9 +8,9 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import RECORDED, run
 
-from adapter.constants import BASE
-from adapter.pipeline import Engine
-from adapter.validate import validate_resources
+from cart_fhir.constants import BASE
+from cart_fhir.pipeline import Engine
+from cart_fhir.validate import validate_resources
 
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"

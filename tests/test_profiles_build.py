@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapter import __version__, constants
+from cart_fhir import __version__, constants
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -63,7 +63,7 @@ def test_generated_output_is_current() -> None:
 def test_config_version_is_the_package_version() -> None:
     config = (PROFILES / "sushi-config.yaml").read_text(encoding="utf-8")
     assert re.search(rf"^version:\s*{re.escape(__version__)}\s*$", config, re.MULTILINE), \
-        f"profiles/sushi-config.yaml version must be {__version__} (adapter/__init__.py)"
+        f"profiles/sushi-config.yaml version must be {__version__} (adapter/cart_fhir/__init__.py)"
 
 
 def test_every_structure_definition_has_a_snapshot() -> None:

@@ -12,9 +12,9 @@ import pytest
 from fhirbuild import RX, PatientBuilder
 from helpers import run
 
-from adapter.ingest.read import read_paths
-from adapter.pipeline import Engine
-from adapter.registry import (
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.pipeline import Engine
+from cart_fhir.registry import (
     COLUMNS,
     NOT_APPLICABLE,
     NOT_ASSESSABLE,
@@ -23,7 +23,7 @@ from adapter.registry import (
     registry_rows,
     write_csv,
 )
-from adapter.tables import mappings_dir, read_yaml
+from cart_fhir.tables import mappings_dir, read_yaml
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCT = "http://snomed.info/sct"

@@ -16,8 +16,8 @@ import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from adapter.errors import ConfigError
-from adapter.remote.auth import (
+from cart_fhir.errors import ConfigError
+from cart_fhir.remote.auth import (
     ASSERTION_TYPE,
     BearerToken,
     NoAuth,
@@ -27,8 +27,8 @@ from adapter.remote.auth import (
     public_jwk,
     public_jwks,
 )
-from adapter.remote.errors import AuthFailed, ServerError, ServerUnreachable
-from adapter.remote.http import FhirHttp
+from cart_fhir.remote.errors import AuthFailed, ServerError, ServerUnreachable
+from cart_fhir.remote.http import FhirHttp
 
 BASE = "https://fhir.example.org/fhir"
 DISCOVERY = f"{BASE}/.well-known/smart-configuration"

@@ -12,11 +12,11 @@ import pytest
 import requests
 import responses
 
-from adapter import __version__
-from adapter.errors import ConfigError
-from adapter.remote.auth import BearerToken
-from adapter.remote.errors import AuthFailed, ServerError, ServerUnreachable, outcome_text
-from adapter.remote.http import FhirHttp, RetryPolicy
+from cart_fhir import __version__
+from cart_fhir.errors import ConfigError
+from cart_fhir.remote.auth import BearerToken
+from cart_fhir.remote.errors import AuthFailed, ServerError, ServerUnreachable, outcome_text
+from cart_fhir.remote.http import FhirHttp, RetryPolicy
 
 BASE = "https://fhir.example.org/fhir"
 PATIENT = f"{BASE}/Patient/p1"
@@ -493,7 +493,7 @@ def test_debug_log_has_path_status_attempt_but_no_secrets(
         json={"resourceType": "Bundle", "entry": [{"resource": {"name": [{"family": "Doe"}]}}]},
     )
     http = FhirHttp(BASE, auth=BearerToken("sekrit-token"), sleep=sleeps.append)
-    with caplog.at_level(logging.DEBUG, logger="adapter.remote"):
+    with caplog.at_level(logging.DEBUG, logger="cart_fhir.remote"):
         http.request("GET", "Patient", params={"identifier": "urn:mrn|MRN-777"}, headers={"X-Trace": "t"})
     text = caplog.text
     assert "GET /fhir/Patient -> 503" in text and "(attempt 1)" in text

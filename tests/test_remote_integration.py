@@ -12,10 +12,10 @@ import pytest
 import requests
 from fhirbuild import PatientBuilder, bundle_of
 
-from adapter.cli import main
-from adapter.constants import ID_EPISODE, ID_GRADE
-from adapter.remote.client import FhirClient
-from adapter.remote.http import FhirHttp
+from cart_fhir.cli import main
+from cart_fhir.constants import ID_EPISODE, ID_GRADE
+from cart_fhir.remote.client import FhirClient
+from cart_fhir.remote.http import FhirHttp
 
 OUR_TYPES = ("Observation", "Condition", "AdverseEvent", "Provenance", "Device")
 FAST = ["--retries", "4"]
@@ -109,7 +109,7 @@ def _daily_crs(fhir: Any) -> dict[str, tuple[str, int]]:
 
 def test_everything_and_the_search_fallback_read_the_same(fhir, engine):
     seed(fhir, crs_patient("p1", extra_days=30))
-    from adapter.remote.read import PatientReader
+    from cart_fhir.remote.read import PatientReader
 
     def read(page_size: int) -> tuple[list[str], dict[str, int]]:
         client = FhirClient(FhirHttp(fhir.base_url), page_size=page_size)
@@ -253,7 +253,7 @@ def _key(tmp_path: Any, kind: str) -> tuple[str, dict[str, Any]]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from adapter.remote.auth import load_private_key, public_jwks
+    from cart_fhir.remote.auth import load_private_key, public_jwks
 
     key = rsa.generate_private_key(65537, 2048) if kind == "RS384" else ec.generate_private_key(ec.SECP384R1())
     path = tmp_path / f"{kind}.pem"
@@ -278,9 +278,9 @@ def test_smart_backend_services_grade_and_write_back(fhir, tmp_path, alg):
 
 
 def test_smart_reauthenticates_once_after_the_token_expires(fhir, tmp_path, engine):
-    from adapter.remote.connect import connect
-    from adapter.remote.read import PatientReader
-    from adapter.remote.settings import load_settings
+    from cart_fhir.remote.connect import connect
+    from cart_fhir.remote.read import PatientReader
+    from cart_fhir.remote.settings import load_settings
 
     seed(fhir, crs_patient("p1"))
     key, jwks = _key(tmp_path, "ES384")

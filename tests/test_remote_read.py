@@ -9,11 +9,11 @@ import pytest
 import responses
 from fhirbuild import PatientBuilder
 
-from adapter.errors import BadInput
-from adapter.pipeline import Engine
-from adapter.remote.client import Capabilities, FhirClient
-from adapter.remote.http import FhirHttp
-from adapter.remote.read import OBSERVATION_LOOKBACK_DAYS, PatientReader
+from cart_fhir.errors import BadInput
+from cart_fhir.pipeline import Engine
+from cart_fhir.remote.client import Capabilities, FhirClient
+from cart_fhir.remote.http import FhirHttp
+from cart_fhir.remote.read import OBSERVATION_LOOKBACK_DAYS, PatientReader
 
 BASE = "https://ehr.example.org/fhir"
 

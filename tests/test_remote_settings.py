@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.cli import main
-from adapter.errors import ConfigError
-from adapter.remote.connect import make_auth
-from adapter.remote.settings import load_settings
+from cart_fhir.cli import main
+from cart_fhir.errors import ConfigError
+from cart_fhir.remote.connect import make_auth
+from cart_fhir.remote.settings import load_settings
 
 
 def test_layers_flags_over_environment_over_file(tmp_path):

@@ -10,13 +10,13 @@ import pytest
 import responses
 from helpers import RECORDED
 
-from adapter.cli_remote import written_from_bundle
-from adapter.ingest.read import read_paths
-from adapter.pipeline import Engine, PatientResources
-from adapter.remote.client import FhirClient
-from adapter.remote.http import FhirHttp, RetryPolicy
-from adapter.remote.locks import PatientLocks
-from adapter.remote.write import ResultWriter, _levels
+from cart_fhir.cli_remote import written_from_bundle
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.pipeline import Engine, PatientResources
+from cart_fhir.remote.client import FhirClient
+from cart_fhir.remote.http import FhirHttp, RetryPolicy
+from cart_fhir.remote.locks import PatientLocks
+from cart_fhir.remote.write import ResultWriter, _levels
 
 BASE = "https://fhir.example.org/r4"
 FHIR = {"Content-Type": "application/fhir+json"}

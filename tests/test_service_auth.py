@@ -12,8 +12,8 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapter.errors import ConfigError
-from adapter.service import create_app
+from cart_fhir.errors import ConfigError
+from cart_fhir.service import create_app
 
 AUD = "https://cart-fhir.example.org"
 ISS = "https://ehr.example.org/auth"
@@ -116,7 +116,7 @@ def test_public_endpoints_need_no_token(app):
 
 
 def test_write_back_needs_write_scopes(engine, tmp_path, fhir):
-    from adapter.remote.settings import load_settings
+    from cart_fhir.remote.settings import load_settings
 
     jwks = tmp_path / "jwks.json"
     jwks.write_bytes(orjson.dumps({"keys": [_jwk(RSA_KEY, "rsa-1", "RS384")]}))

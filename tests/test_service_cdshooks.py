@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fhirbuild import PatientBuilder, bundle_of
 from helpers import run
 
-from adapter.grading.result import Toxicity
-from adapter.pipeline import Engine
-from adapter.service.app import create_app
-from adapter.service.cards import SOURCE_URLS, SUMMARY_MAX, TABLES, criteria_of, toxicity_cards, trend
-from adapter.tables import mappings_dir
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.pipeline import Engine
+from cart_fhir.service.app import create_app
+from cart_fhir.service.cards import SOURCE_URLS, SUMMARY_MAX, TABLES, criteria_of, toxicity_cards, trend
+from cart_fhir.tables import mappings_dir
 
 EHR = "https://ehr.example.org/fhir"
 TIMELINE = "https://apps.example.org/cart-timeline/launch"

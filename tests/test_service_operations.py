@@ -11,8 +11,8 @@ import pytest
 from fhirbuild import PatientBuilder, bundle_of
 from helpers import RECORDED
 
-from adapter.ingest.read import read_paths
-from adapter.service import create_app
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.service import create_app
 
 EXAMPLE = Path("examples/crs-grade2-tocilizumab.json")
 FHIR = "application/fhir+json"
@@ -187,7 +187,7 @@ def test_health_ready_and_openapi(client):
 
 @pytest.fixture()
 def upstream_app(engine, fhir):
-    from adapter.remote.settings import load_settings
+    from cart_fhir.remote.settings import load_settings
 
     server = load_settings({"base_url": fhir.base_url, "retries": 2}, None, {})
     return create_app({"testing": True, "auth": False, "server": server, "tables": engine.tables})
@@ -228,7 +228,7 @@ def test_patient_operation_upstream_errors(upstream_app, fhir, engine):
     fhir.fault(status=503, times=10)
     busy = client.post("/fhir/Patient/p1/$grade-toxicity")
     assert busy.status_code == 502 and "HTTP 503" in outcome_texts(busy)[0]
-    from adapter.remote.settings import load_settings
+    from cart_fhir.remote.settings import load_settings
 
     down = create_app({"testing": True, "auth": False, "tables": engine.tables,
                        "server": load_settings({"base_url": "http://127.0.0.1:9/fhir", "retries": 1}, None, {})})

@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from adapter.errors import ConfigError
-from adapter.service.errors import ServiceError
-from adapter.service.security import CdsJwtVerifier, JwksSource, Principal, TokenVerifier, check_scopes
+from cart_fhir.errors import ConfigError
+from cart_fhir.service.errors import ServiceError
+from cart_fhir.service.security import CdsJwtVerifier, JwksSource, Principal, TokenVerifier, check_scopes
 
 AUD = "https://cart.example.org/fhir"
 ISS = "https://auth.example.org"

@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 def _cart_fhir() -> list[str]:
     script = Path(sys.executable).with_name("cart-fhir")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "adapter.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cart_fhir.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from adapter.errors import BadInput
-from adapter.ingest.codes import Terminology
-from adapter.ingest.extract import Extractor
-from adapter.ingest.index import Indexed
-from adapter.ingest.read import Item
-from adapter.ingest.units import UnitConverter
-from adapter.model import Infusion, Moment, PatientData, Reading
-from adapter.output.ids import _NS, full_url
-from adapter.report import RunReport
-from adapter.tables import load_tables
-from adapter.timeline import courses
+from cart_fhir.errors import BadInput
+from cart_fhir.ingest.codes import Terminology
+from cart_fhir.ingest.extract import Extractor
+from cart_fhir.ingest.index import Indexed
+from cart_fhir.ingest.read import Item
+from cart_fhir.ingest.units import UnitConverter
+from cart_fhir.model import Infusion, Moment, PatientData, Reading
+from cart_fhir.output.ids import _NS, full_url
+from cart_fhir.report import RunReport
+from cart_fhir.tables import load_tables
+from cart_fhir.timeline import courses
 
 
 @pytest.mark.parametrize(("system", "value"), [

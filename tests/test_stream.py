@@ -1,4 +1,4 @@
-"""Streamed, parallel grading (adapter/stream): same results as the in-memory path, deterministic, all or nothing."""
+"""Streamed, parallel grading (adapter/cart_fhir/stream): same results as the in-memory path, deterministic, all or nothing."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from adapter.cli import main
-from adapter.ingest.read import expand_paths, read_paths
-from adapter.pipeline import Engine
-from adapter.stream.partition import bucket_of, partition, route
-from adapter.stream.run import StreamJob, run_stream
-from adapter.synth.generate import Format, write_cohort
+from cart_fhir.cli import main
+from cart_fhir.ingest.read import expand_paths, read_paths
+from cart_fhir.pipeline import Engine
+from cart_fhir.stream.partition import bucket_of, partition, route
+from cart_fhir.stream.run import StreamJob, run_stream
+from cart_fhir.synth.generate import Format, write_cohort
 
 RECORDED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 TYPES = ("Device", "Observation", "Condition", "AdverseEvent", "Provenance")
@@ -93,7 +93,7 @@ def test_workers_do_not_change_the_bytes_and_the_parent_never_grades(cohort: Pat
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
 def test_dask_local_mode_gives_the_same_bytes_as_the_local_run(cohort: Path, tmp_path: Path, scheduler: str) -> None:
-    """The registry-scale path (adapter/stream/dask.py) maps the same bucket tasks over Dask: same files, same bytes."""
+    """The registry-scale path (adapter/cart_fhir/stream/dask.py) maps the same bucket tasks over Dask: same files, same bytes."""
     local = _run([cohort], tmp_path / "local", workers=1, buckets=3)
     on_dask = _run([cohort], tmp_path / "dask", workers=1, buckets=3, dask=scheduler)
     assert on_dask.report.patients == local.report.patients == 6
@@ -190,7 +190,7 @@ def test_bundle_and_summary_from_parts(engine: Engine, cohort: Path, tmp_path: P
 
 
 def test_registry_csv_streamed_equals_in_memory(cohort: Path, tmp_path: Path) -> None:
-    from adapter import registry
+    from cart_fhir import registry
 
     code = main(["grade", str(cohort), "--out-dir", str(tmp_path / "o"), "--workers", "1",
                  "--registry-csv", str(tmp_path / "r.csv"), "-q"])
@@ -215,7 +215,7 @@ def _stderr_of_cli(args: list[str], tty: bool) -> str:
     import sys
     import termios
 
-    cli = [sys.executable, "-m", "adapter.cli"]
+    cli = [sys.executable, "-m", "cart_fhir.cli"]
     if not tty:
         return subprocess.run([*cli, *args], capture_output=True, check=True, timeout=120).stderr.decode()
     leader, follower = pty.openpty()

@@ -13,18 +13,18 @@ import pytest
 from fhirbuild import bundle_of
 from helpers import run
 
-from adapter.cli_synth import check_command, synth_command
-from adapter.errors import ConfigError
-from adapter.grading.result import Toxicity
-from adapter.ingest.read import read_paths
-from adapter.pipeline import Engine, RunResult
-from adapter.synth.builder import build
-from adapter.synth.compare import disagreements, expected_outcomes, graded_outcomes
-from adapter.synth.generate import Format, Options, write_cohort
-from adapter.synth.late import QUICK_RECOVERY, Cytopenia, Infection
-from adapter.synth.noise import Noise
-from adapter.synth.scenario import Episode, Scenario
-from adapter.synth.table import load_synth_table
+from cart_fhir.cli_synth import check_command, synth_command
+from cart_fhir.errors import ConfigError
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.pipeline import Engine, RunResult
+from cart_fhir.synth.builder import build
+from cart_fhir.synth.compare import disagreements, expected_outcomes, graded_outcomes
+from cart_fhir.synth.generate import Format, Options, write_cohort
+from cart_fhir.synth.late import QUICK_RECOVERY, Cytopenia, Infection
+from cart_fhir.synth.noise import Noise
+from cart_fhir.synth.scenario import Episode, Scenario
+from cart_fhir.synth.table import load_synth_table
 
 
 def _files(folder: Path) -> dict[str, bytes]:

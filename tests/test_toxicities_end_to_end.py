@@ -7,8 +7,8 @@ from typing import Any
 from fhirbuild import PatientBuilder
 from helpers import RECORDED, run
 
-from adapter.summary import episode_rows
-from adapter.validate import validate_resources
+from cart_fhir.summary import episode_rows
+from cart_fhir.validate import validate_resources
 
 SCT = "http://snomed.info/sct"
 

@@ -16,11 +16,11 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-import adapter
-from adapter.errors import ConfigError
-from adapter.grading.result import State, Toxicity
-from adapter.grading.treatments import AgentRow, TreatmentAnalyzer, TreatmentResponse, load_treatment_table
-from adapter.pipeline import Engine
+import cart_fhir
+from cart_fhir.errors import ConfigError
+from cart_fhir.grading.result import State, Toxicity
+from cart_fhir.grading.treatments import AgentRow, TreatmentAnalyzer, TreatmentResponse, load_treatment_table
+from cart_fhir.pipeline import Engine
 
 CRS, ICANS = Toxicity.CRS, Toxicity.ICANS
 IT = "72607000"  # SNOMED CT intrathecal route
@@ -467,7 +467,7 @@ def test_unknown_agent_stops_start_up() -> None:
 
 
 def test_module_is_pure() -> None:
-    path = Path(adapter.__file__).resolve().parent / "grading" / "treatments.py"
+    path = Path(cart_fhir.__file__).resolve().parent / "grading" / "treatments.py"
     tree = ast.parse(path.read_text())
     mods = {(n.level, n.module) for n in tree.body if isinstance(n, ast.ImportFrom)}
     mods |= {(0, a.name) for n in tree.body if isinstance(n, ast.Import) for a in n.names}

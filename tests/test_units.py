@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapter.ingest.units import UnitConverter, UnitError
-from adapter.tables import load_tables
+from cart_fhir.ingest.units import UnitConverter, UnitError
+from cart_fhir.tables import load_tables
 
 TABLE = load_tables().units
 

@@ -42,7 +42,7 @@ class StreamJob:
     strict: bool = True
     concept_maps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     progress: bool = False
-    dask: str | None = None  # a Dask scheduler name or address: phase 2 on Dask (adapter/stream/dask.py)
+    dask: str | None = None  # a Dask scheduler name or address: phase 2 on Dask (adapter/cart_fhir/stream/dask.py)
 
 
 def cpu_count() -> int:

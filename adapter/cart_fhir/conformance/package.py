@@ -15,11 +15,11 @@ Code = tuple[str, str]  # (system, code)
 def default_package_dir() -> Path:
     """The generated profiles: inside the installed wheel, else profiles/fsh-generated in a checkout."""
     here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "_data" / "profiles", here.parent / "profiles" / "fsh-generated" / "resources"):
+    for candidate in (here / "_data" / "profiles", here.parent.parent / "profiles" / "fsh-generated" / "resources"):
         if candidate.is_dir():
             return candidate
     raise ConfigError(f"profiles not found (looked in {here / '_data' / 'profiles'} and "
-                      f"{here.parent / 'profiles' / 'fsh-generated' / 'resources'})")
+                      f"{here.parent.parent / 'profiles' / 'fsh-generated' / 'resources'})")
 
 
 def _canonical(url: str) -> str:

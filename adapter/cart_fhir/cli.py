@@ -183,7 +183,7 @@ def _registry_csv(result: Any) -> bytes:
 
 
 def _stream_command(args: argparse.Namespace) -> int:
-    """The streamed path (adapter/stream): partition by patient, grade buckets in worker processes."""
+    """The streamed path (adapter/cart_fhir/stream): partition by patient, grade buckets in worker processes."""
     from .stream.run import StreamJob, run_stream
 
     if not args.inputs:

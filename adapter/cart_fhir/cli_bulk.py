@@ -1,4 +1,4 @@
-"""`cart-fhir bulk-export`: its arguments and dispatch (the work is in adapter/remote/bulk.py)."""
+"""`cart-fhir bulk-export`: its arguments and dispatch (the work is in adapter/cart_fhir/remote/bulk.py)."""
 
 from __future__ import annotations
 

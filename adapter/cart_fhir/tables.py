@@ -17,10 +17,10 @@ from .errors import ConfigError
 def mappings_dir() -> Path:
     """The mappings folder: inside the installed wheel, else beside the package in a source checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "_data" / "mappings", here.parent / "mappings"):
+    for candidate in (here / "_data" / "mappings", here.parent.parent / "mappings"):
         if (candidate / "concepts.yaml").is_file():
             return candidate
-    raise ConfigError(f"mapping tables not found (looked in {here / '_data' / 'mappings'} and {here.parent / 'mappings'})")
+    raise ConfigError(f"mapping tables not found (looked in {here / '_data' / 'mappings'} and {here.parent.parent / 'mappings'})")
 
 
 class Row(BaseModel):

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from adapter.errors import ConfigError
+from cart_fhir.errors import ConfigError
 
 from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
 

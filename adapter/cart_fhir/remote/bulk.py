@@ -15,7 +15,7 @@ import orjson
 import requests
 import urllib3
 
-from adapter.errors import BadInput, Location
+from cart_fhir.errors import BadInput, Location
 
 from .bulk_state import ExportParams, ExportState, clear_state, load_state, save_state, state_path
 from .errors import AuthFailed, ServerError, ServerUnreachable, outcome_text

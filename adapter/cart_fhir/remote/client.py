@@ -1,4 +1,4 @@
-"""cart-fhir's one FHIR client: fhirpy's search vocabulary over our own transport (adapter/remote/http.py).
+"""cart-fhir's one FHIR client: fhirpy's search vocabulary over our own transport (adapter/cart_fhir/remote/http.py).
 
 fhirpy's SyncFHIRClient sends every call with module-level `requests.request` (no pooling, no timeout, HTTP
 status lost on errors, no Retry-After; shared/notes/python-libraries.md section 2), so its one I/O hook,

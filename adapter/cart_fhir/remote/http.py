@@ -18,8 +18,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from adapter import __version__
-from adapter.errors import ConfigError
+from cart_fhir import __version__
+from cart_fhir.errors import ConfigError
 
 from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
 

@@ -1,5 +1,5 @@
 """Blood counts, inflammation markers and infections of one synthetic patient as FHIR Observations,
-Conditions and MedicationAdministrations (the scenario's Cytopenia and Infections, adapter/synth/late.py).
+Conditions and MedicationAdministrations (the scenario's Cytopenia and Infections, adapter/cart_fhir/synth/late.py).
 
 ANC (LOINC 751-8, 10*3/uL): day -6 baseline (CAR-HEMATOTOX, grading.md 5.2: before lymphodepletion), daily on
 days 0-30 (early ICAHT, 4.1), twice weekly on days 31-100 and once on day 104 (late ICAHT, 4.2; the value after

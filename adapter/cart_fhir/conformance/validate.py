@@ -11,7 +11,7 @@ from .package import Package
 
 
 def _base_issues(resource: dict[str, Any]) -> list[Issue]:
-    """Base R4 structure through adapter/validate.py (the one module importing the R4B models)."""
+    """Base R4 structure through adapter/cart_fhir/validate.py (the one module importing the R4B models)."""
     rtype = str(resource.get("resourceType", "?"))
     try:
         validate_resources([resource])

@@ -1,7 +1,7 @@
 """One synthetic patient's course drawn from the trial distributions: product, age, CRS and ICANS episodes.
 
 Pure: a `random.Random` in, a frozen Scenario out. The scenario is the ground truth that expected.json
-records; the FHIR builder only realises it (adapter/synth/builder.py).
+records; the FHIR builder only realises it (adapter/cart_fhir/synth/builder.py).
 """
 
 from __future__ import annotations
