@@ -12,15 +12,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-from pydantic import ValidationError
-
+from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable, Attributor, Suspect, lower
+from cart_fhir.grading.registry import GRADERS, check_registry, load_all
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
 from cart_fhir.tables import load_yaml_table
 from cart_fhir.timeline import Course
+from fhirbuild import PatientBuilder
+from helpers import run
+from pydantic import ValidationError
 
 TZ = timezone(timedelta(hours=1))
 DAY0 = datetime(2024, 5, 1, 10, 0, tzinfo=TZ)
@@ -252,11 +253,15 @@ def test_overlapping_windows_are_refused() -> None:
         AttributionRulesTable.model_validate(data)
 
 
-def test_unknown_toxicity_is_refused() -> None:
+def test_unknown_toxicity_is_refused_at_start_up() -> None:
+    """Toxicity names are the registry's (an open set): the start-up check refuses a rule naming another."""
     data = ATTR.t.model_dump(mode="json")
     data["windows"][0]["toxicity"] = "cytokine-storm"
-    with pytest.raises(ValidationError, match="unknown toxicities"):
-        AttributionRulesTable.model_validate(data)
+    rules = AttributionRulesTable.model_validate(data)
+    tables = load_all()
+    broken = tables.model_copy(update={"extra": {**tables.extra, AttributionRulesTable: rules}})
+    with pytest.raises(ConfigError, match="attribution-rules.yaml: unknown toxicities"):
+        check_registry(GRADERS, broken)
 
 
 def test_every_attribution_row_has_a_case() -> None:

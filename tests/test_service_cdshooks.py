@@ -13,19 +13,21 @@ import jwt
 import orjson
 import pytest
 import responses
+from cart_fhir.grading.registry import GRADERS
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.pipeline import Engine
+from cart_fhir.service.app import create_app
+from cart_fhir.service.cards import SUMMARY_MAX, criteria_of, toxicity_cards, trend
+from cart_fhir.tables import load_tables, mappings_dir
 from cryptography.hazmat.primitives.asymmetric import ec
 from fhirbuild import PatientBuilder, bundle_of
 from helpers import run
 
-from cart_fhir.grading.result import Toxicity
-from cart_fhir.pipeline import Engine
-from cart_fhir.service.app import create_app
-from cart_fhir.service.cards import SOURCE_URLS, SUMMARY_MAX, TABLES, criteria_of, toxicity_cards, trend
-from cart_fhir.tables import mappings_dir
-
 EHR = "https://ehr.example.org/fhir"
 TIMELINE = "https://apps.example.org/cart-timeline/launch"
 TODAY = date(2024, 5, 10)  # day 9 of PatientBuilder's infusion (day 0 = 2024-05-01)
+
+FACTS = load_tables().output.toxicities  # output-codes.yaml: each toxicity's facts
 
 
 def fever(b: PatientBuilder, day: int, t: float = 38.6) -> None:
@@ -141,7 +143,7 @@ def test_event_cards_infection_and_icaht(engine) -> None:
     infection = only(cards, "infection")
     assert infection["summary"] == "Infection (Lung infection) grade >=2 (CTCAE v5.0) since day 6"
     assert infection["indicator"] == "warning"
-    assert infection["source"]["url"] == SOURCE_URLS[Toxicity.INFECTION]
+    assert infection["source"]["url"] == FACTS[Toxicity.INFECTION].source_url
     assert "Grade could be higher, missing:" in infection["detail"]
     b = PatientBuilder()
     build(b)
@@ -219,12 +221,12 @@ def test_card_shape_link_and_source(engine) -> None:
                                                 "toxicity": "crs"}
 
 
-@pytest.mark.parametrize("tox", [pytest.param(t, id=t.value) for t in SOURCE_URLS if "doi.org" in SOURCE_URLS[t]])
+@pytest.mark.parametrize("tox", [pytest.param(t, id=t) for t, f in FACTS.items() if "doi.org" in f.source_url])
 def test_source_doi_is_the_one_the_mapping_table_cites(tox) -> None:
     """The card links the paper the criteria table itself names (mappings/*.yaml `source:`)."""
-    table = TABLES[tox]
+    table = FACTS[tox].criteria_table
     text = next(p.read_text() for p in mappings_dir().glob("*.yaml") if f"table: {table}\n" in p.read_text())
-    assert SOURCE_URLS[tox].removeprefix("https://doi.org/") in text
+    assert FACTS[tox].source_url.removeprefix("https://doi.org/") in text
 
 
 def test_summary_stays_short_for_long_names(engine) -> None:
@@ -465,6 +467,6 @@ def test_auth_replayed_jti_is_refused(secured, ehr_key) -> None:
 
 def test_criteria_cover_every_toxicity(engine) -> None:
     crit = criteria_of(engine)
-    assert set(crit) == set(Toxicity)
+    assert set(crit) == {t for spec in GRADERS for t in spec.toxicities}
     assert {t: c.short for t, c in crit.items() if t in (Toxicity.CRS, Toxicity.IEC_HS, Toxicity.INFECTION)} == {
         Toxicity.CRS: "ASTCT 2019", Toxicity.IEC_HS: "ASTCT 2023", Toxicity.INFECTION: "CTCAE v5.0"}

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from .conformance.tables_check import check_shipped
 from .errors import BadInput, InputErrors, Location
-from .grading.crs import CrsGrader
-from .grading.episodes import episodes
-from .grading.icans import IcansGrader
-from .grading.attribution import Attributor
-from .grading.hematotox import HematotoxScorer
-from .grading.icaht import IcahtGrader
-from .grading.iechs import IecHsGrader
-from .grading.infections import InfectionGrader
-from .grading.neuro_other import NeuroOtherGrader
-from .grading.result import Assessment, DayGrade, Episode, Event, State, Toxicity
-from .grading.treatments import TreatmentAnalyzer, TreatmentResponse
+from .grading.attribution import AttributionRulesTable, Attributor
+from .grading.registry import GRADERS, CourseResult, GraderSpec, OutputKind, build_all, grade_course, load_all
+from .grading.result import Toxicity
 from .ingest.codes import Terminology
 from .ingest.extract import Extractor
 from .ingest.index import build_index
@@ -31,8 +23,10 @@ from .model import PatientData
 from .output.codes import OutputCodes
 from .output.resources import Writer, Written
 from .report import RunReport
-from .tables import Tables, load_tables
+from .tables import Tables
 from .timeline import Course, courses
+
+__all__ = ["CourseResult", "Engine", "PatientResult", "RunResult"]
 
 BundleType = Literal["collection", "transaction"]
 
@@ -58,17 +52,6 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 @dataclass(slots=True)
-class CourseResult:
-    course: Course
-    days: dict[Toxicity, list[DayGrade]] = field(default_factory=dict)
-    episodes: dict[Toxicity, list[Episode]] = field(default_factory=dict)
-    treatments: dict[Toxicity, list[TreatmentResponse]] = field(default_factory=dict)  # per CRS/ICANS episode
-    events: list[Event] = field(default_factory=list)  # IEC-HS, ICAHT, infections, other neurotoxicity
-    assessments: list[Assessment] = field(default_factory=list)  # not tied to an event (not assessable ones)
-    hematotox: Assessment | None = None
-
-
-@dataclass(slots=True)
 class PatientResult:
     patient: PatientData
     courses: list[CourseResult]
@@ -90,29 +73,21 @@ class Engine:
     """Configured once (tables, ConceptMaps); grades any number of inputs."""
 
     def __init__(self, tables: Tables | None = None, concept_maps: Iterable[tuple[str, dict[str, Any]]] = (),
-                 strict: bool = True) -> None:
-        self.tables = tables or load_tables()
+                 strict: bool = True, graders: Sequence[GraderSpec] | None = None) -> None:
+        self.specs = tuple(GRADERS if graders is None else graders)
+        # Every table parsed and cross-checked once, here, at start-up; each grader gets its own from them.
+        self.tables = tables or load_all(registry=self.specs)
         check_shipped()  # one source of truth: the tables' project codes are those the profiles publish
         self.terminology = Terminology(self.tables, concept_maps)
         self.units = UnitConverter({r.alias: r.ucum for r in self.tables.units.rows},
                                    {(c.from_, c.to): (c.scale, c.offset) for c in self.tables.units.conversions})
-        self.crs = CrsGrader(self.tables.crs)
-        self.icans = IcansGrader(self.tables.icans)
-        # The graders beyond CRS/ICANS bring their own criteria tables, parsed and checked here, at start-up.
-        self.treatments = TreatmentAnalyzer()
-        self.iechs = IecHsGrader()
-        self.icaht = IcahtGrader()
-        self.hematotox = HematotoxScorer()
-        self.infections = InfectionGrader()
-        self.neuro_other = NeuroOtherGrader()
-        self.attributor = Attributor()
-        graders = (self.treatments, self.iechs, self.icaht, self.hematotox, self.infections, self.neuro_other,
-                   self.attributor)
+        self.graders = build_all(self.tables, self.specs)
+        self.attributor = Attributor(self.tables.get(AttributionRulesTable))
         # Every criteria table and its version: recorded on the engine Device (output-contract section 4).
-        self.versions = dict(self.tables.versions())
-        self.versions.update({g.t.table: g.t.version for g in graders})
+        self.versions = self.tables.versions()
         self.codes = OutputCodes(self.tables)
         self.strict = strict
+        self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
 
     # ---- grading -----------------------------------------------------------------------------
 
@@ -157,39 +132,11 @@ class Engine:
         return PatientResult(data, [self._grade_course(course, report) for course in course_list])
 
     def _grade_course(self, course: Course, report: RunReport | None) -> CourseResult:
-        """Every grader over one infusion course: CRS and ICANS day by day, then the toxicities that read
-        their episodes (treatments, IEC-HS, other neurotoxicity), then the independent ones."""
-        cr = CourseResult(course)
-        cr.days[Toxicity.CRS] = self.crs.grade(course)
-        cr.days[Toxicity.ICANS] = self.icans.grade(course)
-        for tox, days in cr.days.items():
-            cr.episodes[tox] = episodes(tox, days)
-        other = {Toxicity.CRS: Toxicity.ICANS, Toxicity.ICANS: Toxicity.CRS}
-        for tox, days in cr.days.items():
-            cr.treatments[tox] = self.treatments.analyze(course, tox, days, cr.episodes[tox], cr.episodes[other[tox]])
-        crs_days, crs_eps = cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]
-        icans_days, icans_eps = cr.days[Toxicity.ICANS], cr.episodes[Toxicity.ICANS]
-        for found in (self.iechs.grade(course, crs_days, crs_eps), self.icaht.grade(course),
-                      self.infections.grade(course), self.neuro_other.grade(course, icans_days, icans_eps)):
-            cr.events.extend(found.events)
-            tied = {id(ev.assessment) for ev in found.events if ev.assessment is not None}
-            cr.assessments.extend(a for a in found.assessments if id(a) not in tied)
-        cr.hematotox = self.hematotox.score(course)
+        """Every registered grader over one infusion course, in registry order (grading/registry.py)."""
+        cr, unverified = grade_course(self.graders, course)
         if report is not None:
-            self._report_unverified(cr, report)
+            report.unverified_rows.update(unverified)  # decision 10: the run report names them
         return cr
-
-    def _report_unverified(self, cr: CourseResult, report: RunReport) -> None:
-        """Decision 10: the run report names the unverified criteria rows a result used."""
-        for responses in cr.treatments.values():
-            report.unverified_rows.update(r for tr in responses for r in tr.unverified_rows)
-        if cr.hematotox is not None and cr.hematotox.state != State.NOT_ASSESSABLE:
-            report.unverified_rows.update(self.hematotox.unverified_rows(cr.hematotox))
-        for ev in cr.events:
-            if ev.toxicity in (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE) and ev.assessment is not None:
-                report.unverified_rows.update(self.icaht.unverified_rows(ev.assessment))
-            elif ev.toxicity == Toxicity.IEC_HS:
-                report.unverified_rows.add(f"{self.iechs.t.table}:screen-and-grade")
 
     # ---- output ------------------------------------------------------------------------------
 
@@ -213,20 +160,8 @@ class Engine:
             sources: list[str] = []
             for cr in pr.courses:
                 sources.append(cr.course.infusion.ref)
-                for tox in (Toxicity.CRS, Toxicity.ICANS):
-                    daily = {dg.day: writer.observation(cr.course, dg) for dg in cr.days[tox]}
-                    mine.extend(daily.values())
-                    for dg in cr.days[tox]:
-                        sources.extend(dg.evidence)
-                        sources.extend(dg.supporting)
-                    for ep, tr in zip(cr.episodes[tox], cr.treatments[tox], strict=True):
-                        cond = writer.condition(cr.course, ep, daily)
-                        suspects = self.attributor.suspects(cr.course, tox, ep.onset_day, ep.onset,
-                                                            ep.max_day.evidence)
-                        ae = writer.adverse_event(cr.course, ep, cond, suspects)
-                        response = writer.assessment(cr.course, tr.assessment, f"{tox.value}-{ep.number}", cond)
-                        mine.extend((cond, ae, response))
-                        sources.extend(tr.treatment_refs)
+                for tox in self.daily:
+                    mine.extend(self._daily_resources(writer, cr, tox, sources))
                 mine.extend(self._other_resources(writer, cr, sources))
             if not mine:
                 continue
@@ -237,13 +172,33 @@ class Engine:
         result.report.resources_written = count + 1 if count else 0
         return writer.device, groups
 
+    def _daily_resources(self, writer: Writer, cr: CourseResult, tox: Toxicity, sources: list[str]) -> list[Written]:
+        """A daily-graded toxicity: one Observation per day; per episode its Condition, AdverseEvent and,
+        where a treatments grader ran, the treatment-response Observation."""
+        daily = {dg.day: writer.observation(cr.course, dg) for dg in cr.days[tox]}
+        out = list(daily.values())
+        for dg in cr.days[tox]:
+            sources.extend(dg.evidence)
+            sources.extend(dg.supporting)
+        responses = cr.treatments.get(tox)
+        eps = cr.episodes[tox]
+        paired = zip(eps, responses, strict=True) if responses is not None else ((ep, None) for ep in eps)
+        for ep, tr in paired:
+            cond = writer.condition(cr.course, ep, daily)
+            suspects = self.attributor.suspects(cr.course, tox, ep.onset_day, ep.onset, ep.max_day.evidence)
+            out.extend((cond, writer.adverse_event(cr.course, ep, cond, suspects)))
+            if tr is not None:
+                out.append(writer.assessment(cr.course, tr.assessment, f"{tox.value}-{ep.number}", cond))
+                sources.extend(tr.treatment_refs)
+        return out
+
     def _other_resources(self, writer: Writer, cr: CourseResult, sources: list[str]) -> list[Written]:
-        """Observations, Conditions and AdverseEvents of the toxicities beyond CRS/ICANS, and the score."""
+        """Observations, Conditions and AdverseEvents of the toxicities graded as findings, and the scores."""
         out: list[Written] = []
         course = cr.course
-        if cr.hematotox is not None:
-            out.append(writer.assessment(course, cr.hematotox, "car-hematotox"))
-            sources.extend(cr.hematotox.evidence)
+        for tox, score in cr.scores.items():
+            out.append(writer.assessment(course, score, tox.value))
+            sources.extend(score.evidence)
         for i, a in enumerate(cr.assessments):
             out.append(writer.assessment(course, a, f"{a.code}-{i}"))
             sources.extend(a.evidence)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,6 +28,7 @@ class Row(BaseModel):
     """A table row: unknown columns are an error, every row says where it comes from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str | None = None
 
 
 class Table(BaseModel):
@@ -34,6 +36,9 @@ class Table(BaseModel):
     table: str
     version: int
     source: str
+
+
+T = TypeVar("T", bound=Table)
 
 
 # ---- input-concepts ----------------------------------------------------------------------------
@@ -271,7 +276,14 @@ class Coded(Row):
 
 
 class ToxicityCodes(Row):
+    """Everything said about one toxicity, in one place: its codes, displays, criteria and labels."""
+
     code: str  # the cart-toxicity CodeSystem code of the toxicity type
+    short: str  # CDS card title, terminal label
+    criteria_table: str  # the criteria table it is graded with (its version is the engine's)
+    source_url: str  # where a clinician reads the criteria (Card.source.url)
+    summary_details: tuple[str, ...] = ()  # Event details copied into its summary row
+    label_detail: str | None = None  # the Event detail shown beside its name in the terminal table
     display: str
     scale: str
     scale_display: str
@@ -285,6 +297,33 @@ class OutputCodeTable(Table):
     toxicities: dict[str, ToxicityCodes]
     ncit_grades: dict[str, Coded]
     ncit_grades_source: str
+    assessment_displays: dict[str, str]  # cart-toxicity code -> display (published CodeSystem, checked)
+    component_displays: dict[str, str]
+
+
+# ---- registry-columns ------------------------------------------------------------------------------
+
+class RegistryColumnRow(Row):
+    """One column of the registry CSV, named after the CIBMTR form question it fills where its text was read."""
+
+    column: str
+    description: str
+    form: str
+    question: str
+    url: str
+    verified: bool
+
+
+class RegistryColumnTable(Table):
+    rows: tuple[RegistryColumnRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TableFile:
+    """A table a grader (or the attribution rules) brings: its file in mappings/ and its model."""
+
+    file: str
+    model: type[Table]
 
 
 class Tables(BaseModel):
@@ -301,13 +340,24 @@ class Tables(BaseModel):
     crs: CrsTable
     icans: IcansTable
     output: OutputCodeTable
+    registry_columns: RegistryColumnTable
     avpu_map: dict[str, Any]
+    # The criteria tables the registered graders bring (grading/registry.py), by model: Tables.get(Model).
+    extra: dict[type[Table], Table] = {}
+
+    def get(self, model: type[T]) -> T:
+        """A grader's own table, by its model class; ConfigError when no registered grader declared it."""
+        table = self.extra.get(model)
+        if not isinstance(table, model):
+            raise ConfigError(f"no table of type {model.__name__} was loaded: declare it in the grader registry")
+        return table
 
     def versions(self) -> dict[str, int]:
-        """Table id -> version, recorded in Observation.method and the Provenance device version."""
-        return {t.table: t.version for t in (self.concepts, self.units, self.drugs, self.products,
-                                              self.condition_findings, self.infections, self.neuro_events,
-                                              self.crs, self.icans, self.output)}
+        """Criteria table id -> version, recorded in Observation.method and the Provenance device version
+        (the registry CSV's column table is an export format, not criteria: it is not listed)."""
+        core = (self.concepts, self.units, self.drugs, self.products, self.condition_findings, self.infections,
+                self.neuro_events, self.crs, self.icans, self.output, *self.extra.values())
+        return {t.table: t.version for t in core}
 
 
 _FILES = {
@@ -321,6 +371,7 @@ _FILES = {
     "crs": ("astct-crs-2019.yaml", CrsTable),
     "icans": ("astct-icans-2019.yaml", IcansTable),
     "output": ("output-codes.yaml", OutputCodeTable),
+    "registry_columns": ("registry-columns.yaml", RegistryColumnTable),
 }
 
 
@@ -379,39 +430,22 @@ def _parse_yaml(path: Path, mtime_ns: int, size: int) -> Any:
 
 
 @functools.cache
-def load_tables(folder: str | None = None) -> Tables:
-    """Parse, validate and cross-check every table; a bad row raises ConfigError naming file and row."""
+def load_tables(folder: str | None = None, extra: tuple[TableFile, ...] = ()) -> Tables:
+    """Parse, validate and cross-check every core table and each `extra` one (the graders' own, declared in
+    grading/registry.py: use its `load_all`); a bad row raises ConfigError naming file and row."""
     base = Path(folder) if folder else mappings_dir()
-    parsed: dict[str, Any] = {}
-    for key, (name, model) in _FILES.items():
-        path = base / name
-        try:
-            parsed[key] = model.model_validate(read_yaml(path))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: mapping table missing") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+    parsed: dict[str, Any] = {key: _parse(base / name, model) for key, (name, model) in _FILES.items()}
     try:
         parsed["avpu_map"] = orjson.loads((base / "avpu-conceptmap.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{base / 'avpu-conceptmap.json'}: {exc}") from exc
+    parsed["extra"] = {f.model: _parse(base / f.file, f.model) for f in extra}
     tables = Tables(**parsed)
     _check(tables)
     return tables
 
 
-T = TypeVar("T", bound=Table)
-
-
-@functools.cache
-def load_yaml_table(filename: str, model: type[T], folder: str | None = None) -> T:
-    """Load one more criteria table from mappings/ (used by the graders added after the core set);
-    parsed and checked once, when the grader is built at start-up."""
-    path = (Path(folder) if folder else mappings_dir()) / filename
+def _parse(path: Path, model: type[T]) -> T:
     try:
         return model.model_validate(read_yaml(path))
     except FileNotFoundError as exc:
@@ -420,4 +454,12 @@ def load_yaml_table(filename: str, model: type[T], folder: str | None = None) ->
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+
+
+@functools.cache
+def load_yaml_table(filename: str, model: type[T], folder: str | None = None) -> T:
+    """One table on its own (tests, and graders built outside an engine); an engine's graders get theirs
+    from the Tables that grading/registry.py `load_all` built, so one folder reaches every grader."""
+    return _parse((Path(folder) if folder else mappings_dir()) / filename, model)

@@ -65,6 +65,18 @@ class Package:
         cs = self.code_systems.get(_canonical(system))
         return frozenset(_concepts(cs.get("concept", []))) if cs is not None else None
 
+    def displays(self, system: str) -> dict[str, str]:
+        """code -> display of a CodeSystem of the package (codes without a display are left out)."""
+        cs = self.code_systems.get(_canonical(system))
+        out: dict[str, str] = {}
+        stack = list(cs.get("concept", [])) if cs is not None else []
+        while stack:
+            c = stack.pop()
+            if "display" in c:
+                out[c["code"]] = c["display"]
+            stack.extend(c.get("concept", []))
+        return out
+
     def profile(self, url: str) -> dict[str, Any] | None:
         """The StructureDefinition with this canonical url, when it has a snapshot."""
         sd = self.structure_definitions.get(_canonical(url))

@@ -5,19 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import ClassVar
 
 
-class Toxicity(str, Enum):
-    """Toxicity types of the summary (issue 3); the CodeSystem cart-toxicity carries `icaht` for both ICAHT rows."""
+class Toxicity(str):
+    """A toxicity's name: its summary-row `toxicity` and its key in mappings/output-codes.yaml `toxicities`.
 
-    CRS = "crs"
-    ICANS = "icans"
-    IEC_HS = "iec-hs"
-    ICAHT_EARLY = "icaht-early"
-    ICAHT_LATE = "icaht-late"
-    INFECTION = "infection"
-    NEURO_OTHER = "neurotoxicity-other"
-    CAR_HEMATOTOX = "car-hematotox"  # a pre-infusion risk score, not a toxicity; reported per infusion
+    An open set, not an Enum: a grader added to the registry (grading/registry.py) names its own toxicity
+    without editing this module. The constants below are the toxicities the shipped graders produce; the
+    CodeSystem cart-toxicity carries `icaht` for both ICAHT rows (output-codes.yaml `code`).
+    """
+
+    __slots__ = ()
+
+    CRS: ClassVar[Toxicity]
+    ICANS: ClassVar[Toxicity]
+    IEC_HS: ClassVar[Toxicity]
+    ICAHT_EARLY: ClassVar[Toxicity]
+    ICAHT_LATE: ClassVar[Toxicity]
+    INFECTION: ClassVar[Toxicity]
+    NEURO_OTHER: ClassVar[Toxicity]
+    CAR_HEMATOTOX: ClassVar[Toxicity]  # a pre-infusion risk score, not a toxicity; reported per infusion
+
+    @property
+    def value(self) -> str:
+        """The plain string (the name an Enum member would carry as its value)."""
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Toxicity({str.__repr__(self)})"
+
+
+Toxicity.CRS = Toxicity("crs")
+Toxicity.ICANS = Toxicity("icans")
+Toxicity.IEC_HS = Toxicity("iec-hs")
+Toxicity.ICAHT_EARLY = Toxicity("icaht-early")
+Toxicity.ICAHT_LATE = Toxicity("icaht-late")
+Toxicity.INFECTION = Toxicity("infection")
+Toxicity.NEURO_OTHER = Toxicity("neurotoxicity-other")
+Toxicity.CAR_HEMATOTOX = Toxicity("car-hematotox")
 
 
 class State(str, Enum):

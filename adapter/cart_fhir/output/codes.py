@@ -17,20 +17,6 @@ ANSWER_SYSTEMS = {
     "cerebral-edema-finding": CS_EDEMA,
 }
 
-COMPONENT_DISPLAY = {
-    "fever": "Fever (temperature >= 38.0 C)",
-    "max-temperature": "Highest body temperature of the day",
-    "hypotension": "Hypotension management",
-    "hypoxia": "Oxygen support",
-    "ice-score": "ICE score (lowest of the day)",
-    "capd-score": "CAPD score (highest of the day)",
-    "consciousness": "Level of consciousness (worst of the day)",
-    "seizure": "Seizure",
-    "motor": "Motor findings",
-    "cerebral-edema": "Raised intracranial pressure / cerebral edema",
-}
-
-
 def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
     c: dict[str, Any] = {"system": system, "code": code}
     if display:
@@ -70,3 +56,11 @@ class OutputCodes:
 
     def display(self, toxicity: str) -> str:
         return self.t.toxicities[toxicity].display
+
+    def assessment_display(self, code: str) -> str | None:
+        """Display of an assessment's Observation.code (output-codes.yaml `assessment_displays`)."""
+        return self.t.assessment_displays.get(code)
+
+    def component_display(self, code: str) -> str | None:
+        """Display of a component code, where the published CodeSystem gives one the writers repeat."""
+        return self.t.component_displays.get(code)

@@ -16,7 +16,7 @@ from ..constants import (cs, AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOM
 from ..grading.result import Assessment, Component, DayGrade, Episode, Event, State
 from ..model import Moment
 from ..timeline import Course
-from .codes import ANSWER_SYSTEMS, COMPONENT_DISPLAY, OutputCodes, coding
+from .codes import ANSWER_SYSTEMS, OutputCodes, coding
 from .ids import full_url, stable_hash
 
 SEVERITY = {1: "mild", 2: "moderate"}  # grade >= 3: severe (output-contract.md section 3)
@@ -36,17 +36,6 @@ class SuspectLike(Protocol):
 OBSERVATION_ORDER = ("resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",
                      "focus", "effectiveDateTime", "_effectiveDateTime", "effectivePeriod", "valueInteger",
                      "dataAbsentReason", "interpretation", "note", "method", "device", "derivedFrom", "component")
-
-ASSESSMENT_DISPLAY = {
-    "icaht-grade-early": "Early ICAHT grade (EHA/EBMT 2023), days 0-30",
-    "icaht-grade-late": "Late ICAHT grade (EHA/EBMT 2023), after day 30",
-    "car-hematotox-score": "CAR-HEMATOTOX score",
-    "iec-hs-grade": "IEC-HS grade (ASTCT 2023, engine screen)",
-    "infection-grade-ctcae": "Infection grade (CTCAE v5.0)",
-    "neurotoxicity-grade-ctcae": "Neurological event grade (CTCAE v5.0)",
-    "treatment-response": "Treatment and response of a toxicity episode",
-}
-
 
 def iso(dt: datetime) -> str:
     """FHIR dateTime with the offset kept (seconds precision unless the input had fractions)."""
@@ -173,9 +162,8 @@ class Writer:
         # Element order does not matter in FHIR JSON; keep it readable anyway.
         return {k: res[k] for k in OBSERVATION_ORDER if k in res}
 
-    @staticmethod
-    def _component(c: Component) -> dict[str, Any]:
-        out: dict[str, Any] = {"code": {"coding": [coding(CS_TOXICITY, c.code, COMPONENT_DISPLAY.get(c.code))]}}
+    def _component(self, c: Component) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": {"coding": [coding(CS_TOXICITY, c.code, self.codes.component_display(c.code))]}}
         if c.kind == "celsius":
             out["valueQuantity"] = {"value": round(float(c.value), 2), "unit": "°C", "system": UCUM, "code": "Cel"}
         elif c.kind == "boolean":
@@ -292,8 +280,8 @@ class Writer:
         """One Observation for an assessment that is not a daily grade (ICAHT, CAR-HEMATOTOX, IEC-HS,
         an infection's or neurological event's CTCAE grade, a treatment-response summary)."""
         value_id = stable_hash(course.patient.key, course.infusion.ref, a.code, key)
-        res = _grade_header(course, value_id, a.code, ASSESSMENT_DISPLAY.get(a.code),
-                            ASSESSMENT_DISPLAY.get(a.code, a.code))
+        res = _grade_header(course, value_id, a.code, self.codes.assessment_display(a.code),
+                            self.codes.assessment_display(a.code) or a.code)
         if focus is not None:  # e.g. a treatment-response summary is about its episode Condition
             res["focus"] = [ref(focus)]
         day = course.day_of(Moment(a.start))

@@ -23,33 +23,6 @@ NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cart-fhir.org/cds-services/c
 SUMMARY_MAX = 139  # CDS Hooks 2.0: Card.summary "SHOULD be < 140 characters"
 DAYS_SHOWN = 14  # daily grades listed in a card's trend line; older days are counted, not listed
 
-# Where a clinician reads each criteria set (Card.source.url). The DOIs are those the mapping tables cite
-# in their `source:` fields (a test checks it); CTCAE v5.0 is NCI CTEP's own page.
-CTCAE_V5 = "https://ctep.cancer.gov/protocoldevelopment/electronic_applications/ctc.htm#ctc_50"
-SOURCE_URLS: dict[Toxicity, str] = {
-    Toxicity.CRS: "https://doi.org/10.1016/j.bbmt.2018.12.758",  # Lee 2019, Biol Blood Marrow Transplant
-    Toxicity.ICANS: "https://doi.org/10.1016/j.bbmt.2018.12.758",
-    Toxicity.IEC_HS: "https://doi.org/10.1016/j.jtct.2023.03.006",  # Hines 2023, Transplant Cell Ther
-    Toxicity.ICAHT_EARLY: "https://doi.org/10.1182/blood.2023020578",  # Rejeski 2023, Blood
-    Toxicity.ICAHT_LATE: "https://doi.org/10.1182/blood.2023020578",
-    Toxicity.INFECTION: CTCAE_V5,
-    Toxicity.NEURO_OTHER: CTCAE_V5,
-    Toxicity.CAR_HEMATOTOX: "https://doi.org/10.1182/blood.2020010543",  # Rejeski 2021, Blood
-}
-# The criteria table each toxicity is graded with (its version is on the engine, as in Observation.method).
-TABLES: dict[Toxicity, str] = {
-    Toxicity.CRS: "astct-crs-2019", Toxicity.ICANS: "astct-icans-2019", Toxicity.IEC_HS: "astct-iechs-2023",
-    Toxicity.ICAHT_EARLY: "eha-ebmt-icaht-2023", Toxicity.ICAHT_LATE: "eha-ebmt-icaht-2023",
-    Toxicity.INFECTION: "infection-grading-ctcae", Toxicity.NEURO_OTHER: "neurotoxicity-grading",
-    Toxicity.CAR_HEMATOTOX: "car-hematotox-2021",
-}
-SHORT: dict[Toxicity, str] = {
-    Toxicity.CRS: "CRS", Toxicity.ICANS: "ICANS", Toxicity.IEC_HS: "IEC-HS", Toxicity.ICAHT_EARLY: "Early ICAHT",
-    Toxicity.ICAHT_LATE: "Late ICAHT", Toxicity.INFECTION: "Infection", Toxicity.NEURO_OTHER: "Neurotoxicity",
-    Toxicity.CAR_HEMATOTOX: "CAR-HEMATOTOX",
-}
-
-
 class Indicator(str, Enum):
     """CDS Hooks 2.0 Card.indicator."""
 
@@ -62,6 +35,7 @@ class Indicator(str, Enum):
 class Criteria:
     """The criteria a toxicity is graded with, as a card names them."""
 
+    name: str  # "CRS", "Early ICAHT": output-codes.yaml `short`
     short: str  # "ASTCT 2019": the parenthesis of the scale display in output-codes.yaml
     citation: str  # output-codes.yaml `criteria`: the paper, and any UNVERIFIED note
     url: str
@@ -73,13 +47,13 @@ def criteria_of(engine: Engine) -> dict[Toxicity, Criteria]:
     """Citations from output-codes.yaml and table versions from the engine: the same words and versions the
     written Observations carry, so a card and the resources it summarises cite alike."""
     out: dict[Toxicity, Criteria] = {}
-    for tox, table in TABLES.items():
-        _, scale_display, citation = engine.codes.scale(tox.value)
-        found = re.search(r"\(([^)]*)\)\s*$", scale_display)
-        short = found.group(1).split(",")[0].strip() if found else scale_display
-        code = engine.codes.t.toxicities[tox.value]
-        out[tox] = Criteria(short, citation, SOURCE_URLS[tox], f"{table} v{engine.versions[table]}",
-                            {"system": CS_TOXICITY, "code": code.code, "display": code.display})
+    for tox in (t for spec in engine.specs for t in spec.toxicities):
+        facts = engine.codes.t.toxicities[tox.value]
+        found = re.search(r"\(([^)]*)\)\s*$", facts.scale_display)
+        short = found.group(1).split(",")[0].strip() if found else facts.scale_display
+        table = facts.criteria_table
+        out[tox] = Criteria(facts.short, short, facts.criteria, facts.source_url, f"{table} v{engine.versions[table]}",
+                            {"system": CS_TOXICITY, "code": facts.code, "display": facts.display})
     return out
 
 
@@ -112,7 +86,7 @@ def toxicity_cards(result: RunResult, *, today: date | None = None, source_url: 
     cr, day = started[-1]
     ctx = _Context(cr, (day - cr.course.infusion.day0).days, source_url, timeline_url, patient_id, criteria)
     cards: list[dict[str, Any]] = []
-    for tox in (Toxicity.CRS, Toxicity.ICANS):
+    for tox in cr.days:  # the daily-graded toxicities, in registry order
         card = ctx.daily_card(tox)
         if card is not None:
             cards.append(card)
@@ -140,8 +114,9 @@ class _Context:
     def daily_card(self, tox: Toxicity) -> dict[str, Any] | None:
         """The latest episode begun by today; days after today are left out, so an episode that resolves
         later is still ongoing as of today."""
-        pairs = [(ep, tr) for ep, tr in zip(self.cr.episodes[tox], self.cr.treatments[tox], strict=True)
-                 if ep.onset_day <= self.today]
+        eps = self.cr.episodes[tox]
+        responses: Sequence[TreatmentResponse | None] = self.cr.treatments.get(tox) or [None] * len(eps)
+        pairs = [(ep, tr) for ep, tr in zip(eps, responses, strict=True) if ep.onset_day <= self.today]
         if not pairs:
             return None
         ep, tr = pairs[-1]
@@ -152,11 +127,11 @@ class _Context:
         peak = max(graded, key=lambda d: d.grade or 0) if graded else None
         if resolved is not None:
             peak_text = f"max grade {_grade(peak)}" if peak else "no graded day"
-            summary = f"{SHORT[tox]} resolved day {resolved} ({peak_text}, {crit.short}), onset day {ep.onset_day}"
+            summary = f"{self.criteria[tox].name} resolved day {resolved} ({peak_text}, {crit.short}), onset day {ep.onset_day}"
             level = Indicator.INFO
         elif graded:
             now = graded[-1]
-            words = [f"{SHORT[tox]} grade {_grade(now)} ({crit.short}) since day {ep.onset_day}"]
+            words = [f"{self.criteria[tox].name} grade {_grade(now)} ({crit.short}) since day {ep.onset_day}"]
             direction = trend([d.grade for d in graded if d.grade is not None])
             if direction:
                 words.append(direction)
@@ -169,7 +144,7 @@ class _Context:
             summary = ", ".join(words)
             level = indicator(now.grade)
         else:
-            summary = f"{SHORT[tox]} since day {ep.onset_day}: grade not assessable ({crit.short})"
+            summary = f"{self.criteria[tox].name} since day {ep.onset_day}: grade not assessable ({crit.short})"
             level = Indicator.INFO
         n = self.cr.course.number
         heading = f"**{self._display(tox)}** ({crit.short}), episode {ep.number} after infusion {n}"
@@ -182,7 +157,8 @@ class _Context:
             last = graded[-1]
             lines.extend(_why(f"the grade of day {last.day}", last.reasons, last.evidence + last.supporting))
         lines.extend(_not_assessable(days))
-        lines.extend(_treatment_lines(tr, self.today))
+        if tr is not None:
+            lines.extend(_treatment_lines(tr, self.today))
         if tox == Toxicity.CRS:
             lines.extend(_screen_lines(self.cr.assessments))
         lines.append(f"- Status: resolved on day {resolved}" if resolved is not None else "- Status: ongoing")
@@ -196,7 +172,7 @@ class _Context:
     def event_card(self, ev: Event) -> dict[str, Any]:
         crit = self.criteria[ev.toxicity]
         term = ev.term[2] if ev.term else ev.detail("ctcae_term") or ev.detail("category")
-        name = f"{SHORT[ev.toxicity]} ({term})" if term else SHORT[ev.toxicity]
+        name = f"{self.criteria[ev.toxicity].name} ({term})" if term else self.criteria[ev.toxicity].name
         resolved = ev.resolved_day if ev.resolved_day is not None and ev.resolved_day <= self.today else None
         shown = _event_grade(ev)
         if ev.max_grade is None:
