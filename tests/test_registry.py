@@ -13,9 +13,10 @@ from fhirbuild import RX, PatientBuilder
 from helpers import run
 
 from cart_fhir.ingest.read import read_paths
+from cart_fhir.grading.registry import load_all
 from cart_fhir.pipeline import Engine
 from cart_fhir.registry import (
-    COLUMNS,
+    columns,
     NOT_APPLICABLE,
     NOT_ASSESSABLE,
     NOT_RESOLVED,
@@ -25,6 +26,8 @@ from cart_fhir.registry import (
 )
 from cart_fhir.tables import mappings_dir, read_yaml
 
+TABLES = load_all()
+COLUMNS = columns(TABLES)
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCT = "http://snomed.info/sct"
 BACTEREMIA, CMV = "5758002", "28944009"
@@ -59,7 +62,7 @@ def rows_for(engine: Engine, builds: list[Build], **patient: Any) -> list[dict[s
     for build in builds:
         build(b)
     result = run(engine, b.bundle())
-    return [r for pr in result.patients for r in registry_rows(pr)]
+    return [r for pr in result.patients for r in registry_rows(pr, engine.tables)]
 
 
 # (id, builds, patient kwargs, expected subset of the one row). Day 0 = 2024-05-01 unless the case moves it.
@@ -129,7 +132,7 @@ def test_reinfusion_gives_one_row_per_course(engine: Engine) -> None:
     b.temp(42, "08:00", 39.0)
     b.temp(43, "08:00", 36.8)
     [pr] = run(engine, b.bundle()).patients
-    rows = registry_rows(pr)
+    rows = registry_rows(pr, engine.tables)
     assert [(r["infusion_number"], r["f4006_q6_infusion_date"], r["f4100_q82_crs_diagnosis_date"]) for r in rows] == [
         ("1", "2024-05-01", "2024-05-02"), ("2", "2024-06-10", "2024-06-12")]
 
@@ -137,7 +140,7 @@ def test_reinfusion_gives_one_row_per_course(engine: Engine) -> None:
 def test_patient_without_infusion_gives_no_row(engine: Engine) -> None:
     b = PatientBuilder(infusion="none")
     b.temp(1, "08:00", 38.6)
-    assert [r for pr in run(engine, b.bundle()).patients for r in registry_rows(pr)] == []
+    assert [r for pr in run(engine, b.bundle()).patients for r in registry_rows(pr, engine.tables)] == []
 
 
 # ---- the shipped examples, end to end through Engine --------------------------------------------------------
@@ -157,9 +160,9 @@ EXPECTED_EXAMPLES = {  # examples/README.md
 
 def test_examples_end_to_end_csv(engine: Engine, tmp_path: Path) -> None:
     result = engine.grade(read_paths([EXAMPLES]))
-    rows = [r for pr in result.patients for r in registry_rows(pr)]
+    rows = [r for pr in result.patients for r in registry_rows(pr, engine.tables)]
     target = tmp_path / "registry.csv"
-    write_csv(target, rows)
+    write_csv(target, rows, engine.tables)
     with target.open(encoding="utf-8", newline="") as fh:
         back = list(csv.DictReader(fh))
     assert back == rows and len(back) == 3
@@ -173,11 +176,11 @@ def test_examples_end_to_end_csv(engine: Engine, tmp_path: Path) -> None:
 
 def test_header_even_without_rows_and_quoting() -> None:
     empty = io.StringIO()
-    write_csv(empty, [])
+    write_csv(empty, [], TABLES)
     assert empty.getvalue() == ",".join(COLUMNS) + "\r\n"
     row = {c: "x" for c in COLUMNS} | {"f4006_q1_product_name": 'a, "b"'}
     out = io.StringIO()
-    write_csv(out, [row])
+    write_csv(out, [row], TABLES)
     assert '"a, ""b"""' in out.getvalue()
     assert next(csv.DictReader(io.StringIO(out.getvalue()))) == row
 
@@ -185,13 +188,13 @@ def test_header_even_without_rows_and_quoting() -> None:
 def test_unknown_column_is_refused_and_no_file_is_left(tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
     with pytest.raises(ValueError):
-        write_csv(target, [{c: "x" for c in COLUMNS} | {"extra": "y"}])
+        write_csv(target, [{c: "x" for c in COLUMNS} | {"extra": "y"}], TABLES)
     assert not target.exists()
 
 
 def test_utf8_on_disk(tmp_path: Path) -> None:
     target = tmp_path / "out.csv"
-    write_csv(target, [{c: "é" for c in COLUMNS}])
+    write_csv(target, [{c: "é" for c in COLUMNS}], TABLES)
     assert target.read_bytes().decode("utf-8").splitlines()[1].startswith("é,é")
 
 

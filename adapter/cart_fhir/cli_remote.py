@@ -85,7 +85,7 @@ def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
         log.info("%d patients to grade from %s", len(ids), client.base_url)
         writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode) \
             if args.write_back else None
-        run = ServerRun(RunResult([], RunReport()))
+        run = ServerRun(RunResult([], RunReport(), engine.tables))
         if writer is not None:
             run.write = WriteReport(client.base_url)
         recorded = datetime.now(UTC).replace(microsecond=0)

@@ -67,6 +67,7 @@ class PatientResources:
 class RunResult:
     patients: list[PatientResult]
     report: RunReport
+    tables: Tables  # what the results were graded with: the summaries read each toxicity's facts from it
 
 
 class Engine:
@@ -117,7 +118,7 @@ class Engine:
             report.ignored["Medication (not referenced)"] += len(medications) - used
         if strict and report.errors:
             raise InputErrors([BadInput(i.message, i.location) for i in report.errors])
-        return RunResult(results, report)
+        return RunResult(results, report, self.tables)
 
     def grade_patient(self, data: PatientData, report: RunReport | None = None) -> PatientResult:
         """Pure: one patient's facts in, their courses with daily grades and episodes out."""

@@ -8,12 +8,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ConfigError
 from .grading.result import Assessment, Event, State, Toxicity
 from .pipeline import CourseResult, PatientResult, RunResult
 from .report import RunReport
 from .summary import episode_rows
-from .tables import mappings_dir, read_yaml
+from .tables import Tables
 from .timeline import Course
 
 # Never a blank cell, never a silent 0 (grading.md decision 2): what is missing says why.
@@ -24,37 +23,25 @@ NOT_RESOLVED = "not resolved"  # still open at the end of the data
 YES, NO = "yes", "no"
 
 
-def _load_columns() -> tuple[list[str], dict[str, str]]:
-    """Column names, in order, from mappings/registry-columns.yaml (the mapping to CIBMTR questions is data)."""
-    path = mappings_dir() / "registry-columns.yaml"
-    doc = read_yaml(path)
-    try:
-        rows = doc["rows"]
-        names = [str(r["column"]) for r in rows]
-        products = {str(p["product"]): ";".join(p.get("rxnorm") or ())
-                    for p in read_yaml(mappings_dir() / "cart-products.yaml")["rows"]}
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{path.name}: every row needs a `column`") from exc
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path.name}: duplicate column names")
-    return names, products
+def columns(tables: Tables) -> list[str]:
+    """Column names, in order (mappings/registry-columns.yaml, parsed and checked with every table)."""
+    return [r.column for r in tables.registry_columns.rows]
 
 
-COLUMNS, _PRODUCT_RXNORM = _load_columns()
-
-
-def registry_rows(pr: PatientResult) -> list[dict[str, str]]:
-    """One row per infusion course of the patient: every column of COLUMNS, every cell a non-empty string."""
+def registry_rows(pr: PatientResult, tables: Tables) -> list[dict[str, str]]:
+    """One row per infusion course of the patient: every column of the table, every cell a non-empty string."""
     by_course: dict[int, list[dict[str, Any]]] = {}
+    rxnorm = {p.product: ";".join(p.rxnorm) for p in tables.products.rows}
+    names = columns(tables)
     # The per-episode summary already renders episodes, events and the score: the registry row aggregates it.
-    for row in episode_rows(RunResult([pr], RunReport())):
+    for row in episode_rows(RunResult([pr], RunReport(), tables)):
         by_course.setdefault(row["infusion_number"], []).append(row)
     out = []
     for cr in pr.courses:
         rows = by_course.get(cr.course.number, [])
         row = {"patient_id": pr.patient.id, "infusion_number": str(cr.course.number),
                "f4006_q1_product_name": cr.course.infusion.product or UNKNOWN,
-               "product_rxnorm": _PRODUCT_RXNORM.get(cr.course.infusion.product) or UNKNOWN,
+               "product_rxnorm": rxnorm.get(cr.course.infusion.product or "") or UNKNOWN,
                "f4006_q6_infusion_date": cr.course.infusion.day0.isoformat()}
         row.update(_crs(cr, rows))
         row.update(_icans(cr, rows))
@@ -65,23 +52,23 @@ def registry_rows(pr: PatientResult) -> list[dict[str, str]]:
                            "type"))
         row.update(_events(rows, Toxicity.NEURO_OTHER, ("neurotoxicity_other", "neurotoxicity_other_worst_grade",
                                                         "neurotoxicity_other_kinds"), "category"))
-        out.append({c: row[c] for c in COLUMNS})  # KeyError here: a YAML column this module does not fill
+        out.append({c: row[c] for c in names})  # KeyError here: a YAML column this module does not fill
     return out
 
 
-def write_csv(path_or_fh: str | Path | IO[str], rows: Iterable[Mapping[str, str]]) -> None:
-    """CSV with a header (always, even with no rows), COLUMNS order, csv-module quoting, UTF-8, \\r\\n lines."""
+def write_csv(path_or_fh: str | Path | IO[str], rows: Iterable[Mapping[str, str]], tables: Tables) -> None:
+    """CSV with a header (always, even with no rows), column order, csv-module quoting, UTF-8, \\r\\n lines."""
     if isinstance(path_or_fh, (str, Path)):
-        text = csv_text(rows)  # whole text first: a failing row must not leave half a file behind
+        text = csv_text(rows, tables)  # whole text first: a failing row must not leave half a file behind
         Path(path_or_fh).write_text(text, encoding="utf-8", newline="")
     else:
-        path_or_fh.write(csv_text(rows))
+        path_or_fh.write(csv_text(rows, tables))
 
 
-def csv_text(rows: Iterable[Mapping[str, str]], header: bool = True) -> str:
+def csv_text(rows: Iterable[Mapping[str, str]], tables: Tables, header: bool = True) -> str:
     """The CSV text of these rows; without the header for parts that a streamed run concatenates."""
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="raise")
+    writer = csv.DictWriter(buffer, fieldnames=columns(tables), extrasaction="raise")
     if header:
         writer.writeheader()
     writer.writerows(rows)

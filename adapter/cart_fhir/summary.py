@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .grading.result import State, Toxicity
+from .grading.result import State
+from .grading.treatments import TreatmentResponse
 from .output.resources import iso
 from .pipeline import RunResult
 
@@ -13,12 +14,14 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
     """One row per episode or event (and one CAR-HEMATOTOX row per infusion), as issue 3 specifies:
     `patient`, `toxicity`, `max_grade`, `onset_day`, `onset`, `resolved`, plus the fields of each type."""
     rows: list[dict[str, Any]] = []
+    facts = result.tables.output.toxicities
     for pr in result.patients:
         for cr in pr.courses:
             base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number}
-            for tox in (Toxicity.CRS, Toxicity.ICANS):
-                for ep, tr in zip(cr.episodes[tox], cr.treatments[tox], strict=True):
-                    rows.append({
+            for tox in cr.days:  # the daily-graded toxicities, in registry order
+                responses = cr.treatments.get(tox)
+                for i, ep in enumerate(cr.episodes[tox]):
+                    row = {
                         "patient": pr.patient.id,
                         "toxicity": tox.value,
                         "max_grade": ep.max_grade,
@@ -28,15 +31,10 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                         "resolved": iso(ep.abatement) if ep.abatement else None,
                         "resolution_day": ep.resolved_day,
                         "days_assessed": sum(1 for d in ep.days if d.state != State.NOT_ASSESSABLE),
-                        "treatments": list(tr.treatments),
-                        "first_treatment_day": tr.first_treatment_day,
-                        "hours_to_first_treatment": _round(tr.hours_onset_to_first_treatment),
-                        "dexamethasone_equivalent_mg": _round(tr.dexamethasone_equivalent_mg),
-                        "steroid_refractory": tr.steroid_refractory,
-                        "remission_day": tr.remission_day,
-                        "hours_to_remission": _round(tr.hours_to_remission),
-                        **base,
-                    })
+                    }
+                    if responses is not None:
+                        row.update(_treatment_fields(responses[i]))
+                    rows.append({**row, **base})
             for ev in cr.events:
                 row: dict[str, Any] = {
                     "patient": pr.patient.id,
@@ -50,21 +48,29 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                 }
                 if ev.max_grade is None and ev.assessment is not None:
                     row["missing"] = list(ev.assessment.missing)
-                if ev.toxicity == Toxicity.INFECTION:
-                    row.update(window=ev.detail("window"), type=ev.detail("type"),
-                               prophylaxis=bool(ev.detail("prophylaxis", False)), site=ev.detail("site"))
-                elif ev.toxicity == Toxicity.NEURO_OTHER:
-                    row["category"] = ev.detail("category")
+                row.update((name, ev.detail(name)) for name in facts[ev.toxicity].summary_details)
                 rows.append({**row, **base})
-            hx = cr.hematotox
-            if hx is not None:
-                row = {"patient": pr.patient.id, "toxicity": Toxicity.CAR_HEMATOTOX.value, "score": hx.value,
-                       "risk": hx.interpretation if hx.state != State.NOT_ASSESSABLE and hx.interpretation
+            for tox, score in cr.scores.items():
+                row = {"patient": pr.patient.id, "toxicity": tox.value, "score": score.value,
+                       "risk": score.interpretation if score.state != State.NOT_ASSESSABLE and score.interpretation
                        else "not-assessable"}
                 if row["risk"] == "not-assessable":
-                    row["missing"] = list(hx.missing)
+                    row["missing"] = list(score.missing)
                 rows.append({**row, **base})
     return rows
+
+
+def _treatment_fields(tr: TreatmentResponse) -> dict[str, Any]:
+    """What a daily-graded episode's row says of its treatment and response (grading.md section 8)."""
+    return {
+        "treatments": list(tr.treatments),
+        "first_treatment_day": tr.first_treatment_day,
+        "hours_to_first_treatment": _round(tr.hours_onset_to_first_treatment),
+        "dexamethasone_equivalent_mg": _round(tr.dexamethasone_equivalent_mg),
+        "steroid_refractory": tr.steroid_refractory,
+        "remission_day": tr.remission_day,
+        "hours_to_remission": _round(tr.hours_to_remission),
+    }
 
 
 def _round(value: float | None) -> float | None:
@@ -74,9 +80,10 @@ def _round(value: float | None) -> float | None:
 def table_rows(result: RunResult) -> list[tuple[str, ...]]:
     """Per patient, infusion and toxicity: max grade, onset day, resolution day, days assessed."""
     out: list[tuple[str, ...]] = []
+    facts = result.tables.output.toxicities
     for pr in result.patients:
         for cr in pr.courses:
-            for tox in (Toxicity.CRS, Toxicity.ICANS):
+            for tox in cr.days:
                 days = cr.days[tox]
                 assessed = sum(1 for d in days if d.state != State.NOT_ASSESSABLE)
                 eps = cr.episodes[tox]
@@ -84,33 +91,39 @@ def table_rows(result: RunResult) -> list[tuple[str, ...]]:
                     graded = [d.grade for d in days if d.grade is not None]
                     shown = "0" if graded else ("n/a" if days else "no data")
                     out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", str(assessed), "-"))
-                for ep, tr in zip(eps, cr.treatments[tox], strict=True):
+                responses = cr.treatments.get(tox)
+                for i, ep in enumerate(eps):
                     grade = f">={ep.max_grade}" if ep.max_is_lower_bound else str(ep.max_grade)
-                    treated = ", ".join(tr.treatments) or "-"
-                    if tr.first_treatment_day is not None:
-                        treated += f" (day {tr.first_treatment_day})"
-                    if tr.steroid_refractory:
-                        treated += ", steroid-refractory"
-                    if tr.remission_day is not None:
-                        treated += f", IDM remission day {tr.remission_day}"
+                    treated = _treated(responses[i]) if responses is not None else "-"
                     out.append((pr.patient.id, str(cr.course.number), tox.value, grade, str(ep.onset_day),
                                 str(ep.resolved_day) if ep.resolved_day is not None else "ongoing", str(assessed),
                                 treated))
             for ev in cr.events:
                 label = ev.toxicity.value
-                extra = ev.detail("category") or ev.detail("type")
+                detail = facts[ev.toxicity].label_detail
+                extra = ev.detail(detail) if detail else None
                 if extra:
                     label += f" ({extra})"
                 grade = "n/a" if ev.max_grade is None else (f">={ev.max_grade}" if ev.state == State.AT_LEAST
                                                             else str(ev.max_grade))
                 out.append((pr.patient.id, str(cr.course.number), label, grade, str(ev.onset_day),
                             str(ev.resolved_day) if ev.resolved_day is not None else "ongoing", "-", "-"))
-            hx = cr.hematotox
-            if hx is not None:
-                shown = (f"score {hx.value} ({hx.interpretation})" if hx.state != State.NOT_ASSESSABLE
-                         and hx.value is not None else "n/a")
-                out.append((pr.patient.id, str(cr.course.number), "car-hematotox", shown, "-", "-", "-", "-"))
+            for tox, score in cr.scores.items():
+                shown = (f"score {score.value} ({score.interpretation})" if score.state != State.NOT_ASSESSABLE
+                         and score.value is not None else "n/a")
+                out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", "-", "-"))
     return out
+
+
+def _treated(tr: TreatmentResponse) -> str:
+    treated = ", ".join(tr.treatments) or "-"
+    if tr.first_treatment_day is not None:
+        treated += f" (day {tr.first_treatment_day})"
+    if tr.steroid_refractory:
+        treated += ", steroid-refractory"
+    if tr.remission_day is not None:
+        treated += f", IDM remission day {tr.remission_day}"
+    return treated
 
 
 def render_table(rows: list[tuple[str, ...]]) -> str:

@@ -178,9 +178,10 @@ def _assemble(job: StreamJob, stage: Path, parts: Path, results: list[TaskResult
     if job.summary_json is not None:
         assemble.write_summary(stage / ".summary", parts, results)
     if job.registry_csv is not None:
+        from ..grading.registry import load_all
         from ..registry import csv_text
 
-        header = csv_text([]).encode()
+        header = csv_text([], load_all()).encode()  # the workers' engines grade with the shipped tables too
         assemble.write_registry(stage / ".registry", parts, results, header)
 
 
