@@ -324,7 +324,7 @@ def test_infection_criteria(engine: Any, covers: list[str], build: Build, expect
 
 def test_every_infection_grading_row_has_a_case() -> None:
     t = load_yaml_table("infection-grading.yaml", InfectionGradingTable)
-    settings = {f"setting:{k}" for k in t.settings.model_dump() if k not in ("verified", "source")}
+    settings = {f"setting:{k}" for k in t.settings.model_dump() if k not in ("id", "verified", "source")}
     rows = settings | {f"window:{w.profile}:{w.window}" for w in t.windows} | \
         {f"term:{r.ctcae_term}" for r in t.terms} | {f"route:{r.route}" for r in t.routes} | \
         {f"support:{r.support}" for r in t.organ_support}

@@ -27,6 +27,7 @@ class Row(BaseModel):
     """A table row: unknown columns are an error, every row says where it comes from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str | None = None  # the row's name in an evidence trail; required in files by table_ids.check_row_ids
 
 
 class Table(BaseModel):
