@@ -13,7 +13,7 @@ from .grading.result import Assessment, Event, State, Toxicity
 from .pipeline import CourseResult, PatientResult, RunResult
 from .report import RunReport
 from .summary import episode_rows
-from .tables import mappings_dir, read_yaml
+from .tables import Row, Table, load_yaml_table, mappings_dir, read_yaml
 from .timeline import Course
 
 # Never a blank cell, never a silent 0 (grading.md decision 2): what is missing says why.
@@ -24,19 +24,32 @@ NOT_RESOLVED = "not resolved"  # still open at the end of the data
 YES, NO = "yes", "no"
 
 
+class ColumnRow(Row):
+    """A column of the registry CSV and the CIBMTR form question it fills (`verified`: question text read)."""
+
+    column: str
+    description: str
+    form: str
+    question: str
+    url: str
+    verified: bool
+
+
+class ColumnTable(Table):
+    rows: tuple[ColumnRow, ...]
+
+
 def _load_columns() -> tuple[list[str], dict[str, str]]:
     """Column names, in order, from mappings/registry-columns.yaml (the mapping to CIBMTR questions is data)."""
-    path = mappings_dir() / "registry-columns.yaml"
-    doc = read_yaml(path)
+    table = load_yaml_table("registry-columns.yaml", ColumnTable)  # parsed, and row ids checked
+    names = [r.column for r in table.rows]
     try:
-        rows = doc["rows"]
-        names = [str(r["column"]) for r in rows]
         products = {str(p["product"]): ";".join(p.get("rxnorm") or ())
                     for p in read_yaml(mappings_dir() / "cart-products.yaml")["rows"]}
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{path.name}: every row needs a `column`") from exc
+        raise ConfigError("cart-products.yaml: every row needs a `product`") from exc
     if len(set(names)) != len(names):
-        raise ConfigError(f"{path.name}: duplicate column names")
+        raise ConfigError("registry-columns.yaml: duplicate column names")
     return names, products
 
 

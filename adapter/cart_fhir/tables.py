@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .constants import CS_OXYGEN, cs
 from .errors import ConfigError
+from .table_ids import check_row_ids
 
 
 def mappings_dir() -> Path:
@@ -396,6 +397,7 @@ def load_tables(folder: str | None = None) -> Tables:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+        check_row_ids(str(path), parsed[key])
     try:
         parsed["avpu_map"] = orjson.loads((base / "avpu-conceptmap.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -414,7 +416,7 @@ def load_yaml_table(filename: str, model: type[T], folder: str | None = None) ->
     parsed and checked once, when the grader is built at start-up."""
     path = (Path(folder) if folder else mappings_dir()) / filename
     try:
-        return model.model_validate(read_yaml(path))
+        table = model.model_validate(read_yaml(path))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: mapping table missing") from exc
     except yaml.YAMLError as exc:
@@ -422,3 +424,5 @@ def load_yaml_table(filename: str, model: type[T], folder: str | None = None) ->
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(f"{path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
+    check_row_ids(str(path), table)
+    return table
