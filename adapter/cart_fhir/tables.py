@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .constants import CS_OXYGEN, cs
 from .errors import ConfigError
+from .table_ids import check_row_ids
 
 
 def mappings_dir() -> Path:
@@ -28,7 +29,7 @@ class Row(BaseModel):
     """A table row: unknown columns are an error, every row says where it comes from."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    id: str | None = None
+    id: str | None = None  # the row's name in an evidence trail; required in files by table_ids.check_row_ids
 
 
 class Table(BaseModel):
@@ -447,7 +448,7 @@ def load_tables(folder: str | None = None, extra: tuple[TableFile, ...] = ()) ->
 
 def _parse(path: Path, model: type[T]) -> T:
     try:
-        return model.model_validate(read_yaml(path))
+        table = model.model_validate(read_yaml(path))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: mapping table missing") from exc
     except yaml.YAMLError as exc:
@@ -456,6 +457,8 @@ def _parse(path: Path, model: type[T]) -> T:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+    check_row_ids(str(path), table)
+    return table
 
 
 @functools.cache
