@@ -10,13 +10,13 @@ import cart_fhir
 PKG = Path(cart_fhir.__file__).resolve().parent
 FORBIDDEN_IN_PURE = ("fhir", "fhirpy", "flask", "requests", "responses", "orjson", "yaml", "urllib", "socket",
                      "cart_fhir.ingest", "cart_fhir.output", "cart_fhir.cli", "cart_fhir.pipeline")
-PURE = ["grading/crs.py", "grading/icans.py", "grading/episodes.py", "grading/result.py", "model.py",
-        "timeline.py", "grading/treatments.py", "grading/iechs/__init__.py", "grading/iechs/grader.py", "grading/icaht/__init__.py", "grading/icaht/grader.py", "grading/icaht/early.py", "grading/icaht/late.py", "grading/icaht/findings.py", "grading/hematotox.py",
-        "grading/infections.py", "grading/neuro_other.py", "grading/attribution.py", "grading/iechs/table.py",
-        "grading/iechs/labs.py", "grading/iechs/screen.py", "grading/iechs/timing.py", "grading/iechs/suggest.py",
-        "grading/icaht/series.py",
-        "grading/icaht/table.py", "grading/treatments_table.py", "grading/treatments_linking.py",
-        "grading/treatments_outcomes.py"]
+PURE = ["model.py", "timeline.py", "grading/result.py", "grading/episodes.py", "grading/attribution.py",
+        "grading/crs.py", "grading/icans.py", "grading/hematotox.py", "grading/infections.py",
+        "grading/neuro_other.py",
+        *(f"grading/iechs/{m}.py" for m in ("__init__", "table", "labs", "screen", "timing", "suggest", "grader")),
+        *(f"grading/icaht/{m}.py" for m in ("__init__", "table", "series", "early", "late", "findings", "grader")),
+        *(f"grading/treatments/{m}.py"
+          for m in ("__init__", "table", "linking", "exposure", "outcomes", "analyzer"))]
 
 
 def imports(path: Path) -> set[str]:

@@ -33,7 +33,7 @@ def _never_recovered(lk: Lookups, days: dict[int, DayAnc]) -> int | None:
 
 
 def early(lk: Lookups, course: Course, days: dict[int, DayAnc],
-           end: FollowUpEnd) -> tuple[Assessment, Event | None]:
+          end: FollowUpEnd) -> tuple[Assessment, Event | None]:
     w = lk.windows["early"]
     window = {d: x for d, x in days.items() if w.first_day <= d <= w.last_day}
     reasons, flags, gcsf = context(lk, course, w, end)

@@ -12,7 +12,7 @@ from .table import Lookups
 
 
 def late(lk: Lookups, course: Course, measured: dict[int, DayAnc],
-          end: FollowUpEnd) -> tuple[Assessment, Event | None]:
+         end: FollowUpEnd) -> tuple[Assessment, Event | None]:
     w = lk.windows["late"]
     reasons, flags, gcsf = context(lk, course, w, end)
     window = {d: x for d, x in measured.items() if w.first_day <= d <= min(w.last_day, end[0])}

@@ -160,7 +160,8 @@ class IecHsGrader:
                 out.append(Component("ferritin-ratio", "decimal", round(top / uln, 2)))
             base = baseline(self.lk, labs, "ferritin")
             if base is not None and quantity(base[1]).value > 0:
-                out.append(Component("ferritin-baseline-ratio", "decimal", round(top / quantity(base[1]).value, 2)))
+                ratio = top / quantity(base[1]).value
+                out.append(Component("ferritin-baseline-ratio", "decimal", round(ratio, 2)))
         for concept in self.t.transaminases.concepts:
             if values := [quantity(r).value for r in within(concept)]:
                 out.append(Component(concept, "integer", round(max(values))))

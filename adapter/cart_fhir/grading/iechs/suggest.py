@@ -119,8 +119,8 @@ def _creatinine_rule(lk: Lookups, labs: Labs, rule: GradeRule, lookback: datetim
     if any(lookback <= r.when.at < start for _, r in high):
         return RuleMatch(flags=("treatment-or-support-before-screen",))
     d, r = now[0]
-    return RuleMatch((*(x.ref for _, x in now),),
-                     f"creatinine {quantity(r).value:g} mg/dL on day {d} > {rule.factor:g} x baseline ({b:g})")
+    text = f"creatinine {quantity(r).value:g} mg/dL on day {d} > {rule.factor:g} x baseline ({b:g})"
+    return RuleMatch((*(x.ref for _, x in now),), text)
 
 
 def _inside(at: datetime, start: datetime, end: datetime | None) -> bool:

@@ -1,11 +1,12 @@
-"""Treatment-response table (mappings/treatment-response.yaml, grading.md 8): row models, start-up check."""
+"""Treatment-response table (mappings/treatment-response.yaml, grading.md 8): rows, checks, lookups."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import ConfigError
-from ..tables import DrugRow, Row, Table, load_yaml_table
+from ...errors import ConfigError
+from ...tables import DrugRow, Row, Table, load_yaml_table
 
 ToxName = Literal["crs", "icans"]
 
@@ -131,3 +132,13 @@ def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
     for a in agents:
         if drugs[a].role == "corticosteroid" and drugs[a].dex_equivalent is None:
             raise ConfigError(f"{name}: corticosteroid {a} has no dex_equivalent in drugs.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookups:
+    """The treatment table with the drug rows it is checked against, indexed once per analyzer."""
+
+    t: TreatmentTable
+    drugs: dict[str, DrugRow]  # drugs.yaml rows by agent
+    agents: dict[str, AgentRow]  # treatment agents by name
+    capd_max_age: int  # decision 6: CAPD, not ICE, up to this age (years)
