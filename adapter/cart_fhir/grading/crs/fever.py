@@ -53,7 +53,7 @@ def gate(fever: Finding, open_since: datetime | None, lifting: Sequence[DrugAdmi
     if open_since is None:
         return Gate(fever.low >= 1)
     masking = [d for d in lifting if d.start.at >= open_since and d.start.at < end]
-    reasons = ()
+    reasons: tuple[str, ...] = ()
     if masking and not fever.low:
         reasons = ("no fever needed inside the episode: fever masked by "
                    + ", ".join(sorted({d.agent for d in masking})) + " (ASTCT R2)",)

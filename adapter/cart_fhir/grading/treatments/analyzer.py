@@ -154,7 +154,9 @@ class TreatmentAnalyzer:
         """Unverified table rows this result used, for the run report (decision 10)."""
         t = self.t
         verified = {r.agent: r.verified for r in t.agents}
-        verified |= {r.id: r.verified for r in (*t.high_dose, *t.refractory, *t.remission.rows)}
+        verified |= {r.id: r.verified for r in t.high_dose}
+        verified |= {r.id: r.verified for r in t.refractory}
+        verified |= {r.id: r.verified for r in t.remission.rows}
         verified |= {"improvement": t.improvement.verified, "reason_window": t.reason_window.verified}
         ids = [x for x in labels if x in verified]
         ids += ["reason_window"] if any(f.startswith("reason-linked-") for f in flags) else []

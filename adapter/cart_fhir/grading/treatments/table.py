@@ -110,14 +110,17 @@ class TreatmentTable(Table):
 
 
 def load_treatment_table() -> TreatmentTable:
-    return load_yaml_table("treatment-response.yaml", TreatmentTable)
+    # functools.cache on load_yaml_table hides its generic return type from mypy (typeshed's wrapper).
+    table: TreatmentTable = load_yaml_table("treatment-response.yaml", TreatmentTable)
+    return table
 
 
 def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
     """Start-up check (habit 4): agents are drugs.yaml rows, steroids have a dexamethasone factor."""
     name = "treatment-response.yaml"
     agents = {r.agent: r for r in t.agents}
-    named = {*agents, *t.intrathecal.idm_agents, *(r.agent for r in (*t.high_dose, *t.dose_limits))}
+    named = {*agents, *t.intrathecal.idm_agents, *(r.agent for r in t.high_dose),
+             *(r.agent for r in t.dose_limits)}
     unknown = sorted(a for a in named if a not in drugs)
     if unknown:
         raise ConfigError(f"{name}: agents not in drugs.yaml: {unknown}")
