@@ -1,4 +1,4 @@
-"""CrsGrader: the ASTCT 2019 CRS grade of each day of a course, carrying the episode across days."""
+"""CrsGrader: the CRS grade of each day of a course, the episode carried across days (rules in __init__)."""
 
 from __future__ import annotations
 
