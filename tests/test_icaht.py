@@ -14,7 +14,8 @@ import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
 
-from cart_fhir.grading.icaht import IcahtGrader, IcahtTable, cumulative, days_text
+from cart_fhir.grading.icaht import IcahtGrader, IcahtTable
+from cart_fhir.grading.icaht.series import cumulative, days_text
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.pipeline import Engine
 from cart_fhir.tables import load_yaml_table

@@ -12,12 +12,12 @@ import yaml
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable
 from cart_fhir.grading.hematotox import HematotoxTable
-from cart_fhir.grading.icaht_table import IcahtTable
-from cart_fhir.grading.iechs_table import IecHsTable
+from cart_fhir.grading.icaht import IcahtTable
+from cart_fhir.grading.iechs import IecHsTable
 from cart_fhir.grading.infections import InfectionGradingTable
 from cart_fhir.grading.neuro_other import NeuroGradingTable
 from cart_fhir.grading.registry import GRADERS, table_files
-from cart_fhir.grading.treatments_table import TreatmentTable
+from cart_fhir.grading.treatments import TreatmentTable
 from cart_fhir.synth.table import SynthTable
 from cart_fhir.table_ids import check_row_ids
 from cart_fhir.tables import (

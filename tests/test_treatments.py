@@ -19,7 +19,8 @@ from helpers import run
 import cart_fhir
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.result import State, Toxicity
-from cart_fhir.grading.treatments import AgentRow, TreatmentAnalyzer, TreatmentResponse, load_treatment_table
+from cart_fhir.grading.treatments import TreatmentAnalyzer, TreatmentResponse
+from cart_fhir.grading.treatments.table import AgentRow, load_treatment_table
 from cart_fhir.pipeline import Engine
 
 CRS, ICANS = Toxicity.CRS, Toxicity.ICANS
@@ -467,11 +468,11 @@ def test_unknown_agent_stops_start_up() -> None:
 
 
 def test_module_is_pure() -> None:
-    path = Path(cart_fhir.__file__).resolve().parent / "grading" / "treatments.py"
-    tree = ast.parse(path.read_text())
-    mods = {(n.level, n.module) for n in tree.body if isinstance(n, ast.ImportFrom)}
-    mods |= {(0, a.name) for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     allowed = {(0, "__future__"), (0, "collections.abc"), (0, "dataclasses"), (0, "datetime"), (0, "typing"),
-               (2, "errors"), (2, "model"), (2, "tables"), (2, "timeline"), (1, "result"),
-               (1, "treatments_table"), (1, "treatments_linking"), (1, "treatments_outcomes")}
-    assert mods <= allowed, mods - allowed
+               (3, "errors"), (3, "model"), (3, "tables"), (3, "timeline"), (2, "result"), (1, "table"),
+               (1, "linking"), (1, "exposure"), (1, "outcomes"), (1, "analyzer")}
+    for path in (Path(cart_fhir.__file__).resolve().parent / "grading" / "treatments").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = {(n.level, n.module) for n in tree.body if isinstance(n, ast.ImportFrom)}
+        mods |= {(0, a.name) for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        assert mods <= allowed, (path.name, mods - allowed)

@@ -1,7 +1,8 @@
-"""Day 0 and the time axis: each event belongs to the most recent CAR-T infusion before it (input-contract.md)."""
+"""Day 0 and the time axis: each event belongs to the latest CAR-T infusion before it (input-contract.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from itertools import pairwise
@@ -23,7 +24,7 @@ class Course:
     conditions: list[tuple[int, ConditionFact]] = field(default_factory=list)  # (onset day, fact)
     # Before this infusion (and after the previous one): baselines such as the CAR-HEMATOTOX labs before
     # lymphodepletion, and the lymphodepleting chemotherapy itself. Never graded as a toxicity.
-    pre_readings: list[tuple[int, Reading]] = field(default_factory=list)  # (day < 0 or day 0 before infusion)
+    pre_readings: list[tuple[int, Reading]] = field(default_factory=list)  # day < 0, or day 0 before it
     pre_drugs: list[DrugAdmin] = field(default_factory=list)
 
     _tz: timezone = field(init=False, repr=False)
@@ -88,6 +89,38 @@ class Course:
     def age_on(self, day: int) -> int | None:
         return self.patient.age_on(self.date_of(day))
 
+    def owns(self, m: Moment) -> bool:
+        """Is the event at or after this course's infusion? Bare dates compare by calendar date (day 0)."""
+        return _after(m, self.infusion)
+
+    def take_readings(self, ordered: Iterable[Reading]) -> int:
+        """Put time-ordered readings into `readings` (at or after the infusion) or `pre_readings` (before
+        it), with their day; returns how many came before. For the usual patient, one course with a timed
+        infusion: the ownership test and day_of() are inlined because this loop runs once per reading
+        (measured: ~2x faster than calling them per reading)."""
+        start = self.infusion.when.at
+        offset, day0, tz = self._offset, self._day0, self._tz
+        post, pre = self.readings, self.pre_readings
+        before = 0
+        last: Moment | None = None
+        day, inside = 0, False
+        for r in ordered:
+            m = r.when
+            if m is not last:  # readings of one Observation (and of one charting time) share their Moment
+                last, at = m, m.at
+                if m.date_only:
+                    day = (at.date() - day0).days
+                    inside = m.local_date(tz) >= day0
+                else:
+                    day = ((at.date() if at.utcoffset() == offset else at.astimezone(tz).date()) - day0).days
+                    inside = at >= start
+            if inside:
+                post.append((day, r))
+            else:
+                before += 1
+                pre.append((day, r))
+        return before
+
 
 def _after(m: Moment, inf: Infusion) -> bool:
     """Is the event at or after the infusion? Bare dates compare by calendar date (day 0 counts)."""
@@ -124,68 +157,55 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
     infusions = course_starts(patient.infusions)
     out = [Course(patient, inf, n + 1, infusions[n + 1].when.at if n + 1 < len(infusions) else None)
            for n, inf in enumerate(infusions)]
-    before = 0
     if not out:
         return out, len(patient.readings) + len(patient.drugs)
+    before = _assign_readings(out, sorted(patient.readings, key=_WHEN_AT))
+    before += _assign_drugs(out, patient.drugs)
+    before += _assign_conditions(out, sorted(patient.conditions, key=lambda f: f.onset.at))
+    return out, before
 
-    def owner(m: Moment) -> Course | None:
-        found = None
-        for c in out:
-            if _after(m, c.infusion):
-                found = c
-            else:
-                break
-        return found
 
-    def next_course(m: Moment) -> Course:
-        """The course whose infusion comes next after an event that precedes it (its baseline)."""
-        for c in out:
-            if not _after(m, c.infusion):
-                return c
-        return out[-1]
+def _owner(out: list[Course], m: Moment) -> Course | None:
+    """The course of the latest infusion at or before the event; None before the first infusion."""
+    found = None
+    for c in out:
+        if not c.owns(m):
+            break
+        found = c
+    return found
 
+
+def _assign_readings(out: list[Course], ordered: list[Reading]) -> int:
+    """Readings to their course; those before the first infusion are its baseline (pre_readings), and a
+    course's readings are also the next course's baseline. Returns how many came before any infusion."""
     first = out[0]
     if len(out) == 1 and not first.infusion.when.date_only:
-        # The usual patient (one timed infusion): owner() is "at or after the infusion", inlined because this
-        # loop runs once per reading (measured: ~2x faster than calling owner() and day_of() per reading).
-        start = first.infusion.when.at
-        offset, day0, tz = first._offset, first._day0, first._tz
-        post, pre = first.readings, first.pre_readings
-        last: Moment | None = None
-        day, inside = 0, False
-        for r in sorted(patient.readings, key=_WHEN_AT):
-            m = r.when
-            if m is not last:  # readings of one Observation (and of one charting time) share their Moment
-                last, at = m, m.at
-                if m.date_only:
-                    day = (at.date() - day0).days
-                    inside = m.local_date(tz) >= day0
-                else:
-                    day = ((at.date() if at.utcoffset() == offset else at.astimezone(tz).date()) - day0).days
-                    inside = at >= start
-            if inside:
-                post.append((day, r))
-            else:
-                before += 1
-                pre.append((day, r))
-    else:
-        for r in sorted(patient.readings, key=_WHEN_AT):
-            c = owner(r.when)
-            if c is None:
-                before += 1
-                first.pre_readings.append((first.day_of(r.when), r))
-                continue
-            c.readings.append((c.day_of(r.when), r))
+        return first.take_readings(ordered)
+    before = 0
+    for r in ordered:
+        c = _owner(out, r.when)
+        if c is None:
+            before += 1
+            first.pre_readings.append((first.day_of(r.when), r))
+            continue
+        c.readings.append((c.day_of(r.when), r))
     for c_prev, c_next in pairwise(out):
         c_next.pre_readings.extend((c_next.day_of(r.when), r) for _, r in c_prev.readings
                                    if r.when.at >= c_prev.infusion.when.at)
-    for d in patient.drugs:
-        c = owner(d.start)
+    return before
+
+
+def _assign_drugs(out: list[Course], drugs: list[DrugAdmin]) -> int:
+    """Drugs to their course, and to the next course's pre_drugs (lymphodepletion and the like). A drug
+    started before the first infusion belongs to the first course only if it was still running then.
+    Returns how many belong to no course."""
+    before = 0
+    first = out[0]
+    for d in drugs:
+        c = _owner(out, d.start)
         if c is None:
-            nxt = next_course(d.start)
-            nxt.pre_drugs.append(d)
-            # Started before the first infusion: it belongs to the first course only if it was still running.
-            first = out[0]
+            # The course whose infusion comes next after the drug (the drug precedes it: its baseline).
+            next((x for x in out if not x.owns(d.start)), out[-1]).pre_drugs.append(d)
             if not d.instant and (d.end is None or d.end.at >= first.infusion.when.at):
                 first.drugs.append(d)
             else:
@@ -196,10 +216,16 @@ def courses(patient: PatientData) -> tuple[list[Course], int]:
             nxt = next((x for x in out if x.number == c.number + 1), None)
             if nxt is not None:
                 nxt.pre_drugs.append(d)
-    for f in sorted(patient.conditions, key=lambda f: f.onset.at):
-        c = owner(f.onset)
+    return before
+
+
+def _assign_conditions(out: list[Course], ordered: list[ConditionFact]) -> int:
+    """Conditions to the course of their onset, with the onset day; returns how many precede every course."""
+    before = 0
+    for f in ordered:
+        c = _owner(out, f.onset)
         if c is None:
             before += 1
             continue
         c.conditions.append((c.day_of(f.onset), f))
-    return out, before
+    return before

@@ -92,9 +92,9 @@ class AttributionRulesTable(Table):
     second_suspects: tuple[SecondSuspectRow, ...]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AttributionRulesTable":
-        rows = (*self.windows, *self.alternative_causes, *self.second_suspects)
-        ids = [r.id for r in rows]
+    def _consistent(self) -> AttributionRulesTable:
+        ids = [*(r.id for r in self.windows), *(r.id for r in self.alternative_causes),
+               *(r.id for r in self.second_suspects)]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate rule ids {sorted({i for i in ids if ids.count(i) > 1})}")
         for w in self.windows:
@@ -109,7 +109,7 @@ class AttributionRulesTable(Table):
 def lower(assessment: str) -> str:
     """One WHO-UMC step weaker; Unlikely, Conditional and Unassessable stay as they are."""
     if assessment in LADDER[:-1]:
-        return LADDER[LADDER.index(assessment) + 1]  # type: ignore[arg-type]
+        return LADDER[LADDER.index(assessment) + 1]
     return assessment
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from ..model import Reading
+from ..model import Quantity, Reading
 from ..tables import Band, IcansTable
 from ..timeline import Course
 from .result import Component, DayGrade, State, Toxicity
@@ -27,6 +27,13 @@ ICANS_CONCEPTS = frozenset({"ice-score", "capd-score", "consciousness", "seizure
                             "cannot-perform-ice", *ICE_ITEMS})
 CODED = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
          "cerebral-edema": "cerebral-edema-finding"}
+
+
+def _score(r: Reading) -> int:
+    """An ICE or CAPD score or ICE item: kind integer in mappings/concepts.yaml, so ingest stores an int."""
+    if isinstance(r.value, Quantity):
+        raise TypeError(f"{r.concept} ({r.ref}) is a quantity, not an integer score")
+    return int(r.value)
 
 
 def _band(bands: tuple[Band, ...], value: int) -> int:
@@ -45,9 +52,9 @@ class IcansGrader:
     def reading_grade(self, r: Reading) -> int | None:
         """The grade one reading gives on its own (None for ICE items, which count only as a sum)."""
         if r.concept == "ice-score":
-            return _band(self.t.ice_bands, int(r.value))
+            return _band(self.t.ice_bands, _score(r))
         if r.concept == "capd-score":
-            return _band(self.t.capd_bands, int(r.value))
+            return _band(self.t.capd_bands, _score(r))
         if r.concept == "cannot-perform-ice":
             return self.t.cannot_perform.grade if r.value is True else None
         if r.concept in self.domain_grade:
@@ -82,7 +89,7 @@ class IcansGrader:
         for at, items in groups.items():
             if at in totals_at or len(items) < len(ICE_ITEMS):
                 continue
-            total = sum(int(items[k].value) for k in ICE_ITEMS)
+            total = sum(_score(items[k]) for k in ICE_ITEMS)
             first = items[ICE_ITEMS[0]]
             out.append((course.day_of(first.when), Reading("ice-score", first.when, total, first.ref, first.group)))
         return out
@@ -106,10 +113,10 @@ class IcansGrader:
             if not rs:
                 continue
             if concept in ("ice-score", "capd-score"):
-                key = (lambda rg: (rg[1], -int(rg[0].value))) if concept == "ice-score" else \
-                      (lambda rg: (rg[1], int(rg[0].value)))
+                key = (lambda rg: (rg[1], -_score(rg[0]))) if concept == "ice-score" else \
+                      (lambda rg: (rg[1], _score(rg[0])))
                 worst, g = max(rs, key=key)
-                comps.append(Component(concept, "integer", int(worst.value), g))
+                comps.append(Component(concept, "integer", _score(worst), g))
             elif concept == "cannot-perform-ice":
                 worst, g = rs[0]
                 comps.append(Component("consciousness", "consciousness-level", "unarousable", g))
@@ -126,8 +133,9 @@ class IcansGrader:
             expected = "capd-score"
         if age is None:
             flags.append("age-unknown")
+        missing: tuple[str, ...] = ()
         if instrument or top == 4:
-            state, grade, missing = State.GRADED, top, ()
+            state, grade = State.GRADED, top
         elif top >= 1:
             state, grade = State.AT_LEAST, top
             missing = (f"{expected} (no {'CAPD' if expected == 'capd-score' else 'ICE'} that day)",)

@@ -70,7 +70,7 @@ class NeuroGradingTable(Table):
     motor_event: MotorEventRow
 
     @model_validator(mode="after")
-    def _unique(self) -> "NeuroGradingTable":
+    def _unique(self) -> NeuroGradingTable:
         codes = [r.code for r in self.severity]
         ids = [r.id for r in self.support]
         if len(set(codes)) != len(codes) or len(set(ids)) != len(ids):
@@ -99,8 +99,8 @@ class NeuroOtherGrader:
     def _condition_event(self, course: Course, day: int, f: ConditionFact, icans: Sequence[Episode]) -> Event:
         category, term = f.attr("category", "other"), f.attr("ctcae_term")
         end_day = course.day_of(f.abatement) if f.abatement is not None else None
-        reasons = [f"{f.display} (Condition, onset day {day}): non-ICANS neurotoxicity, category {category}, "
-                   f"CTCAE term {term} (grading.md 7.1)"]
+        reasons = [(f"{f.display} (Condition, onset day {day}): non-ICANS neurotoxicity, category {category}, "
+                    f"CTCAE term {term} (grading.md 7.1)")]
         flags = ["attribution-unconfirmed", "category-unconfirmed"]  # 7.2: a clinician confirms the category
         overlapping = [ep for ep in icans
                        if ep.onset_day <= day and (ep.resolved_day is None or day < ep.resolved_day)]
@@ -149,9 +149,9 @@ class NeuroOtherGrader:
         last_day = run[-1][0]
         refs = tuple(dict.fromkeys(r.ref for _, r in run))
         days = f"day {first_day}" if first_day == last_day else f"days {first_day}-{last_day}"
-        reasons = [f"deep focal motor weakness on {days} without another ICANS finding "
-                   "within 72 h: not ICANS but a non-ICANS neurotoxicity, category myelopathy/paraparesis "
-                   "(decision 7, grading.md 11.13)"]
+        reasons = [(f"deep focal motor weakness on {days} without another ICANS finding "
+                    "within 72 h: not ICANS but a non-ICANS neurotoxicity, category myelopathy/paraparesis "
+                    "(decision 7, grading.md 11.13)")]
         flags = ["attribution-unconfirmed", "category-unconfirmed", MOTOR_OUTSIDE_FLAG]
         end_day, abatement = (end[0], end[1].when.at) if end else (None, None)
         if end:
@@ -195,8 +195,9 @@ class NeuroOtherGrader:
             flags.append("death-unattributed")  # decision 2: grade 5 only from a clinician-entered cause
             reasons.append(f"patient died on day {course.day_of(deceased)}: grade 5 needs a "
                            "clinician-entered cause of death")
+        missing: tuple[str, ...] = ()
         if grades:
-            state, value, missing = State.GRADED, max(grades), ()
+            state, value = State.GRADED, max(grades)
         else:
             state, value, missing = State.NOT_ASSESSABLE, None, (MISSING,)
             reasons.append(f"CTCAE {term} grades by ADL impact: not computable without {MISSING} "

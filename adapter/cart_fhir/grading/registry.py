@@ -20,16 +20,13 @@ from .attribution import AttributionRulesTable
 from .crs import CrsGrader
 from .episodes import episodes
 from .hematotox import HematotoxScorer, HematotoxTable
-from .icaht import IcahtGrader
-from .icaht_table import IcahtTable
+from .icaht import IcahtGrader, IcahtTable
 from .icans import IcansGrader
-from .iechs import IecHsGrader
-from .iechs_table import IecHsTable
+from .iechs import IecHsGrader, IecHsTable
 from .infections import InfectionGrader, InfectionGradingTable
 from .neuro_other import NeuroGradingTable, NeuroOtherGrader
 from .result import Assessment, DayGrade, Episode, Event, Findings, State, Toxicity
-from .treatments import TreatmentAnalyzer, TreatmentResponse
-from .treatments_table import TreatmentTable
+from .treatments import TreatmentAnalyzer, TreatmentResponse, TreatmentTable
 
 
 class OutputKind(str, Enum):

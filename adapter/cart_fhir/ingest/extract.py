@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, date, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import BadInput, Location
-from ..model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
+from ..model import Comparator, ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
 from ..report import RunReport
 from ..tables import ConceptRow, DrugRow
 from .codes import Terminology, codings, texts_of
@@ -31,6 +31,11 @@ def _component_path(code: str) -> str:
 # effective[x] / performed[x] elements that hold one time, in the order they are read.
 _TIME_ELEMENTS = {p: (p + "DateTime", p + "Instant") for p in ("effective", "performed")}
 
+
+
+def _is_comparator(value: object) -> TypeGuard[Comparator]:
+    """None (an exact value) or one of FHIR's Quantity comparators."""
+    return value is None or (type(value) is str and value in COMPARATORS)
 
 class Extractor:
     """Holds the lookups for a run; `patient()` turns one patient's resources into a PatientData."""
@@ -371,7 +376,8 @@ class Extractor:
             assert row.value_system is not None
             code = self.term.answer(cc, row.value_system)
             if code is None or not self.term.is_answer(row.value_system, code):
-                shown = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)] or [cc.get("text")]
+                shown: list[str | None] = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)]
+                shown = shown or [cc.get("text")]
                 raise BadInput(f"{path}: {row.concept} answer {shown} is not in {row.value_system} "
                                "(map site codes with --concept-map)", at.loc)
             return code
@@ -409,7 +415,7 @@ class Extractor:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", at.loc)
         comparator = q.get("comparator")
-        if comparator is not None and (type(comparator) is not str or comparator not in COMPARATORS):
+        if not _is_comparator(comparator):
             raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", at.loc)
         code = q.get("code")
         if not isinstance(code, str):
@@ -507,7 +513,9 @@ class Extractor:
     def _intent(res: dict[str, Any], row: DrugRow, reasons: tuple[str, ...], statement: bool) -> str:
         """Prophylaxis or treatment: a stated reason decides; else a statement of a drug that is typically
         prophylactic is prophylaxis (grading.md 6.2 pitfall: prophylaxis is never read as treatment)."""
-        reason_codes = res.get("reasonCode") if isinstance(res.get("reasonCode"), list) else []
+        reason_codes = res.get("reasonCode")
+        if not isinstance(reason_codes, list):
+            reason_codes = []
         words = " ".join(t for cc in reason_codes for t in texts_of(cc)).lower()
         cats = res.get("category")
         for cc in (cats if isinstance(cats, list) else [cats] if isinstance(cats, dict) else []):

@@ -137,9 +137,8 @@ def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
             report.ignored[f"{rtype} without subject"] += 1
             report.warn(f"{rtype}.{element} has no literal reference: not joined to a patient", ent.loc)
             continue
-        key = subject_keys.get(ref)
-        if key is None:
-            key = subject_keys[ref] = idx.key_of(ref)
+        known = subject_keys.get(ref)
+        key = known if known is not None else subject_keys.setdefault(ref, idx.key_of(ref))
         if key.startswith("urn:") and key not in by_key:
             report.error(BadInput(f"{element} refers to {ref}, which is not in the input", ent.loc))
             continue

@@ -178,7 +178,7 @@ class Writer:
 
     # ---- episode Condition and AdverseEvent ---------------------------------------------------
 
-    def _episode_key(self, course: Course, ep: Episode) -> tuple[str, ...]:
+    def _episode_key(self, course: Course, ep: Episode) -> tuple[str, str, str, str, int]:
         tox = ep.toxicity.value
         return (course.patient.key, course.infusion.ref, tox, self.codes.scale(tox)[0], ep.onset_day)
 

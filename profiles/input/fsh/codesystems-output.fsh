@@ -42,7 +42,7 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #seizure "Seizure"
 * #motor "Motor findings"
 * #cerebral-edema "Raised intracranial pressure / cerebral edema"
-// IEC-HS screen components (adapter/grading/iechs.py; mappings/astct-iechs-2023.yaml)
+// IEC-HS screen components (adapter/cart_fhir/grading/iechs/; mappings/astct-iechs-2023.yaml)
 * #ferritin "Ferritin, highest in the window (ng/mL)"
 * #ferritin-ratio "Ferritin, highest / upper limit of normal"
 * #ferritin-baseline-ratio "Ferritin, highest / pre-infusion baseline"
@@ -51,7 +51,7 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #fibrinogen "Fibrinogen, lowest in the window (mg/dL)"
 * #cytopenia "New or worsening cytopenia"
 * #screen-criterion "IEC-HS screen criterion met"
-// ICAHT components (adapter/grading/icaht.py)
+// ICAHT components (adapter/cart_fhir/grading/icaht/)
 * #anc-nadir "ANC nadir (/uL)"
 * #days-anc-le-500 "Days with ANC <= 500/uL"
 * #days-anc-le-100 "Days with ANC <= 100/uL"
@@ -61,7 +61,7 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #anc "ANC points"
 * #hemoglobin "Hemoglobin points"
 * #crp "CRP points"
-// treatment-response components (adapter/grading/treatments.py)
+// treatment-response components (adapter/cart_fhir/grading/treatments/)
 * #time-to-first-treatment "Hours from episode onset to first treatment"
 * #steroid-refractory "Steroid-refractory"
 * #dexamethasone-equivalent-mg "Cumulative corticosteroid dose, dexamethasone equivalent (mg)"

@@ -1,78 +1,32 @@
-"""IEC-HS screen and suggested grade (Hines MR et al., Transplant Cell Ther 2023;29(7):438.e1-438.e16: the
-IEC-HS criteria table and grading table, as restated UNVERIFIED in grading.md section 3; CTCAE v5.0 lab
-bands of grading.md 9.2). Thresholds, windows and codes are data in mappings/astct-iechs-2023.yaml.
-
-Two layers (grading.md 3.3), never a diagnosis:
-- Screen (3.3 item 1): on a day >= first-screen-day, ferritin meets the key finding (> 2 x ULN, > 2 x the
-  baseline at infusion, optionally doubling within 48 h) AND, within concurrence-hours of it, a second
-  criterion (ALT/AST > 5 x ULN or abnormal baseline, fibrinogen < 150 mg/dL or < LLN, new or worsening
-  cytopenia by CTCAE grade) AND the day is timing-compatible (CRS resolving, within N days after CRS,
-  ferritin/CRP re-worsening after a fall, or no CRS at all; never the rise of a CRS episode to its peak).
-  The positive screen opens an episode that lasts until a later ferritin no longer meets the key finding;
-  findings inside an open episode extend it without a new timing check.
-- Grade (3.3 item 2): 1, raised by IEC-HS-directed treatment started on or after the screen day (2), new
-  oxygen or a new creatinine rise (3), new vasopressors or positive-pressure ventilation (4). Grade 5 is
-  never suggested (decision 2). Every result is provisional: flagged clinician-confirmation-required.
-A lab bound that straddles a threshold (">500" against 600) does not meet the criterion.
-
-Modules: iechs_table (the table and its start-up check), iechs_screen (screen criteria), iechs_timing
-(timing and episode grouping), iechs_suggest (suggested grade); this one runs a course and builds the
-output, and re-exports the public names of the others.
-"""
+"""IecHsGrader: screens a course and builds the Assessments and Events (rules in the package __init__)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from ..model import Reading
-from ..tables import load_yaml_table
-from ..timeline import Course
-from .iechs_screen import Hit, Pair, _Labs, _q
-from .iechs_suggest import GradeSuggester, RuleMatch, Suggestion, _unique
-from .iechs_table import (
-    OXYGEN_SYSTEM,
-    TABLE_FILE,
-    CtcaeBand,
-    CytopeniaRule,
-    DefaultLimit,
-    FerritinKey,
-    FerritinRule,
-    FibrinogenRule,
-    GradeRule,
-    IecHsTable,
-    Setting,
-    SettingKey,
-    TimingKey,
-    TimingRule,
-    TransaminaseRule,
-    check_table,
-)
-from .iechs_timing import TimingMatch, _group, _Timing
-from .result import Assessment, Component, DayGrade, Episode, Event, Findings, State, Toxicity
-
-__all__ = [
-    "ALWAYS_FLAGS", "OXYGEN_SYSTEM", "TABLE_FILE", "CtcaeBand", "CytopeniaRule", "DefaultLimit",
-    "FerritinKey", "FerritinRule", "FibrinogenRule", "GradeRule", "Hit", "IecHsGrader", "IecHsTable", "Pair",
-    "RuleMatch", "Setting", "SettingKey", "Suggestion", "TimingKey", "TimingMatch", "TimingRule",
-    "TransaminaseRule", "check_table",
-]
+from ...model import Reading
+from ...tables import load_tables, load_yaml_table
+from ...timeline import Course
+from ..result import Assessment, Component, DayGrade, Episode, Event, Findings, State, Toxicity
+from .labs import Hit, Labs, Pair, baseline, limit, quantity
+from .screen import cytopenia_hits, ferritin_hit, fibrinogen_hits, transaminase_hits
+from .suggest import suggest, unique
+from .table import OXYGEN_SYSTEM, TABLE_FILE, IecHsTable, Lookups, check_table
+from .timing import Timing, TimingMatch, group_episodes
 
 ALWAYS_FLAGS = ("clinician-confirmation-required", "attribution-unconfirmed", "unverified-criteria")
 
 
-class IecHsGrader(GradeSuggester):
+class IecHsGrader:
     """Screens one infusion course for IEC-HS and suggests a provisional grade per screen-positive episode."""
 
     def __init__(self, table: IecHsTable | None = None) -> None:
         self.t = table if table is not None else load_yaml_table(TABLE_FILE, IecHsTable)
-        check_table(self.t)
-        self.s = {k: v.value for k, v in self.t.settings.items()}
-        self.timing_rules = {r.key: r for r in self.t.timing}
-        self.bands = {c: sorted((b for b in self.t.ctcae_bands if b.concept == c), key=lambda b: -b.grade)
-                      for c in self.t.cytopenia.concepts}
-        self.defaults = {(d.concept, d.bound): d.value for d in self.t.default_limits}
-        self.screen_grade = next(r.grade for r in self.t.grade_rules if r.kind == "screen")
+        # The global tables only for the oxygen-delivery codes, until the engine hands them in (issue 12).
+        check_table(self.t, load_tables().concepts.values.get(OXYGEN_SYSTEM, ()))
+        self.lk = Lookups.of(self.t)
+        self.s = self.lk.settings
 
     @property
     def table_id(self) -> str:
@@ -84,25 +38,25 @@ class IecHsGrader(GradeSuggester):
               crs_episodes: Sequence[Episode]) -> Findings:
         """One GRADED Assessment and Event per screen-positive episode; NOT_ASSESSABLE when the labs cannot
         decide the screen; empty when the screen is negative, or without ferritin and without CRS."""
-        labs = _Labs.of(course)
+        labs = Labs(course)
         first = int(self.s["first-screen-day"])
         ferritins = labs.after("ferritin", first)
         if not ferritins:
             return self._no_ferritin(crs_episodes)
-        f_hits = [h for day, r in ferritins if (h := self.ferritin_hit(labs, day, r)) is not None]
+        f_hits = [h for day, r in ferritins if (h := ferritin_hit(self.lk, labs, day, r)) is not None]
         hit_ids = {id(h.reading) for h in f_hits}
         negatives = [r for _, r in ferritins if id(r) not in hit_ids]
-        plus = [*self.transaminase_hits(labs, first), *self.fibrinogen_hits(labs, first),
-                *self.cytopenia_hits(labs, first)]
+        plus = [*transaminase_hits(self.lk, labs, first), *fibrinogen_hits(self.lk, labs, first),
+                *cytopenia_hits(self.lk, labs, first)]
         near = timedelta(hours=self.s["concurrence-hours"])
         pairs = sorted((Pair(max(f.at, p.at), f.day if f.at >= p.at else p.day, f, p)
                         for f in f_hits for p in plus if abs(f.at - p.at) <= near),
                        key=lambda x: (x.at, x.plus.at))
-        timing = _Timing(self.timing_rules, labs, crs_days, crs_episodes)
+        timing = Timing(self.lk.timing, labs, crs_days, crs_episodes)
         assessments: list[Assessment] = []
         events: list[Event] = []
         spans: list[tuple[datetime, datetime | None]] = []  # [start, end) of each episode's readings
-        for n, (members, resolved, when) in enumerate(_group(pairs, negatives, timing), start=1):
+        for n, (members, resolved, when) in enumerate(group_episodes(pairs, negatives, timing), start=1):
             a, e = self._episode(course, labs, n, members, resolved, when, crs_days)
             assessments.append(a)
             events.append(e)
@@ -118,11 +72,11 @@ class IecHsGrader(GradeSuggester):
         return Findings(assessments=(Assessment(
             Toxicity.IEC_HS, "iec-hs-grade", State.NOT_ASSESSABLE, None, ep.onset,
             missing=(self.t.inputs["ferritin"],),
-            reasons=(f"CRS from day {ep.onset_day} but no ferritin measured after day 0: the IEC-HS screen "
-                     "cannot run (grading.md 3.3)",),
+            reasons=((f"CRS from day {ep.onset_day} but no ferritin measured after day 0: the IEC-HS screen "
+                     "cannot run (grading.md 3.3)"),),
             flags=("unverified-criteria",), table=self.table_id),))
 
-    def _undecided(self, labs: _Labs, f_hits: list[Hit], timing: _Timing,
+    def _undecided(self, labs: Labs, f_hits: list[Hit], timing: Timing,
                    first: int) -> tuple[Assessment, ...]:
         """Raised ferritin on a timing-compatible day with no second-criterion lab near it: not assessable."""
         near = timedelta(hours=self.s["concurrence-hours"])
@@ -135,21 +89,21 @@ class IecHsGrader(GradeSuggester):
         return (Assessment(
             Toxicity.IEC_HS, "iec-hs-grade", State.NOT_ASSESSABLE, None, lone[0].at,
             lone[-1].at if lone[-1].at > lone[0].at else None,
-            evidence=_unique([h.reading.ref for h in lone]), missing=(missing,),
+            evidence=unique([h.reading.ref for h in lone]), missing=(missing,),
             reasons=(f"{lone[0].text}, timing compatible, but no second-criterion lab near it",),
-            flags=_unique(["unverified-criteria", *(f for h in lone for f in h.flags)]),
+            flags=unique(["unverified-criteria", *(f for h in lone for f in h.flags)]),
             table=self.table_id),)
 
-    def _episode(self, course: Course, labs: _Labs, n: int, members: list[Pair], resolved: Reading | None,
+    def _episode(self, course: Course, labs: Labs, n: int, members: list[Pair], resolved: Reading | None,
                  when: TimingMatch, crs_days: Sequence[DayGrade]) -> tuple[Assessment, Event]:
         """The Assessment (suggested grade, components, evidence) and the Event of one positive episode."""
         first, last = members[0], members[-1]
         hits = list({id(h.reading): h for p in members for h in (p.ferritin, p.plus)}.values())
         start = course.window(first.day)[0]  # treatment "on or after the screen day" (grading.md 3.3 item 2)
         end = resolved.when.at if resolved is not None else None
-        sug = self.suggest(course, labs, start, end)
+        sug = suggest(self.lk, course, labs, start, end)
         span = (min([start, *(h.at for h in hits)]), end or course.window(max(p.day for p in members))[1])
-        criteria = _unique([k for h in hits for k in h.criteria] + [when.key])
+        criteria = unique([k for h in hits for k in h.criteria] + [when.key])
         flags = [*ALWAYS_FLAGS, *(f for h in hits for f in h.flags), *sug.flags]
         if when.key == "timing-no-crs":
             flags.append("iec-hs-without-crs")
@@ -163,15 +117,15 @@ class IecHsGrader(GradeSuggester):
         a = Assessment(Toxicity.IEC_HS, "iec-hs-grade", State.GRADED, sug.grade, first.at,
                        end if end is not None else (last.at if last.at > first.at else None),
                        components=self._components(labs, span, criteria),
-                       evidence=_unique(lab_refs + list(sug.evidence)), supporting=sug.supporting,
-                       reasons=reasons, flags=_unique(flags), table=self.table_id)
+                       evidence=unique(lab_refs + list(sug.evidence)), supporting=sug.supporting,
+                       reasons=reasons, flags=unique(flags), table=self.table_id)
         resolved_day = course.day_of(resolved.when) if resolved is not None else None
         event = Event(Toxicity.IEC_HS, f"iec-hs-{n}", State.GRADED, sug.grade, first.at, first.day,
                       abatement=end, resolved_day=resolved_day, assessment=a,
-                      details=(("screen", "positive"),), evidence=_unique(lab_refs))
+                      details=(("screen", "positive"),), evidence=unique(lab_refs))
         return a, event
 
-    def _components(self, labs: _Labs, span: tuple[datetime, datetime],
+    def _components(self, labs: Labs, span: tuple[datetime, datetime],
                     criteria: tuple[str, ...]) -> tuple[Component, ...]:
         """Peak ferritin (and its ratio to the ULN and the baseline), peak ALT/AST, lowest fibrinogen over the
         episode, whether cytopenia counted, and every screen criterion met (its table row key)."""
@@ -180,19 +134,20 @@ class IecHsGrader(GradeSuggester):
 
         out: list[Component] = []
         if ferritin := within("ferritin"):
-            peak = max(ferritin, key=lambda r: _q(r).value)
-            top = _q(peak).value
+            peak = max(ferritin, key=lambda r: quantity(r).value)
+            top = quantity(peak).value
             out.append(Component("ferritin", "integer", round(top)))
-            uln, _ = self.limit(peak, "high")
+            uln, _ = limit(self.lk, peak, "high")
             if uln:
                 out.append(Component("ferritin-ratio", "decimal", round(top / uln, 2)))
-            base = self.baseline(labs, "ferritin")
-            if base is not None and _q(base[1]).value > 0:
-                out.append(Component("ferritin-baseline-ratio", "decimal", round(top / _q(base[1]).value, 2)))
+            base = baseline(self.lk, labs, "ferritin")
+            if base is not None and quantity(base[1]).value > 0:
+                ratio = top / quantity(base[1]).value
+                out.append(Component("ferritin-baseline-ratio", "decimal", round(ratio, 2)))
         for concept in self.t.transaminases.concepts:
-            if values := [_q(r).value for r in within(concept)]:
+            if values := [quantity(r).value for r in within(concept)]:
                 out.append(Component(concept, "integer", round(max(values))))
-        if values := [_q(r).value for r in within("fibrinogen")]:
+        if values := [quantity(r).value for r in within("fibrinogen")]:
             out.append(Component("fibrinogen", "integer", round(min(values))))
         out.append(Component("cytopenia", "boolean", self.t.cytopenia.key in criteria))
         out.extend(Component("screen-criterion", "iec-hs-screen-criterion", k) for k in criteria)

@@ -1,11 +1,13 @@
-"""IEC-HS criteria table (mappings/astct-iechs-2023.yaml, grading.md 3): row models and start-up check."""
+"""IEC-HS criteria table (mappings/astct-iechs-2023.yaml, grading.md 3): rows, start-up check, lookups."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Literal, get_args
 
-from ..errors import ConfigError
-from ..tables import Row, Table, load_tables
+from ...errors import ConfigError
+from ...tables import Row, Table
 
 TABLE_FILE = "astct-iechs-2023.yaml"
 OXYGEN_SYSTEM = "https://cart-fhir.org/fhir/CodeSystem/oxygen-delivery"
@@ -119,9 +121,10 @@ class IecHsTable(Table):
     inputs: dict[Literal["ferritin", "second-criterion"], str]
 
 
-def check_table(t: IecHsTable) -> None:
+def check_table(t: IecHsTable, oxygen_devices: Collection[str]) -> None:
     """Start-up checks (house style habit 4): every rule present once, grades 1-4, bands from grade 1,
-    oxygen devices known to mappings/concepts.yaml. Raises ConfigError naming the table."""
+    oxygen devices among `oxygen_devices` (the oxygen-delivery codes of mappings/concepts.yaml). Raises
+    ConfigError naming the table."""
     def fail(msg: str) -> None:
         raise ConfigError(f"{TABLE_FILE}: {msg}")
 
@@ -142,7 +145,27 @@ def check_table(t: IecHsTable) -> None:
     rew = timing["timing-reworsening"]
     if timing["timing-after-crs"].days is None or rew.fall_fraction is None or rew.rise_fraction is None:
         fail("timing-after-crs needs days; timing-reworsening needs fall_fraction and rise_fraction")
-    known = set(load_tables().concepts.values.get(OXYGEN_SYSTEM, ()))
-    unknown = {d for r in t.grade_rules for d in r.devices} - known
+    unknown = {d for r in t.grade_rules for d in r.devices} - set(oxygen_devices)
     if unknown:
         fail(f"grade_rules name unknown oxygen devices {sorted(unknown)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookups:
+    """The table indexed once for the rules that read it: setting values, timing rules by key, CTCAE bands
+    per concept (most severe first), default reference limits, and the grade of a positive screen."""
+
+    t: IecHsTable
+    settings: dict[SettingKey, float]
+    timing: dict[str, TimingRule]
+    bands: dict[str, list[CtcaeBand]]
+    defaults: dict[tuple[str, str], float]
+    screen_grade: int
+
+    @classmethod
+    def of(cls, t: IecHsTable) -> Lookups:
+        return cls(t, {k: v.value for k, v in t.settings.items()}, {r.key: r for r in t.timing},
+                   {c: sorted((b for b in t.ctcae_bands if b.concept == c), key=lambda b: -b.grade)
+                    for c in t.cytopenia.concepts},
+                   {(d.concept, d.bound): d.value for d in t.default_limits},
+                   next(r.grade for r in t.grade_rules if r.kind == "screen"))

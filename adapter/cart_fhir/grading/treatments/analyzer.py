@@ -1,23 +1,4 @@
-"""Treatments and response of CRS/ICANS episodes (grading.md section 8, preface decision 12).
-
-Sources: NCCN Management of Immunotherapy-Related Toxicities v2.2026 CART-6/CART-9 and ASCO 2021 (agents
-and doses, grading.md 8.1); Jain, Smith, Shah, Blood 2023;141(20):2430 (no consensus on refractory disease:
-the local definition of grading.md 8.3, labelled "local-definition-v1" per 11.14); Meng et al., Front
-Immunol 2025, doi:10.3389/fimmu.2025.1716317 (IDM remission table, grading.md 8.5). Thresholds, codes and
-windows are rows of mappings/treatment-response.yaml; this module holds the combining rules:
-
-- T1 linking: a reasonReference to a CRS/ICANS Condition decides the episode whatever the timing; without
-  one, a dose given from the episode onset until its resolution belongs to it when the agent treats that
-  toxicity (tocilizumab/siltuximab: CRS; intrathecal: ICANS; steroids/anakinra: whichever is open, both
-  when CRS and ICANS are open, flagged). Prophylaxis, and any dose before the onset, treats no episode.
-- T2 exposure: dexamethasone equivalents of systemic corticosteroids only (intrathecal excluded, 8.1).
-- T3 refractory (8.3): the first table row met decides; a row the data cannot decide is named as missing.
-- T4 response (8.4, 8.5): baselines are the daily grades of the first-dose day and the day before.
-
-Modules: treatments_table (the table and its start-up check), treatments_linking (T1, T2),
-treatments_outcomes (T3, T4); this one builds the result of an episode and re-exports the public names of
-the others.
-"""
+"""TreatmentAnalyzer: one TreatmentResponse per CRS/ICANS episode (rules T1-T4 in the package __init__)."""
 
 from __future__ import annotations
 
@@ -25,36 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..model import Moment
-from ..tables import DrugTable, IcansSettings, load_tables
-from ..timeline import Course
-from .result import Assessment, Component, DayGrade, Episode, State, Toxicity
-from .treatments_linking import _Dose
-from .treatments_outcomes import IDM_SOURCE, TreatmentOutcomes, _Finding, _hours
-from .treatments_table import (
-    AgentRow,
-    DoseLimitRow,
-    HighDoseRow,
-    ImprovementRule,
-    IntrathecalRow,
-    ReasonRow,
-    ReasonWindow,
-    RefractoryRow,
-    RemissionRow,
-    RemissionRules,
-    Sourced,
-    ToxName,
-    TreatmentTable,
-    check_treatment_table,
-    load_treatment_table,
-)
-
-__all__ = [
-    "IDM_SOURCE", "AgentRow", "DoseLimitRow", "HighDoseRow", "ImprovementRule", "IntrathecalRow",
-    "ReasonRow", "ReasonWindow", "RefractoryRow", "RemissionRow", "RemissionRules", "Sourced", "ToxName",
-    "TreatmentAnalyzer", "TreatmentResponse", "TreatmentTable", "check_treatment_table",
-    "load_treatment_table",
-]
+from ...model import Moment
+from ...tables import DrugTable, IcansSettings, load_tables
+from ...timeline import Course
+from ..result import Assessment, Component, DayGrade, Episode, State, Toxicity
+from .exposure import dex_equivalent, high_dose, limit_flags, systemic_steroid
+from .linking import Dose, link
+from .outcomes import Finding, baseline, hours, improvement_finding, refractory_finding, remission_finding
+from .table import HighDoseRow, Lookups, TreatmentTable, check_treatment_table, load_treatment_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +47,7 @@ class TreatmentResponse:
     unverified_rows: tuple[str, ...] = ()  # "treatment-response:<row>" for the run report (decision 10)
 
 
-class TreatmentAnalyzer(TreatmentOutcomes):
+class TreatmentAnalyzer:
     """Links treatments to CRS/ICANS episodes and derives exposure, refractory status and response."""
 
     def __init__(self, table: TreatmentTable | None = None, drugs: DrugTable | None = None,
@@ -97,55 +56,54 @@ class TreatmentAnalyzer(TreatmentOutcomes):
         if drugs is None or icans is None:
             tables = load_tables()
             drugs, icans = drugs or tables.drugs, icans or tables.icans.settings
-        self.drugs = {r.agent: r for r in drugs.rows}
-        self.capd_max_age = icans.capd_max_age_years
-        self.agents = {r.agent: r for r in self.t.agents}
-        check_treatment_table(self.t, self.drugs)
+        self.lk = Lookups(self.t, {r.agent: r for r in drugs.rows}, {r.agent: r for r in self.t.agents},
+                          icans.capd_max_age_years)
+        check_treatment_table(self.t, self.lk.drugs)
 
     def analyze(self, course: Course, toxicity: Toxicity, days: Sequence[DayGrade],
                 episodes: Sequence[Episode], others: Sequence[Episode] = ()) -> list[TreatmentResponse]:
         """One TreatmentResponse per episode, in episode order. `others`: the other toxicity's episodes (ICANS
         for CRS and vice versa), used only to flag a steroid/anakinra dose given while both were open."""
-        linked = self._link(course, toxicity.value, episodes, others)
+        linked = link(self.lk, course, toxicity.value, episodes, others)
         by_day = {d.day: d for d in days}
         return [self._episode(course, e, by_day, *linked[e.number]) for e in episodes]
 
     # ---- one episode ----------------------------------------------------------------------------
 
-    def _episode(self, course: Course, e: Episode, by_day: dict[int, DayGrade], doses: list[_Dose],
+    def _episode(self, course: Course, e: Episode, by_day: dict[int, DayGrade], doses: list[Dose],
                  link_flags: set[str]) -> TreatmentResponse:
         first = doses[0].drug.start.at if doses else None
-        dex, flags, missing = self._dex_equivalent(doses)
-        hd_at, hd_row = self._high_dose(doses)
-        flags += sorted(link_flags) + self._limit_flags(course, doses)
+        dex, flags, missing = dex_equivalent(self.lk, doses)
+        hd_at, hd_row = high_dose(self.lk, doses)
+        flags += sorted(link_flags) + limit_flags(self.lk, course, doses)
         flags += [hd_row.flag] if hd_row is not None and hd_row.flag else []
-        refractory = self._refractory(course, e, by_day, doses, hd_at, hd_row)
-        improvement = self._improvement(course, e, by_day, first)
-        remission = self._remission(course, e, by_day, doses)
+        refractory = refractory_finding(self.lk, course, e, by_day, doses, hd_at, hd_row)
+        improvement = improvement_finding(self.lk, course, e, by_day, first)
+        remission = remission_finding(self.lk, course, e, by_day, doses)
         flags += ["refractory-undetermined"] if refractory.met is None else []
         flags += ["remission-undetermined"] if remission.definition and remission.met is None else []
         labels = tuple(dict.fromkeys(x.label for x in doses))
         a = self._assessment(course, e, doses, dex, (refractory, improvement, remission),
                              tuple(dict.fromkeys(flags)), missing)
         idm = [x.drug.start.at for x in doses if x.label == self.t.intrathecal.label]
-        steroid_days = {course.day_of(x.drug.start) for x in doses if self._systemic_steroid(x)}
+        steroid_days = {course.day_of(x.drug.start) for x in doses if systemic_steroid(self.lk, x)}
         return TreatmentResponse(
             episode_number=e.number, toxicity=e.toxicity, treatments=labels, treatment_refs=a.evidence,
             first_treatment_at=first, first_treatment_day=course.day_of(Moment(first)) if first else None,
-            hours_onset_to_first_treatment=_hours(e.onset, first) if first else None,
+            hours_onset_to_first_treatment=hours(e.onset, first) if first else None,
             dexamethasone_equivalent_mg=dex, steroid_days=len(steroid_days), high_dose_steroid_at=hd_at,
             steroid_refractory=bool(refractory.met), refractory_rule=refractory.text,
             idm=bool(idm), idm_doses=len(idm),
-            baseline_grade=self._baseline(by_day, first, course, self.t.improvement.baseline_days_before),
+            baseline_grade=baseline(by_day, first, course, self.t.improvement.baseline_days_before),
             improvement_at=improvement.at, improvement_day=improvement.day,
-            hours_to_improvement=_hours(first, improvement.at) if first and improvement.at else None,
+            hours_to_improvement=hours(first, improvement.at) if first and improvement.at else None,
             remission_at=remission.at, remission_day=remission.day,
-            hours_to_remission=_hours(idm[0], remission.at) if idm and remission.at else None,
+            hours_to_remission=hours(idm[0], remission.at) if idm and remission.at else None,
             remission_definition=remission.definition, flags=a.flags, assessment=a,
             unverified_rows=self._unverified(labels, a.flags, refractory, improvement, remission, hd_row))
 
-    def _assessment(self, course: Course, e: Episode, doses: list[_Dose], dex: float | None,
-                    found: tuple[_Finding, _Finding, _Finding], flags: tuple[str, ...],
+    def _assessment(self, course: Course, e: Episode, doses: list[Dose], dex: float | None,
+                    found: tuple[Finding, Finding, Finding], flags: tuple[str, ...],
                     missing: list[str]) -> Assessment:
         """One Observation `treatment-response`: the numbers as components, the sentences as reasons."""
         refractory, _, remission = found
@@ -154,14 +112,14 @@ class TreatmentAnalyzer(TreatmentOutcomes):
         if doses:
             first = doses[0].drug.start.at
             given = ", ".join(dict.fromkeys(x.label for x in doses))
-            reasons = [f"{given} given; first on day {course.day_of(Moment(first))}, "
-                       f"{_hours(e.onset, first):.1f} h after onset"]
-            comps.append(Component("time-to-first-treatment", "integer", round(_hours(e.onset, first))))
+            reasons = [(f"{given} given; first on day {course.day_of(Moment(first))}, "
+                       f"{hours(e.onset, first):.1f} h after onset")]
+            comps.append(Component("time-to-first-treatment", "integer", round(hours(e.onset, first))))
         if refractory.met is not None:
             comps.append(Component("steroid-refractory", "boolean", refractory.met))
         if dex is not None:
             comps.append(Component("dexamethasone-equivalent-mg", "integer", round(dex)))
-            if any(self._systemic_steroid(x) for x in doses):
+            if any(systemic_steroid(self.lk, x) for x in doses):
                 reasons.append(f"systemic corticosteroids: {dex:g} mg dexamethasone equivalent")
         if remission.definition and remission.met is not None:
             comps.append(Component("icans-remission-idm", "boolean", remission.met))
@@ -175,14 +133,16 @@ class TreatmentAnalyzer(TreatmentOutcomes):
             reasons=tuple(reasons), flags=flags, table=f"{self.t.table} v{self.t.version}")
 
     def _unverified(self, labels: tuple[str, ...], flags: tuple[str, ...],
-                    *found: _Finding | HighDoseRow | None) -> tuple[str, ...]:
+                    *found: Finding | HighDoseRow | None) -> tuple[str, ...]:
         """Unverified table rows this result used, for the run report (decision 10)."""
         t = self.t
         verified = {r.agent: r.verified for r in t.agents}
-        verified |= {r.id: r.verified for r in (*t.high_dose, *t.refractory, *t.remission.rows)}
+        verified |= {r.id: r.verified for r in t.high_dose}
+        verified |= {r.id: r.verified for r in t.refractory}
+        verified |= {r.id: r.verified for r in t.remission.rows}
         verified |= {"improvement": t.improvement.verified, "reason_window": t.reason_window.verified}
         ids = [x for x in labels if x in verified]
         ids += ["reason_window"] if any(f.startswith("reason-linked-") for f in flags) else []
         for f in found:
-            ids += [f.id] if isinstance(f, HighDoseRow) else list(f.rows) if isinstance(f, _Finding) else []
+            ids += [f.id] if isinstance(f, HighDoseRow) else list(f.rows) if isinstance(f, Finding) else []
         return tuple(f"{t.table}:{i}" for i in dict.fromkeys(ids) if not verified.get(i, True))

@@ -1,11 +1,12 @@
-"""Treatment-response table (mappings/treatment-response.yaml, grading.md 8): row models, start-up check."""
+"""Treatment-response table (mappings/treatment-response.yaml, grading.md 8): rows, checks, lookups."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import ConfigError
-from ..tables import DrugRow, Row, Table, load_yaml_table
+from ...errors import ConfigError
+from ...tables import DrugRow, Row, Table, load_yaml_table
 
 ToxName = Literal["crs", "icans"]
 
@@ -109,14 +110,17 @@ class TreatmentTable(Table):
 
 
 def load_treatment_table() -> TreatmentTable:
-    return load_yaml_table("treatment-response.yaml", TreatmentTable)
+    # functools.cache on load_yaml_table hides its generic return type from mypy (typeshed's wrapper).
+    table: TreatmentTable = load_yaml_table("treatment-response.yaml", TreatmentTable)
+    return table
 
 
 def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
     """Start-up check (habit 4): agents are drugs.yaml rows, steroids have a dexamethasone factor."""
     name = "treatment-response.yaml"
     agents = {r.agent: r for r in t.agents}
-    named = {*agents, *t.intrathecal.idm_agents, *(r.agent for r in (*t.high_dose, *t.dose_limits))}
+    named = {*agents, *t.intrathecal.idm_agents, *(r.agent for r in t.high_dose),
+             *(r.agent for r in t.dose_limits)}
     unknown = sorted(a for a in named if a not in drugs)
     if unknown:
         raise ConfigError(f"{name}: agents not in drugs.yaml: {unknown}")
@@ -131,3 +135,13 @@ def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
     for a in agents:
         if drugs[a].role == "corticosteroid" and drugs[a].dex_equivalent is None:
             raise ConfigError(f"{name}: corticosteroid {a} has no dex_equivalent in drugs.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookups:
+    """The treatment table with the drug rows it is checked against, indexed once per analyzer."""
+
+    t: TreatmentTable
+    drugs: dict[str, DrugRow]  # drugs.yaml rows by agent
+    agents: dict[str, AgentRow]  # treatment agents by name
+    capd_max_age: int  # decision 6: CAPD, not ICE, up to this age (years)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..model import Reading
-from .iechs_screen import Pair, _Labs, _q
-from .iechs_table import TimingRule
-from .result import DayGrade, Episode, State
+from ...model import Reading
+from ..result import DayGrade, Episode, State
+from .labs import Labs, Pair, quantity
+from .table import TimingRule
 
 
 def _reworsening(readings: list[tuple[int, Reading]], fall: float, rise: float) -> list[tuple[Reading, str]]:
@@ -19,15 +19,15 @@ def _reworsening(readings: list[tuple[int, Reading]], fall: float, rise: float) 
     peak: float | None = None
     nadir: float | None = None
     for day, r in readings:
-        v = _q(r).value
+        v = quantity(r).value
         if peak is None or (nadir is None and v > peak):
             peak = v
         elif nadir is None:
             if v <= peak * (1 - fall):
                 nadir = v
         elif v >= nadir * (1 + rise):
-            out.append((r, f"{r.concept} {v:g} on day {day} rose again after falling from {peak:g} "
-                           f"to {nadir:g}"))
+            out.append((r, (f"{r.concept} {v:g} on day {day} rose again after falling from {peak:g} "
+                           f"to {nadir:g}")))
         else:
             nadir = min(nadir, v)
     return out
@@ -42,7 +42,7 @@ class TimingMatch:
     refs: tuple[str, ...] = ()
 
 
-class _Timing:
+class Timing:
     """Is a day timing-compatible with IEC-HS (grading.md 3.1 'Timing', 3.3 item 1)?
 
     Re-worsening of ferritin/CRP after a fall counts first (it is the IEC-HS picture even when CRS signs
@@ -50,7 +50,7 @@ class _Timing:
     day must be in a resolving CRS, within N days after one, or in a course without CRS.
     """
 
-    def __init__(self, rules: dict[str, TimingRule], labs: _Labs, crs_days: Sequence[DayGrade],
+    def __init__(self, rules: dict[str, TimingRule], labs: Labs, crs_days: Sequence[DayGrade],
                  crs_episodes: Sequence[Episode]) -> None:
         self.rules = {k: r for k, r in rules.items() if r.enabled}
         self.by_day = {d.day: d for d in crs_days}
@@ -92,7 +92,7 @@ class _Timing:
                 and dg.state == State.GRADED and dg.grade is not None and dg.grade < ep.max_grade)
 
 
-def _group(pairs: list[Pair], negatives: list[Reading], timing: _Timing
+def group_episodes(pairs: list[Pair], negatives: list[Reading], timing: Timing
            ) -> list[tuple[list[Pair], Reading | None, TimingMatch]]:
     """Screen-positive episodes: opened by the first pair on a timing-compatible day, joined by every later
     pair whose ferritin came before the first later ferritin that no longer meets the key finding (which

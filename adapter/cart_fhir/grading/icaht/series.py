@@ -9,15 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 
-from ..model import Moment, Quantity, Reading
-from ..timeline import Course
-from .icaht_table import IcahtWindow
+from ...model import Moment, Quantity, Reading
+from ...timeline import Course
+from .table import IcahtWindow
 
-_End = tuple[int, datetime | None, str]  # last day of follow-up, its time (None: open), why ("death", ...)
+# Last day of follow-up, its time (None: open), and why it ends ("death", "next infusion", "").
+FollowUpEnd = tuple[int, datetime | None, str]
+ANC = "ANC (LOINC 751-8)"
 BELOW, ABOVE = True, False  # a day's ANC at or below / above a threshold (None: undecided)
 
 
-def _at_most(r: Reading, threshold: float) -> bool | None:
+def at_most(r: Reading, threshold: float) -> bool | None:
     """Is the ANC <= threshold? None when a bound straddles it."""
     q = r.value
     if not isinstance(q, Quantity):
@@ -28,7 +30,7 @@ def _at_most(r: Reading, threshold: float) -> bool | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Day:
+class DayAnc:
     """One day's ANC: the lowest of the day (H1), or interpolated (no readings)."""
 
     value: float
@@ -37,12 +39,12 @@ class _Day:
     def at_most(self, threshold: float) -> bool | None:
         if not self.readings:
             return self.value <= threshold
-        seen = [_at_most(r, threshold) for r in self.readings]
+        seen = [at_most(r, threshold) for r in self.readings]
         return True if True in seen else None if None in seen else False
 
 
 @dataclass(frozen=True, slots=True)
-class _Count:
+class ThresholdCount:
     """Cumulative days at or below one threshold in the early window, reading open days both ways."""
 
     low: int
@@ -78,7 +80,7 @@ def days_text(days: Iterable[int]) -> str:
     return ", ".join(out)
 
 
-def censor(course: Course) -> _End:
+def censor(course: Course) -> FollowUpEnd:
     """End of follow-up for this course: death or the next infusion (4.2, 4.5), with its day."""
     ends: list[tuple[int, datetime, str]] = []
     dead = course.patient.deceased
@@ -90,18 +92,18 @@ def censor(course: Course) -> _End:
     return min(ends, key=lambda e: e[1]) if ends else (10**6, None, "")
 
 
-def daily_lowest(course: Course, end_day: int, gap: int) -> dict[int, _Day]:
+def daily_lowest(course: Course, end_day: int, gap: int) -> dict[int, DayAnc]:
     """H1: the lowest ANC of each day, from the days before day 0 (anchors only) to the end."""
     first = -(gap + 1)
     by_day: dict[int, list[Reading]] = defaultdict(list)
     for day, r in (*course.pre_of("anc"), *course.of("anc")):
         if isinstance(r.value, Quantity) and first <= day <= end_day:
             by_day[day].append(r)
-    return {d: _Day(min(r.value.value for r in rs if isinstance(r.value, Quantity)), tuple(rs))
+    return {d: DayAnc(min(r.value.value for r in rs if isinstance(r.value, Quantity)), tuple(rs))
             for d, rs in sorted(by_day.items())}
 
 
-def interpolated(measured: dict[int, _Day], gap: int, step: int) -> dict[int, _Day]:
+def interpolated(measured: dict[int, DayAnc], gap: int, step: int) -> dict[int, DayAnc]:
     """H6: linear interpolation over up to `gap` days without an ANC, rounded to `step`/uL as Liang does."""
     days = dict(measured)
     known = sorted(measured)
@@ -109,11 +111,11 @@ def interpolated(measured: dict[int, _Day], gap: int, step: int) -> dict[int, _D
         if 1 < b - a <= gap + 1:
             va, vb = measured[a].value, measured[b].value
             for d in range(a + 1, b):
-                days[d] = _Day(math.floor((va + (vb - va) * (d - a) / (b - a)) / step + 0.5) * step)
+                days[d] = DayAnc(math.floor((va + (vb - va) * (d - a) / (b - a)) / step + 0.5) * step)
     return days
 
 
-def early_count(days: dict[int, _Day], threshold: int, w: IcahtWindow, stable: int) -> _Count:
+def early_count(days: dict[int, DayAnc], threshold: int, w: IcahtWindow, stable: int) -> ThresholdCount:
     """Decision 11 cumulative days at or below `threshold` in days 0-30; open days read both ways."""
     span = range(w.first_day, max(w.last_day + stable - 1, max(days, default=0)) + 1)
     cells = [days[d].at_most(threshold) if d in days else None for d in span]
@@ -131,7 +133,7 @@ def early_count(days: dict[int, _Day], threshold: int, w: IcahtWindow, stable: i
             assumed += [span[k] for k in range(i, j) if span[k] <= w.last_day]
         i = max(j, i + 1)
     last = w.last_day - w.first_day
-    return _Count(cumulative([c is BELOW for c in cells], last, stable),
+    return ThresholdCount(cumulative([c is BELOW for c in cells], last, stable),
                   cumulative([c is not ABOVE for c in cells], last, stable),
                   tuple(span[k] for k, c in enumerate(cells) if c is None and span[k] <= w.last_day),
                   tuple(assumed))

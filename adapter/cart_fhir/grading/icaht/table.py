@@ -1,13 +1,14 @@
-"""EHA/EBMT 2023 ICAHT criteria table (mappings/eha-ebmt-icaht-2023.yaml): row models and their checks."""
+"""EHA/EBMT 2023 ICAHT criteria table (mappings/eha-ebmt-icaht-2023.yaml): row models, checks, lookups."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal, get_args
 
 from pydantic import model_validator
 
-from ..tables import Row, Table
+from ...tables import Row, Table
 
 SettingName = Literal["stable-recovery-days", "interpolation-max-gap-days", "interpolation-round-to",
                       "never-recovered-start-last-day", "late-min-measurements"]
@@ -70,3 +71,36 @@ class IcahtTable(Table):
         if len({r.anc_at_most for r in self.late}) != len(self.late):
             raise ValueError("late: duplicate threshold")
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class Lookups:
+    """The table indexed once for the early and late rules."""
+
+    t: IcahtTable
+    windows: dict[Literal["early", "late"], IcahtWindow]
+    settings: dict[SettingName, int]
+    stable: int  # stable recovery: this many consecutive days above the threshold (H3)
+    thresholds: tuple[int, ...]  # early ANC thresholds, highest first
+    onset: int  # 500: early ICAHT starts at ANC <= 500 (4.1)
+    late_rows: tuple[LateRow, ...]  # by grade
+    table_id: str
+
+    @classmethod
+    def of(cls, t: IcahtTable) -> Lookups:
+        settings = {k: v.value for k, v in t.settings.items()}
+        thresholds = tuple(sorted({r.anc_at_most for r in t.early}, reverse=True))
+        return cls(t, {w.window: w for w in t.windows}, settings, settings["stable-recovery-days"],
+                   thresholds, thresholds[0], tuple(sorted(t.late, key=lambda r: r.grade)),
+                   f"{t.table} v{t.version}")
+
+    def unverified(self, window: Literal["early", "late"]) -> tuple[str, ...]:
+        """Table rows marked verified: false that an assessment of the window uses (decision 10)."""
+        names: tuple[SettingName, ...] = ("late-min-measurements",) if window == "late" else (
+            "stable-recovery-days", "interpolation-max-gap-days", "interpolation-round-to",
+            "never-recovered-start-last-day")
+        t = self.t
+        rows = [(f"window-{window}", self.windows[window].verified),
+                *((n, t.settings[n].verified) for n in names),
+                *((r.id, r.verified) for r in (t.late if window == "late" else t.early))]
+        return tuple(f"{t.table}:{i}" for i, ok in rows if not ok)

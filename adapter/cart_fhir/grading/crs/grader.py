@@ -1,0 +1,105 @@
+"""CrsGrader: the CRS grade of each day of a course, the episode carried across days (rules in __init__)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ...model import DrugAdmin, Moment, Reading
+from ...tables import CrsTable, DeviceRow
+from ...timeline import Course
+from ..result import DayGrade, State, Toxicity
+from .combine import combine
+from .fever import GATE_LIFTING_ROLES, fever, gate
+from .hypotension import PRESSOR_ROLES, hypotension
+from .hypoxia import hypoxia
+
+BP_CONCEPTS = ("systolic-bp", "diastolic-bp", "mean-bp")
+OXYGEN_CONCEPTS = ("oxygen-device", "oxygen-flow")
+
+
+@dataclass(slots=True)
+class DayData:
+    """One day's readings of the three CRS domains."""
+
+    temps: list[Reading] = field(default_factory=list)
+    bp: list[Reading] = field(default_factory=list)
+    oxygen: list[Reading] = field(default_factory=list)
+
+
+class CrsGrader:
+    """Grades the CRS of one infusion course, day by day, carrying the episode state across days."""
+
+    def __init__(self, table: CrsTable) -> None:
+        self.t = table
+        self.devices: dict[str, DeviceRow] = {d.device: d for d in table.oxygen.devices}
+        self.tier_grade: dict[str, int] = {r.tier: r.grade for r in table.hypotension_tiers}
+
+    def grade(self, course: Course) -> list[DayGrade]:
+        """Every day from day 0 with a CRS reading or a running vasopressor; an episode opens with the first
+        positive day and closes with the first day graded 0."""
+        days = _days(course)
+        pressors = [d for d in course.drugs if d.role in PRESSOR_ROLES]
+        lifting = sorted((d for d in course.drugs if d.role in GATE_LIFTING_ROLES), key=lambda d: d.start.at)
+        out: list[DayGrade] = []
+        open_since: datetime | None = None  # onset of the open episode
+        for day in sorted(days):
+            if day < 0:
+                continue
+            dg = self._grade_day(course, day, days[day], pressors, lifting, open_since)
+            if dg.state == State.GRADED and dg.grade == 0:
+                open_since = None
+            elif dg.positive and open_since is None:
+                open_since = dg.onset
+            out.append(dg)
+        return out
+
+    def _grade_day(self, course: Course, day: int, data: DayData, pressors: list[DrugAdmin],
+                   lifting: list[DrugAdmin], open_since: datetime | None) -> DayGrade:
+        """The three domains, the gate, and their combination (R1-R4) into one DayGrade."""
+        start, end = course.window(day)
+        if day == 0 and not course.infusion.when.date_only:
+            start = max(start, course.infusion.when.at)  # day 0 starts at the infusion
+        f = fever(data.temps, self.t.fever.threshold_celsius)
+        hypo = hypotension(data.bp, pressors, self.t.hypotension, self.tier_grade, course.age_on(day), start,
+                           end, course.patient.horizon)
+        ox = hypoxia(data.oxygen, self.devices, self.t.oxygen.low_flow_max_l_min)
+        g = gate(f, open_since, lifting, start, end)
+        out = combine(f, hypo, ox, g, start)
+        domains = (f, hypo, ox)
+        # grading.md decision 9: no clinician attribution in the input.
+        flags = ("attribution-unconfirmed", *(x for d in domains for x in d.flags))
+        return DayGrade(Toxicity.CRS, day, out.state, out.grade, out.onset if out.grade else None,
+                        course.window(day), tuple(c for d in domains for c in d.components),
+                        _unique([r for d in domains for r in d.evidence]),
+                        _unique([*(r for d in domains for r in d.supporting), *g.supporting]), out.missing,
+                        (*(r for d in domains for r in d.reasons), *g.reasons, *out.reasons), _unique(flags))
+
+
+def _days(course: Course) -> dict[int, DayData]:
+    """The course's CRS readings by day, and every day a vasopressor runs (a day relevant to CRS)."""
+    days: dict[int, DayData] = defaultdict(DayData)
+    for day, r in course.readings:
+        if r.concept == "body-temperature":
+            days[day].temps.append(r)
+        elif r.concept in BP_CONCEPTS:
+            days[day].bp.append(r)
+        elif r.concept in OXYGEN_CONCEPTS:
+            days[day].oxygen.append(r)
+    horizon = course.patient.horizon
+    for d in course.drugs:
+        if d.role not in PRESSOR_ROLES:
+            continue
+        first = max(course.day_of(d.start), 0)
+        last_at = d.start.at if d.instant else (d.end.at if d.end else horizon or d.start.at)
+        last = course.day_of(Moment(last_at))
+        if course.until is not None:
+            last = min(last, course.day_of(Moment(course.until)))
+        for day in range(first, max(first, last) + 1):
+            days[day]  # creates the day (defaultdict)
+    return days
+
+
+def _unique(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))

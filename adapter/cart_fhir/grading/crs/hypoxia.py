@@ -1,0 +1,74 @@
+"""CRS hypoxia, grades 2-4 (ASTCT 2019, Lee et al. 2019, CRS grading table; grading.md 1.4 and decision 5):
+oxygen support by device and flow, a nasal cannula without a flow proving only "at least 2"."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from ...model import Quantity, Reading
+from ...tables import DeviceRow
+from ..result import Component
+from .finding import Finding
+
+FLOW_MISSING = "oxygen flow rate (LOINC 3151-8)"
+
+
+def _unknown_flow(row: DeviceRow) -> tuple[int, int]:
+    """'at-least-2' -> (2, grade_high); '3' -> (3, 3)."""
+    spec = row.unknown_flow or ""
+    if spec.startswith("at-least-"):
+        return int(spec.removeprefix("at-least-")), int(row.grade_high or 0)
+    return int(spec), int(spec)
+
+
+def _device_range(row: DeviceRow, flow: Quantity | None, low_flow_max: float) -> tuple[tuple[int, int], str]:
+    """The grades one device at one flow can mean, and its tier (decision 5)."""
+    if not row.by_flow:
+        return (int(row.grade or 0), int(row.grade or 0)), row.tier
+    above = flow.above(low_flow_max) if flow is not None else None
+    if above is None:
+        rng = _unknown_flow(row)
+        return rng, row.tier if rng[0] == rng[1] else "unknown-flow"
+    if above:
+        return (int(row.grade_high or 0),) * 2, "high-flow"
+    return (int(row.grade_low or 0),) * 2, "low-flow"
+
+
+def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
+                 low_flow_max: float) -> tuple[int, int, str, list[Reading], list[str]]:
+    """(lowest, highest) grade the day's oxygen support can mean, its tier, the evidence, and flags.
+
+    Device and flow recorded at the same time are one reading; a flow with no device is a nasal
+    cannula, a device with no flow is taken at its own tier (input-contract.md oxygen tiers).
+    """
+    by_time: dict[datetime, list[Reading]] = defaultdict(list)
+    for r in readings:
+        by_time[r.when.at].append(r)
+    best: tuple[int, int] = (0, 0)
+    tier: str = "none"
+    evidence: list[Reading] = []
+    flags: list[str] = []
+    for group in by_time.values():
+        flows = [r.value for r in group if r.concept == "oxygen-flow" and isinstance(r.value, Quantity)]
+        flow = max(flows, key=lambda q: q.value) if flows else None
+        for dev in [str(r.value) for r in group if r.concept == "oxygen-device"] or ["nasal-cannula"]:
+            row = devices[dev]
+            rng, dev_tier = _device_range(row, flow, low_flow_max)
+            if dev_tier == "low-flow" and row.tier == "high-flow":
+                flags.append("hfnc-at-low-flow")  # grading.md 1.4: graded by flow, flagged
+            if rng > best or (rng == best and tier == "none"):
+                best, tier, evidence = rng, dev_tier, list(group)
+    return best[0], best[1], tier, evidence, flags
+
+
+def hypoxia(oxygen: Sequence[Reading], devices: Mapping[str, DeviceRow], low_flow_max: float) -> Finding:
+    """The day's hypoxia grade range from its oxygen support; an unknown flow names the flow as missing."""
+    lo, hi, tier, ev, flags = oxygen_range(oxygen, devices, low_flow_max)
+    shown = bool(oxygen) and tier != "none"
+    return Finding(lo, hi, min((r.when.at for r in oxygen), default=None) if lo else None,
+                   (Component("hypoxia", "oxygen-tier", tier, lo),) if oxygen else (),
+                   tuple(r.ref for r in ev) if shown else (),
+                   reasons=(f"oxygen support: {tier} (grade {lo}{'+' if hi > lo else ''})",) if shown else (),
+                   flags=tuple(flags), missing=(FLOW_MISSING,) if hi > lo else ())

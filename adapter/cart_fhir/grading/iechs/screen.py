@@ -1,0 +1,123 @@
+"""IEC-HS screen criteria (grading.md 3.1, 3.3 item 1): the readings meeting the key finding (ferritin) and
+each second criterion (transaminases, fibrinogen, cytopenia by CTCAE v5.0 grade, grading.md 9.2)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ...model import Reading
+from .labs import Hit, Labs, baseline, limit, quantity
+from .table import Lookups
+
+
+def ferritin_hit(lk: Lookups, labs: Labs, day: int, r: Reading) -> Hit | None:
+    """Key finding: ferritin > factor x ULN, > factor x baseline, or (if enabled) doubling in 48 h."""
+    q = quantity(r)
+    uln, flags = limit(lk, r, "high")
+    base = baseline(lk, labs, "ferritin")
+    met: list[tuple[str, str]] = []
+    for rule in lk.t.ferritin_rules:
+        ref: float | None = None
+        label = ""
+        if not rule.enabled:
+            continue
+        if rule.key == "ferritin-uln":
+            ref, label = uln, f"ULN ({uln:g})" if uln is not None else ""
+        elif rule.key == "ferritin-baseline" and base is not None and base[1] is not r:
+            ref, label = quantity(base[1]).value, f"baseline ({quantity(base[1]).value:g} on day {base[0]})"
+        elif rule.key == "ferritin-doubling":
+            span = timedelta(hours=rule.within_hours or 0)
+            earlier = [quantity(x).value for _, x, _ in labs.series("ferritin")
+                       if timedelta(0) < r.when.at - x.when.at <= span]
+            if earlier:
+                ref = min(earlier)
+                label = f"the lowest value of the previous {rule.within_hours:g} h ({ref:g})"
+        if ref is None or q.above(rule.factor * ref) is not True:
+            continue
+        if rule.require_above_uln and (uln is None or q.above(uln) is not True):
+            continue
+        met.append((rule.key, f"> {rule.factor:g} x {label}"))
+    if not met:
+        return None
+    text = f"ferritin {q.value:g} ng/mL {' and '.join(m[1] for m in met)} on day {day}"
+    return Hit(tuple(k for k, _ in met), r, day, text, flags)
+
+
+def transaminase_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
+    """ALT or AST > 5 x ULN, or > 5 x the baseline when the baseline was above its ULN."""
+    rule = lk.t.transaminases
+    out: list[Hit] = []
+    for concept in rule.concepts:
+        base = baseline(lk, labs, concept)
+        for day, r in labs.after(concept, first):
+            uln, flags = limit(lk, r, "high")
+            ref, factor, label = uln, rule.factor_uln, f"ULN ({uln:g})" if uln is not None else ""
+            if base is not None:
+                b_uln = base[1].high if base[1].high is not None else uln
+                if b_uln is not None and quantity(base[1]).above(b_uln) is True:
+                    ref, factor, flags = quantity(base[1]).value, rule.factor_baseline, ()
+                    label = f"the abnormal baseline ({quantity(base[1]).value:g} on day {base[0]})"
+            if ref is not None and quantity(r).above(factor * ref) is True:
+                text = f"{concept.upper()} {quantity(r).value:g} U/L > {factor:g} x {label} on day {day}"
+                out.append(Hit((rule.key,), r, day, text, flags))
+    return out
+
+
+def fibrinogen_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
+    """Fibrinogen < 150 mg/dL, or below the result's own LLN when below_lln is set."""
+    rule = lk.t.fibrinogen
+    out: list[Hit] = []
+    for day, r in labs.after("fibrinogen", first):
+        q = quantity(r)
+        if q.below(rule.below_mg_dl) is True:
+            limit = f"{rule.below_mg_dl:g} mg/dL"
+        elif rule.below_lln and r.low is not None and q.below(r.low) is True:
+            limit = f"the LLN ({r.low:g} mg/dL)"
+        else:
+            continue
+        out.append(Hit((rule.key,), r, day, f"fibrinogen {q.value:g} mg/dL < {limit} on day {day}"))
+    return out
+
+
+def ctcae_grade(lk: Lookups, r: Reading) -> tuple[int | None, tuple[str, ...]]:
+    """CTCAE v5.0 grade of a platelet, ANC or hemoglobin value (grading.md 9.2); None when undecidable."""
+    flags: tuple[str, ...] = ()
+    for band in lk.bands[r.concept]:  # most severe first
+        threshold = band.below
+        if threshold is None:
+            threshold, flags = limit(lk, r, "low")
+            if threshold is None:
+                return None, ()
+        below = quantity(r).below(threshold)
+        if below is None:
+            return None, ("lab-bound-straddles-threshold",)
+        if below:
+            return band.grade, flags
+    return 0, flags
+
+
+def cytopenia_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
+    """New CTCAE grade >= 3 (no value in the prior 72 h; the last earlier one lower), or worse by >= 1
+    grade than every value of the prior 72 h (grading.md 3.3 item 1)."""
+    rule = lk.t.cytopenia
+    prior = timedelta(hours=rule.prior_hours)
+    out: list[Hit] = []
+    for concept in rule.concepts:
+        unit = lk.bands[concept][0].unit
+        graded = [(d, r, post, *ctcae_grade(lk, r)) for d, r, post in labs.series(concept)]
+        for i, (day, r, post, g, flags) in enumerate(graded):
+            if not post or day < first or g is None:
+                continue
+            earlier = [(x, gx) for _, x, _, gx, _ in graded[:i] if gx is not None]
+            recent = [gx for x, gx in earlier if r.when.at - x.when.at <= prior]
+            value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
+            what = f"{concept} {value} (CTCAE grade {g}) on day {day}"
+            if recent and g >= max(recent) + rule.worsening_grades:
+                text = f"{what}: worse than grade {max(recent)} in the prior {rule.prior_hours:g} h"
+            elif not recent and earlier and earlier[-1][1] < rule.new_grade_at_least <= g:
+                text = (f"{what}: new grade >= {rule.new_grade_at_least} "
+                        f"(last earlier value grade {earlier[-1][1]})")
+            else:
+                continue
+            out.append(Hit((rule.key,), r, day, text, flags))
+    return out
