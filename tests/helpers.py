@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.ingest.read import read_bytes
 from cart_fhir.pipeline import Engine, RunResult
 
-RECORDED = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+RECORDED = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
 
 def run(engine: Engine, bundle: dict[str, Any], name: str = "test.json") -> RunResult:

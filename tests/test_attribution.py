@@ -27,7 +27,7 @@ TZ = timezone(timedelta(hours=1))
 DAY0 = datetime(2024, 5, 1, 10, 0, tzinfo=TZ)
 INFUSION = "MedicationAdministration/cart-1"
 PL, PO, UN, UA = "Probably-Likely", "Possible", "Unlikely", "Unassessable-Unclassifiable"
-ATTR = Attributor()
+ATTR = Attributor(load_all().get(AttributionRulesTable))
 
 
 def at(day: int, hhmm: str = "08:00") -> Moment:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cart_fhir.cli_validate import validate_command
 from cart_fhir.conformance import Checker, Package
 from cart_fhir.conformance.validate import validate_bundle

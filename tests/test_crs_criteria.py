@@ -10,10 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cart_fhir.tables import load_tables
 from fhirbuild import PatientBuilder
 from helpers import daily, episodes, run
-
-from cart_fhir.tables import load_tables
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import RECORDED, episodes
-
 from cart_fhir.ingest.read import read_paths
+from helpers import RECORDED, episodes
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"

@@ -12,16 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-
 from cart_fhir.grading.hematotox import HematotoxScorer, HematotoxTable
+from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Assessment, State, Toxicity
 from cart_fhir.pipeline import Engine
 from cart_fhir.tables import load_yaml_table
+from fhirbuild import PatientBuilder
+from helpers import run
 
 G, AL, NA = "graded", "at-least", "not-assessable"
-SCORER = HematotoxScorer()
+SCORER = HematotoxScorer(load_all().get(HematotoxTable))
 NORMAL: dict[str, tuple[Any, ...]] = {"platelets": (200, "10*3/uL"), "anc": (3.0, "10*3/uL"),
                                       "hemoglobin": (12.0, "g/dL"), "crp": (0.5, "mg/dL"),
                                       "ferritin": (300, "ng/mL")}

@@ -14,17 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-
+from cart_fhir.constants import CS_OXYGEN
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading import iechs
 from cart_fhir.grading.iechs import IecHsGrader, IecHsTable
 from cart_fhir.grading.iechs.screen import ctcae_grade
+from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.model import Moment, Quantity, Reading
+from fhirbuild import PatientBuilder
+from helpers import run
 
-GRADER = IecHsGrader()
+TABLES = load_all()
+OXYGEN = TABLES.concepts.values[CS_OXYGEN]
+GRADER = IecHsGrader(TABLES.get(IecHsTable), OXYGEN)
 T = GRADER.t
 G1, G2, G3, G4 = ([("graded", g)] for g in (1, 2, 3, 4))
 NONE: list[tuple[str, int | None]] = []
@@ -286,7 +289,7 @@ def grade_of(engine: Any, b: PatientBuilder, grader: IecHsGrader = GRADER) -> tu
 def test_iechs_case(engine, covers, build, expected, flags, table) -> None:
     b = PatientBuilder()
     build(b)
-    grader = IecHsGrader(table(T)) if table else GRADER
+    grader = IecHsGrader(table(T), OXYGEN) if table else GRADER
     found, _ = grade_of(engine, b, grader)
     assert [(a.state.value, a.value) for a in found.assessments] == expected
     assert len(found.events) == sum(1 for s, _ in expected if s == "graded")
@@ -449,7 +452,7 @@ def test_table_rejects_grade5_rule_missing_timing_rule_and_unknown_device() -> N
         data = T.model_dump()
         change(data)
         with pytest.raises(ConfigError, match=message):
-            IecHsGrader(IecHsTable.model_validate(data))
+            IecHsGrader(IecHsTable.model_validate(data), OXYGEN)
 
 
 def test_grader_is_pure() -> None:

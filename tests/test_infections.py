@@ -12,16 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-from test_architecture import FORBIDDEN_IN_PURE, PKG, imports
-
 from cart_fhir.errors import ConfigError
-from cart_fhir.grading.infections import MISSING_DEATH_CAUSE, MISSING_TREATMENT, NCIT, InfectionGrader, \
-    InfectionGradingTable
+from cart_fhir.grading.infections import (
+    MISSING_DEATH_CAUSE,
+    MISSING_TREATMENT,
+    NCIT,
+    InfectionGrader,
+    InfectionGradingTable,
+)
+from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Event, State
 from cart_fhir.tables import InfectionRow, load_tables, load_yaml_table
 from cart_fhir.timeline import Course
+from fhirbuild import PatientBuilder
+from helpers import run
+from test_architecture import FORBIDDEN_IN_PURE, PKG, imports
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 SCT = "http://snomed.info/sct"
@@ -30,7 +35,10 @@ CODES = {"pneumonia": "233604007", "sepsis": "91302008", "bacteremia": "5758002"
 RX = {"levofloxacin": "82122", "ciprofloxacin": "2551", "acyclovir": "281", "valacyclovir": "73645",
       "vancomycin": "11124", "norepinephrine": "7512"}
 IV, PO = "47625008", "26643006"
-GRADERS = {"day-30": InfectionGrader(), "hill-2018": InfectionGrader(window_profile="hill-2018")}
+TABLES = load_all()
+TABLE = TABLES.get(InfectionGradingTable)
+GRADERS = {"day-30": InfectionGrader(TABLE, TABLES.drugs, TABLES.infections),
+           "hill-2018": InfectionGrader(TABLE, TABLES.drugs, TABLES.infections, window_profile="hill-2018")}
 
 
 # ---- builders --------------------------------------------------------------------------------------
@@ -378,7 +386,7 @@ def test_anti_infective_names_match_the_right_agent(engine: Any) -> None:
 
 def test_unknown_window_profile_stops_start_up() -> None:
     with pytest.raises(ConfigError):
-        InfectionGrader(window_profile="day-45")
+        InfectionGrader(TABLE, TABLES.drugs, TABLES.infections, window_profile="day-45")
 
 
 def test_infection_row_with_unknown_ctcae_term_stops_start_up() -> None:
@@ -387,7 +395,7 @@ def test_infection_row_with_unknown_ctcae_term_stops_start_up() -> None:
         system=SCT, code="1", display="x", key="x", pathogen_type="other", site="unspecified",
         ctcae_term="Not a CTCAE term", verified=False, source="test"))})
     with pytest.raises(ConfigError, match="Not a CTCAE term"):
-        InfectionGrader(infections=bad)
+        InfectionGrader(TABLE, TABLES.drugs, bad)
 
 
 def test_window_rows_must_be_contiguous() -> None:

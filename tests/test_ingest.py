@@ -14,14 +14,13 @@ from typing import Any
 
 import orjson
 import pytest
-from fhirbuild import BASE, LOINC, RXNORM, UCUM, PatientBuilder, bundle_of
-from helpers import daily, run
-
 from cart_fhir.errors import BadInput, ConfigError, InputErrors
 from cart_fhir.ingest.read import read_bytes, read_paths
 from cart_fhir.ingest.units import UnitError
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.timeline import Course
+from fhirbuild import BASE, LOINC, RXNORM, UCUM, PatientBuilder, bundle_of
+from helpers import daily, run
 
 G = "graded"
 CS_OBS = f"{BASE}/CodeSystem/cart-observation"

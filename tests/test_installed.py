@@ -6,9 +6,8 @@ import os
 import sysconfig
 from pathlib import Path
 
-import pytest
-
 import cart_fhir
+import pytest
 from cart_fhir.tables import mappings_dir
 
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-
 from cart_fhir.grading.neuro_other import ASSESSMENT_CODE, MISSING, NeuroGradingTable, NeuroOtherGrader
+from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.tables import NeuroEventTable, load_yaml_table
+from fhirbuild import PatientBuilder
+from helpers import run
 
 SCT = "http://snomed.info/sct"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
@@ -26,7 +26,7 @@ G, NA = "graded", "not-assessable"
 VENT, MV = "support:gbs-mechanical-ventilation", "mechanical-ventilation"
 OTHER = "Nervous system disorders - Other, specify"
 CHILD = {"birth": "2016-02-01"}  # 8 years old: CAPD (decision 6)
-GRADER = NeuroOtherGrader()
+GRADER = NeuroOtherGrader(load_all().get(NeuroGradingTable))
 
 
 def cond(b: PatientBuilder, code: str, day: int, severity: str | None = None,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import pytest
-from fhirbuild import PatientBuilder
-from helpers import RECORDED, run
-
 from cart_fhir.constants import BASE
 from cart_fhir.pipeline import Engine
 from cart_fhir.validate import validate_resources
+from fhirbuild import PatientBuilder
+from helpers import RECORDED, run
 
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -186,11 +186,11 @@ def test_device_records_versions(out) -> None:
 
 
 def test_same_input_same_identifiers_and_content(engine) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     first = emitted(engine, vignette())
     second_res = run(engine, vignette().bundle())
-    later = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    later = datetime(2025, 1, 1, tzinfo=UTC)
     second = engine.bundle(engine.resources(second_res, later))
 
     def strip(b: dict[str, Any]) -> list[Any]:

@@ -9,22 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhirbuild import RX, PatientBuilder
-from helpers import run
-
-from cart_fhir.ingest.read import read_paths
 from cart_fhir.grading.registry import load_all
+from cart_fhir.ingest.read import read_paths
 from cart_fhir.pipeline import Engine
 from cart_fhir.registry import (
-    columns,
     NOT_APPLICABLE,
     NOT_ASSESSABLE,
     NOT_RESOLVED,
     UNKNOWN,
+    columns,
     registry_rows,
     write_csv,
 )
 from cart_fhir.tables import mappings_dir, read_yaml
+from fhirbuild import RX, PatientBuilder
+from helpers import run
 
 TABLES = load_all()
 COLUMNS = columns(TABLES)

@@ -8,8 +8,6 @@ from typing import Any
 import orjson
 import pytest
 import responses
-from helpers import RECORDED
-
 from cart_fhir.cli_remote import written_from_bundle
 from cart_fhir.ingest.read import read_paths
 from cart_fhir.pipeline import Engine, PatientResources
@@ -17,6 +15,7 @@ from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
 from cart_fhir.remote.locks import PatientLocks
 from cart_fhir.remote.write import ResultWriter, _levels
+from helpers import RECORDED
 
 BASE = "https://fhir.example.org/r4"
 FHIR = {"Content-Type": "application/fhir+json"}

@@ -8,11 +8,10 @@ from typing import Any
 
 import orjson
 import pytest
-from fhirbuild import PatientBuilder, bundle_of
-from helpers import RECORDED
-
 from cart_fhir.ingest.read import read_paths
 from cart_fhir.service import create_app
+from fhirbuild import PatientBuilder, bundle_of
+from helpers import RECORDED
 
 EXAMPLE = Path("examples/crs-grade2-tocilizumab.json")
 FHIR = "application/fhir+json"

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from cart_fhir.cli import main
 from cart_fhir.ingest.read import expand_paths, read_paths
 from cart_fhir.pipeline import Engine

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirbuild import PatientBuilder
-from helpers import RECORDED, run
-
 from cart_fhir.summary import episode_rows
 from cart_fhir.validate import validate_resources
+from fhirbuild import PatientBuilder
+from helpers import RECORDED, run
 
 SCT = "http://snomed.info/sct"
 
@@ -39,7 +38,7 @@ def rich_patient() -> PatientBuilder:
     b.lab("ferritin", 4, "06:00", 2500, "ng/mL", high=300)
     b.lab("fibrinogen", 4, "06:00", 120, "mg/dL", low=200, high=400)
     # profound neutropenia days 0-20 (early ICAHT), ANC recovering from day 21
-    for day in range(0, 21):
+    for day in range(21):
         b.lab("anc", day, "06:00", 0.05 if day < 10 else 0.3, "10*3/uL")
     for day in range(21, 31):
         b.lab("anc", day, "06:00", 1.5, "10*3/uL")

@@ -12,16 +12,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import pytest
-from fhirbuild import PatientBuilder
-from helpers import run
-
 import cart_fhir
+import pytest
 from cart_fhir.errors import ConfigError
+from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import State, Toxicity
 from cart_fhir.grading.treatments import TreatmentAnalyzer, TreatmentResponse
-from cart_fhir.grading.treatments.table import AgentRow, load_treatment_table
+from cart_fhir.grading.treatments.table import AgentRow, TreatmentTable
 from cart_fhir.pipeline import Engine
+from fhirbuild import PatientBuilder
+from helpers import run
 
 CRS, ICANS = Toxicity.CRS, Toxicity.ICANS
 IT = "72607000"  # SNOMED CT intrathecal route
@@ -31,7 +31,8 @@ SCT = "http://snomed.info/sct"
 RXN = {"tocilizumab": "612865", "dexamethasone": "3264", "methylprednisolone": "6902", "anakinra": "72435",
        "prednisone": "8640", "hydrocortisone": "5492", "methotrexate": "6851", "siltuximab": None}
 TZ = timezone(timedelta(hours=1))
-ANALYZER = TreatmentAnalyzer()
+TABLES = load_all()
+ANALYZER = TreatmentAnalyzer(TABLES.get(TreatmentTable), TABLES.drugs, TABLES.icans.settings)
 B = PatientBuilder
 
 
@@ -406,7 +407,7 @@ def test_treatment_case(engine: Engine, covers: list[str], build: Callable[[B], 
 
 
 def test_every_treatment_row_has_a_case() -> None:
-    t = load_treatment_table()
+    t = TABLES.get(TreatmentTable)
     rows = {f"agent:{r.agent}" for r in t.agents} | {f"reason:{r.code}" for r in t.reasons} | \
         {r.id for r in (*t.high_dose, *t.refractory, *t.remission.rows, *t.dose_limits)} | \
         {"intrathecal", "dose_unit", "reason_window", "improvement"}
@@ -460,11 +461,11 @@ def test_without_other_toxicity_no_shared_flag(engine: Engine) -> None:
 
 
 def test_unknown_agent_stops_start_up() -> None:
-    t = load_treatment_table()
+    t = TABLES.get(TreatmentTable)
     extra = AgentRow(agent="infliximab", treats="any", verified=False, source="test")
     bad = t.model_copy(update={"agents": (*t.agents, extra)})
     with pytest.raises(ConfigError, match="infliximab"):
-        TreatmentAnalyzer(bad)
+        TreatmentAnalyzer(bad, TABLES.drugs, TABLES.icans.settings)
 
 
 def test_module_is_pure() -> None:

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from ..model import DrugAdmin
-from ..tables import Row, Table, load_yaml_table
+from ..tables import Row, Table
 from ..timeline import Course
 from .result import Toxicity
 
@@ -116,8 +116,8 @@ def lower(assessment: str) -> str:
 class Attributor:
     """The default causality of each suspect of a toxicity, with the rule that decided it."""
 
-    def __init__(self, table: AttributionRulesTable | None = None) -> None:
-        self.t = table or load_yaml_table("attribution-rules.yaml", AttributionRulesTable)
+    def __init__(self, table: AttributionRulesTable) -> None:
+        self.t = table
         self.label = f"{self.t.table} v{self.t.version}"
 
     def suspects(self, course: Course, toxicity: Toxicity, onset_day: int, onset: datetime,

@@ -24,7 +24,7 @@ from typing import Literal, get_args
 from pydantic import model_validator
 
 from ..model import DrugAdmin, Quantity, Reading
-from ..tables import Row, Table, load_yaml_table
+from ..tables import Row, Table
 from ..timeline import Course
 from .result import Assessment, Component, State, Toxicity
 
@@ -134,8 +134,8 @@ class _Window:
 class HematotoxScorer:
     """Scores CAR-HEMATOTOX for one course from the labs drawn before its lymphodepletion."""
 
-    def __init__(self, table: HematotoxTable | None = None) -> None:
-        self.t = table or load_yaml_table("car-hematotox-2021.yaml", HematotoxTable)
+    def __init__(self, table: HematotoxTable) -> None:
+        self.t = table
         self.s = {k: v.value for k, v in self.t.settings.items()}
         self.vars = {v.variable: v for v in self.t.variables}
         self.bands = {v: [b for b in self.t.bands if b.variable == v] for v in self.vars}

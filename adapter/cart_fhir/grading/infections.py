@@ -23,7 +23,7 @@ from pydantic import model_validator
 
 from ..errors import ConfigError
 from ..model import ConditionFact, DrugAdmin, Reading
-from ..tables import DrugTable, InfectionTable, Row, Table, load_yaml_table
+from ..tables import DrugTable, InfectionTable, Row, Table
 from ..timeline import Course
 from .result import Assessment, Event, Findings, State, Toxicity
 
@@ -88,7 +88,7 @@ class InfectionGradingTable(Table):
     organ_support: tuple[SupportRow, ...]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "InfectionGradingTable":
+    def _consistent(self) -> InfectionGradingTable:
         for profile in {w.profile for w in self.windows}:
             rows = sorted((w for w in self.windows if w.profile == profile), key=lambda w: w.from_day)
             ends = [r.to_day for r in rows]
@@ -118,11 +118,9 @@ class _Treatment:
 class InfectionGrader:
     """Suggests a CTCAE v5.0 grade for each infection of a course and records its IAGO context."""
 
-    def __init__(self, table: InfectionGradingTable | None = None, drugs: DrugTable | None = None,
-                 infections: InfectionTable | None = None, window_profile: str | None = None) -> None:
-        self.t = table or load_yaml_table("infection-grading.yaml", InfectionGradingTable)
-        drugs = drugs or load_yaml_table("drugs.yaml", DrugTable)
-        infections = infections or load_yaml_table("infections.yaml", InfectionTable)
+    def __init__(self, table: InfectionGradingTable, drugs: DrugTable, infections: InfectionTable,
+                 window_profile: str | None = None) -> None:
+        self.t = table
         self.s = self.t.settings
         self.profile = window_profile or self.s.window_profile
         self.windows = [w for w in self.t.windows if w.profile == self.profile]

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ..model import ConditionFact, Reading
-from ..tables import Row, Table, load_yaml_table
+from ..tables import Row, Table
 from ..timeline import Course
 from .result import Assessment, DayGrade, Episode, Event, Findings, State, Toxicity
 
@@ -81,8 +81,8 @@ class NeuroGradingTable(Table):
 class NeuroOtherGrader:
     """Finds the non-ICANS neurological events of one course and pre-fills their CTCAE grade."""
 
-    def __init__(self, table: NeuroGradingTable | None = None) -> None:
-        self.t = table or load_yaml_table("neurotoxicity-grading.yaml", NeuroGradingTable)
+    def __init__(self, table: NeuroGradingTable) -> None:
+        self.t = table
         self.severity = {r.code: r for r in self.t.severity}
         self.label = f"{self.t.table} v{self.t.version}"
 

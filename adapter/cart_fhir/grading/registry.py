@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..constants import CS_OXYGEN
 from ..errors import ConfigError
 from ..tables import TableFile, Tables, load_tables
 from ..timeline import Course
@@ -132,7 +133,7 @@ GRADERS: list[GraderSpec] = [
                tables=(TableFile("astct-iechs-2023.yaml", IecHsTable),),
                concepts=("ferritin", "alt", "ast", "fibrinogen", "anc", "platelets", "hemoglobin", "oxygen-device",
                          "oxygen-flow"), reads=("crs",),
-               build=lambda t: IecHsGrader(t.get(IecHsTable)),
+               build=lambda t: IecHsGrader(t.get(IecHsTable), t.concepts.values.get(CS_OXYGEN, ())),
                run=lambda g, course, cr: g.grade(course, cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]),
                unverified=_iechs_rows),
     GraderSpec("icaht", OutputKind.FINDINGS, (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ...tables import load_yaml_table
 from ...timeline import Course
 from ..result import Assessment, Findings
 from .early import early
@@ -14,8 +13,8 @@ from .table import IcahtTable, Lookups
 class IcahtGrader:
     """Grades early and late ICAHT of one course from its ANC series."""
 
-    def __init__(self, table: IcahtTable | None = None) -> None:
-        self.t = table or load_yaml_table("eha-ebmt-icaht-2023.yaml", IcahtTable)
+    def __init__(self, table: IcahtTable) -> None:
+        self.t = table
         self.lk = Lookups.of(self.t)
         self.table_id = self.lk.table_id
 

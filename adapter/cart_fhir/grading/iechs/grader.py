@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from ...model import Reading
-from ...tables import load_tables, load_yaml_table
 from ...timeline import Course
 from ..result import Assessment, Component, DayGrade, Episode, Event, Findings, State, Toxicity
 from .labs import Hit, Labs, Pair, baseline, limit, quantity
 from .screen import cytopenia_hits, ferritin_hit, fibrinogen_hits, transaminase_hits
 from .suggest import suggest, unique
-from .table import OXYGEN_SYSTEM, TABLE_FILE, IecHsTable, Lookups, check_table
+from .table import IecHsTable, Lookups, check_table
 from .timing import Timing, TimingMatch, group_episodes
 
 ALWAYS_FLAGS = ("clinician-confirmation-required", "attribution-unconfirmed", "unverified-criteria")
@@ -21,10 +20,10 @@ ALWAYS_FLAGS = ("clinician-confirmation-required", "attribution-unconfirmed", "u
 class IecHsGrader:
     """Screens one infusion course for IEC-HS and suggests a provisional grade per screen-positive episode."""
 
-    def __init__(self, table: IecHsTable | None = None) -> None:
-        self.t = table if table is not None else load_yaml_table(TABLE_FILE, IecHsTable)
-        # The global tables only for the oxygen-delivery codes, until the engine hands them in (issue 12).
-        check_table(self.t, load_tables().concepts.values.get(OXYGEN_SYSTEM, ()))
+    def __init__(self, table: IecHsTable, oxygen_devices: Collection[str]) -> None:
+        """`oxygen_devices`: the oxygen-delivery codes of concepts.yaml, which the table's rules must name."""
+        self.t = table
+        check_table(self.t, oxygen_devices)
         self.lk = Lookups.of(self.t)
         self.s = self.lk.settings
 

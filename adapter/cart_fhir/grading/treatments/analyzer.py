@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ...model import Moment
-from ...tables import DrugTable, IcansSettings, load_tables
+from ...tables import DrugTable, IcansSettings
 from ...timeline import Course
 from ..result import Assessment, Component, DayGrade, Episode, State, Toxicity
 from .exposure import dex_equivalent, high_dose, limit_flags, systemic_steroid
 from .linking import Dose, link
 from .outcomes import Finding, baseline, hours, improvement_finding, refractory_finding, remission_finding
-from .table import HighDoseRow, Lookups, TreatmentTable, check_treatment_table, load_treatment_table
+from .table import HighDoseRow, Lookups, TreatmentTable, check_treatment_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +50,8 @@ class TreatmentResponse:
 class TreatmentAnalyzer:
     """Links treatments to CRS/ICANS episodes and derives exposure, refractory status and response."""
 
-    def __init__(self, table: TreatmentTable | None = None, drugs: DrugTable | None = None,
-                 icans: IcansSettings | None = None) -> None:
-        self.t = table or load_treatment_table()
-        if drugs is None or icans is None:
-            tables = load_tables()
-            drugs, icans = drugs or tables.drugs, icans or tables.icans.settings
+    def __init__(self, table: TreatmentTable, drugs: DrugTable, icans: IcansSettings) -> None:
+        self.t = table
         self.lk = Lookups(self.t, {r.agent: r for r in drugs.rows}, {r.agent: r for r in self.t.agents},
                           icans.capd_max_age_years)
         check_treatment_table(self.t, self.lk.drugs)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...errors import ConfigError
-from ...tables import DrugRow, Row, Table, load_yaml_table
+from ...tables import DrugRow, Row, Table
 
 ToxName = Literal["crs", "icans"]
 
@@ -109,10 +109,6 @@ class TreatmentTable(Table):
     dose_limits: tuple[DoseLimitRow, ...]
 
 
-def load_treatment_table() -> TreatmentTable:
-    # functools.cache on load_yaml_table hides its generic return type from mypy (typeshed's wrapper).
-    table: TreatmentTable = load_yaml_table("treatment-response.yaml", TreatmentTable)
-    return table
 
 
 def check_treatment_table(t: TreatmentTable, drugs: dict[str, DrugRow]) -> None:
