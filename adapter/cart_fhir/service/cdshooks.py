@@ -13,7 +13,7 @@ from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
-from .app import Services, services
+from .context import Services, services
 from .cards import criteria_of, toxicity_cards
 from .errors import ServiceError, fhir_response
 from .guard import json_body
