@@ -14,8 +14,8 @@ import orjson
 from .constants import BASE, ID_DEVICE, ID_RUN
 from .errors import BadInput, InputErrors, Location
 from .ingest.index import ref_key
-from .output.resources import Written
-from .pipeline import Engine, PatientResources, RunResult
+from .output.resources import PatientResources, Written
+from .pipeline import Engine, RunResult
 from .remote.connect import connect
 from .remote.read import PatientReader
 from .remote.settings import load_settings

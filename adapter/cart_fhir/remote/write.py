@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..ingest.index import ref_key
-from ..output.resources import Written
-from ..pipeline import PatientResources
+from ..output.resources import PatientResources, Written
 from .client import FhirClient
 from .errors import ServerError, outcome_text, status_code
 from .locks import PatientLocks
