@@ -18,9 +18,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from cart_fhir import __version__
-from cart_fhir.errors import ConfigError
-
+from .. import __version__
+from ..errors import ConfigError
 from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
 
 if TYPE_CHECKING:

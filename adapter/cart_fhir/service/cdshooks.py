@@ -14,8 +14,8 @@ from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
-from .context import Services, services
 from .cards import criteria_of, toxicity_cards
+from .context import Services, services
 from .errors import ServiceError, fhir_response
 from .guard import json_body
 from .openapi import document

@@ -19,8 +19,8 @@ from ..pipeline import Engine, RunResult
 from ..remote.read import PatientNotFound, PatientReader
 from ..remote.write import PatientWrite, ResultWriter
 from ..report import RunReport
-from .context import services
 from .artefacts import TYPES as ARTEFACT_TYPES
+from .context import services
 from .errors import ServiceError, fhir_response, issue
 from .guard import json_body, requires
 from .openapi import document
