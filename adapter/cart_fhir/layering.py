@@ -1,12 +1,13 @@
-"""Configuration layering for the CLI and the service: given values > CART_FHIR_* environment > file > defaults.
+"""Configuration layering for the CLI and the service: given values > CART_FHIR_* variables > file > defaults.
 
 Built on pydantic-settings: its environment source reads and prepares the variables (case, empty values
-ignored, no JSON decoding, per the model's config), and pydantic validates the merged layers. What is ours: the
-layers come from the caller (a test passes its own environment, not os.environ); each field reads exactly one
-variable, CART_FHIR_<NAME> or the one `Env` names (never both: pydantic-settings would also try the prefixed
-field name of an aliased field, so CART_FHIR_AUTH, the service's switch, would set the server's auth kind);
-fields marked `FromCode` never come from the environment; every failure is one ConfigError line naming the
-setting and its variable.
+ignored, no JSON decoding, per the model's config), and pydantic validates the merged layers. What is ours:
+- the layers come from the caller (a test passes its own environment, not os.environ);
+- each field reads exactly one variable, CART_FHIR_<NAME> or the one `Env` names; never both, as
+  pydantic-settings would for an aliased field (CART_FHIR_AUTH, the service's switch, would set the
+  server's auth kind);
+- fields marked `FromCode` never come from the environment;
+- every failure is one ConfigError line naming the setting and its variable.
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ class LayeredSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True,
-        enable_decoding=False,  # lists are comma-separated in variables ("a,b"), not JSON: validators split them
+        enable_decoding=False,  # lists in variables are "a,b", not JSON: the models' validators split them
     )
     what: ClassVar[str] = "settings"  # "server", "service": the first word of every error message
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,
                                    dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
@@ -99,7 +101,7 @@ class _Environment(EnvSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
         super().__init__(settings_cls)
-        if environ is not None:  # as the source reads os.environ: names folded to lower case, empty values out
+        if environ is not None:  # as the source reads os.environ: names in lower case, empty values out
             self.env_vars = {(k if self.case_sensitive else k.lower()): v for k, v in environ.items()
                              if not (self.env_ignore_empty and v == "")}
 
@@ -111,7 +113,7 @@ class _Environment(EnvSettingsSource):
 
 
 def read_toml_table(path: str, table: str, settings_cls: type[LayeredSettings]) -> dict[str, Any]:
-    """The `[table]` of a TOML file (or its top level when it has none), its keys checked against the fields."""
+    """The `[table]` of a TOML file (or its top level when it has none), its keys checked as field names."""
     try:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""Service settings: defaults, then CART_FHIR_* environment, then the factory's overrides; checked at start-up.
+"""Service settings: defaults, then CART_FHIR_* variables, then the factory's overrides; checked at start-up.
 
 Layered by layering.py, as the CLI's server settings are; the upstream FHIR server's own settings are those
 of the CLI (remote/settings.py: CART_FHIR_SERVER and friends).
@@ -21,7 +21,7 @@ OFF = frozenset({"0", "false", "off", "no"})
 
 
 class ServiceSettings(LayeredSettings):
-    """The service's own settings; each comes from CART_FHIR_<NAME> (CART_FHIR_AUTH, CART_FHIR_AUDIENCE, ...)."""
+    """The service's own settings, each from CART_FHIR_<NAME> (CART_FHIR_AUTH, CART_FHIR_AUDIENCE, ...)."""
 
     what: ClassVar[str] = "service"
 
@@ -37,13 +37,13 @@ class ServiceSettings(LayeredSettings):
     server: Annotated[ServerSettings | None, FromCode] = None
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     timeline_url: str = "https://cart-fhir.org/timeline/launch"  # the SMART app the CDS cards link to
-    # fhirServer URL prefixes CDS calls may name ("*": any). The EHR's access token travels to the fhirServer a
-    # CDS call names: production lists its FHIR bases.
+    # fhirServer URL prefixes CDS calls may name ("*": any). The EHR's access token travels to the fhirServer
+    # a CDS call names: production lists its FHIR bases.
     cds_fhir_servers: tuple[str, ...] = ("*",)
     # Reverse proxies in front whose X-Forwarded-* headers to trust: behind a proxy the public URL (CDS Hooks
     # `aud`, links) comes from them; trusted only this deep.
     proxy_hops: int = Field(default=0, ge=0, le=5)
-    tables: Annotated[Any, FromCode] = None  # preloaded mapping tables (tests share one parse); None: load them
+    tables: Annotated[Any, FromCode] = None  # preloaded mapping tables (tests share one parse); None: load
 
     @field_validator("auth", "upstream", mode="before")
     @classmethod
@@ -76,8 +76,9 @@ class ServiceSettings(LayeredSettings):
                            "for bundle operations only)")
         if missing:
             what = "inbound auth is on" if self.auth else "server-backed operations are on"
-            raise ConfigError(f"cannot start: {what} but these settings are missing: {', '.join(missing)}"
-                              + ("" if not self.auth else f" (or {self.env_name('auth')}=off for a local trial)"))
+            trial = f" (or {self.env_name('auth')}=off for a local trial)" if self.auth else ""
+            raise ConfigError(f"cannot start: {what} but these settings are missing: "
+                              f"{', '.join(missing)}{trial}")
 
 
 def load_service_settings(overrides: Mapping[str, Any] | None = None,
