@@ -52,6 +52,11 @@ def test_bad_variables_are_one_line_config_errors(env, message):
         load_service_settings({}, env)
 
 
+def test_variable_names_are_exact():
+    s = load_service_settings({}, {**OPEN, "cart_fhir_proxy_hops": "2"})
+    assert s.proxy_hops == 0
+
+
 def test_built_directly_the_settings_ignore_the_environment(monkeypatch):
     monkeypatch.setenv("CART_FHIR_CHUNK_SIZE", "7")
     assert ServerSettings(base_url="https://x").chunk_size == CHUNK_SIZE

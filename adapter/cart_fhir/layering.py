@@ -1,7 +1,8 @@
 """Configuration layering for the CLI and the service: given values > CART_FHIR_* variables > file > defaults.
 
-Built on pydantic-settings: its environment source reads and prepares the variables (case, empty values
-ignored, no JSON decoding, per the model's config), and pydantic validates the merged layers. What is ours:
+Built on pydantic-settings: its environment source reads and prepares the variables (exact names, empty
+values ignored, no JSON decoding, per the model's config), and pydantic validates the merged layers.
+What is ours:
 - the layers come from the caller (a test passes its own environment, not os.environ);
 - each field reads exactly one variable, CART_FHIR_<NAME> or the one `Env` names; never both, as
   pydantic-settings would for an aliased field (CART_FHIR_AUTH, the service's switch, would set the
@@ -50,6 +51,7 @@ class LayeredSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True,
+        case_sensitive=True,  # CART_FHIR_TOKEN, not cart_fhir_token (Windows folds case: the library follows)
         enable_decoding=False,  # lists in variables are "a,b", not JSON: the models' validators split them
     )
     what: ClassVar[str] = "settings"  # "server", "service": the first word of every error message
@@ -101,7 +103,7 @@ class _Environment(EnvSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
         super().__init__(settings_cls)
-        if environ is not None:  # as the source reads os.environ: names in lower case, empty values out
+        if environ is not None:  # as the source reads os.environ: case folded if asked, empty values out
             self.env_vars = {(k if self.case_sensitive else k.lower()): v for k, v in environ.items()
                              if not (self.env_ignore_empty and v == "")}
 
