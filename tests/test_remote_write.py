@@ -10,7 +10,8 @@ import pytest
 import responses
 from cart_fhir.cli_remote import written_from_bundle
 from cart_fhir.ingest.read import read_paths
-from cart_fhir.pipeline import Engine, PatientResources
+from cart_fhir.output.resources import PatientResources
+from cart_fhir.pipeline import Engine
 from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
 from cart_fhir.remote.locks import PatientLocks

@@ -34,14 +34,12 @@ def bulk_export_command(base_url: str, out_dir: str, group: str | None, since: s
     """Export, download, then grade the NDJSON into out_dir/graded/bundle.json through the streamed path
     (partitioned by patient: an export of any size grades in flat memory)."""
     from .remote.bulk import BulkExport
-    from .remote.connect import make_auth
-    from .remote.http import FhirHttp, RetryPolicy
+    from .remote.connect import transport
     from .remote.settings import load_settings
     from .stream.run import StreamJob, run_stream
 
     settings = load_settings({"base_url": base_url})
-    with FhirHttp(settings.base_url, auth=make_auth(settings), timeout=settings.timeout,
-                  retry=RetryPolicy(attempts=settings.retries)) as http:
+    with transport(settings) as http:
         paths = BulkExport(http).run(out_dir, group=group, since=since, types=types, restart=restart)
     sys.stderr.write(f"cart-fhir: downloaded {len(paths)} NDJSON file(s) to {out_dir}\n")
     if not paths:

@@ -7,18 +7,27 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
 from .constants import BASE, ID_DEVICE, ID_RUN
 from .errors import BadInput, InputErrors, Location
 from .ingest.index import ref_key
-from .output.resources import Written
-from .pipeline import Engine, PatientResources, RunResult
+from .output.resources import PatientResources, Written
+from .pipeline import Engine, RunResult
 from .remote.connect import connect
 from .remote.read import PatientReader
-from .remote.settings import load_settings
+from .remote.settings import (
+    CHUNK_SIZE,
+    MAX_RESOURCES,
+    PAGE_SIZE,
+    RETRIES,
+    TIMEOUT,
+    AuthKind,
+    WriteMode,
+    load_settings,
+)
 from .remote.write import ResultWriter, WriteReport
 from .report import RunReport
 
@@ -30,7 +39,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("FHIR server (flags override CART_FHIR_* environment, which overrides --config)")
     s.add_argument("--server", dest="base_url", metavar="URL", help="FHIR base URL (CART_FHIR_SERVER)")
     s.add_argument("--config", metavar="FILE.toml", help="server settings in a TOML file ([server] table)")
-    s.add_argument("--auth", choices=("none", "bearer", "smart"),
+    s.add_argument("--auth", choices=get_args(AuthKind),
                    help="default: smart with a client id, bearer with a token, else none")
     s.add_argument("--token-file", metavar="FILE", help="a file holding a bearer token (or CART_FHIR_TOKEN)")
     s.add_argument("--client-id", metavar="ID", help="SMART Backend Services client id")
@@ -38,12 +47,17 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--kid", help="key id (default: the JWK's kid, or the key's RFC 7638 thumbprint)")
     s.add_argument("--scope", help="SMART scopes to request")
     s.add_argument("--token-url", metavar="URL", help="token endpoint (default: from .well-known/smart-configuration)")
-    s.add_argument("--page-size", type=int, metavar="N", help="_count for searches and $everything (default 1000)")
-    s.add_argument("--chunk-size", type=int, metavar="N", help="entries per transaction (default 100)")
-    s.add_argument("--timeout", type=float, metavar="SECONDS", help="read timeout per request (default 60)")
-    s.add_argument("--retries", type=int, metavar="N", help="attempts for 429/502/503/504 and dropped connections")
-    s.add_argument("--max-resources", type=int, metavar="N", help="stop reading one search after N resources")
-    s.add_argument("--write-mode", choices=("auto", "transaction", "batch"),
+    s.add_argument("--page-size", type=int, metavar="N",
+                   help=f"_count for searches and $everything (default {PAGE_SIZE})")
+    s.add_argument("--chunk-size", type=int, metavar="N",
+                   help=f"entries per transaction (default {CHUNK_SIZE})")
+    s.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help=f"read timeout per request (default {TIMEOUT:g})")
+    s.add_argument("--retries", type=int, metavar="N",
+                   help=f"attempts for 429/502/503/504 and dropped connections (default {RETRIES})")
+    s.add_argument("--max-resources", type=int, metavar="N",
+                   help=f"stop reading one search after N resources (default {MAX_RESOURCES})")
+    s.add_argument("--write-mode", choices=get_args(WriteMode),
                    help="auto (default): transactions unless the server refuses them")
     s.add_argument("--no-everything", dest="everything", action="store_const", const=False,
                    help="read by searches even where the server offers Patient/$everything")

@@ -77,3 +77,8 @@ PROV_PARTICIPANT: Final = "http://terminology.hl7.org/CodeSystem/provenance-part
 EXT_AE_GRADE: Final = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
 EXT_SUPPORTING_INFO: Final = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo"
 EXT_RELATIVE_DATETIME: Final = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
+
+# Checks shared by the client (remote/) and web (service/) layers: one spelling each.
+FHIR_ID: Final = r"[A-Za-z0-9\-.]{1,64}"  # the R4 `id` datatype (http://hl7.org/fhir/R4/datatypes.html#id)
+LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})  # the only hosts plain http:// may go to
+MIN_RSA_BITS: Final = 2048  # NIST SP 800-131A; SMART servers refuse shorter RS384 keys too

@@ -51,7 +51,3 @@ class InputErrors(AdapterError):
         first = errors[0] if errors else None
         more = f" (and {self.total - 1} more)" if self.total > 1 else ""
         super().__init__(f"{first}{more}")
-
-
-class CannotGrade(AdapterError):
-    """The data are well-formed but cannot be graded at all (e.g. no CAR-T infusion anywhere)."""

@@ -21,7 +21,7 @@ from .ingest.read import Item
 from .ingest.units import UnitConverter
 from .model import PatientData
 from .output.codes import OutputCodes
-from .output.resources import Writer, Written
+from .output.resources import PatientResources, Writer, Written
 from .report import RunReport
 from .tables import Tables
 from .timeline import Course, courses
@@ -55,12 +55,6 @@ def _no_cyclic_gc() -> Iterator[None]:
 class PatientResult:
     patient: PatientData
     courses: list[CourseResult]
-
-
-@dataclass(slots=True)
-class PatientResources:
-    patient_key: str  # "Patient/<id>" as the input names the patient
-    resources: list[Written]
 
 
 @dataclass(slots=True)

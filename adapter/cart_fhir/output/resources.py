@@ -51,6 +51,16 @@ class Written:
     condition: str  # e.g. "Observation?identifier=system|value"
 
 
+@dataclass(slots=True)
+class PatientResources:
+    """One patient's resources to write, in order (the writer's unit: one lock, one or more transactions).
+
+    Here beside Written, not in the engine, so the client layer (remote/write.py) needs nothing above it."""
+
+    patient_key: str  # "Patient/<id>" as the input names the patient
+    resources: list[Written]
+
+
 def ref(target: Written) -> dict[str, str]:
     return {"reference": target.full_url}
 

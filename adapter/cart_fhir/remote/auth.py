@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from cart_fhir.errors import ConfigError
-
+from ..constants import MIN_RSA_BITS
+from ..errors import ConfigError
 from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
 
 if TYPE_CHECKING:
@@ -33,7 +33,6 @@ Alg: TypeAlias = Literal["RS384", "ES384"]
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 300  # "exp ... no more than five minutes in the future"
 DEFAULT_EXPIRES_IN = 300  # a token answer without expires_in: assume the spec's recommended lifetime
-MIN_RSA_BITS = 2048  # RS384 with a shorter key is refused by SMART servers (and by NIST SP 800-131A)
 # RFC 7638 §3.2: the required members of each key type, in lexicographic order, hashed as compact JSON.
 _THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y")}
 

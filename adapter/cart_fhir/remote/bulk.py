@@ -15,8 +15,7 @@ import orjson
 import requests
 import urllib3
 
-from cart_fhir.errors import BadInput, Location
-
+from ..errors import BadInput, Location
 from .bulk_state import ExportParams, ExportState, clear_state, load_state, save_state, state_path
 from .errors import AuthFailed, ServerError, ServerUnreachable, outcome_text
 from .http import NO_ANSWER, FhirHttp, origin, parse_retry_after

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from cart_fhir.errors import BadInput, Location
+from ..errors import BadInput, Location
 
 STATE_FILE = ".bulk-export.json"  # there only while the export is unfinished: removed once all files are in
 VERSION = 1

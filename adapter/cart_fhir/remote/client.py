@@ -16,6 +16,7 @@ from fhirpy import SyncFHIRClient
 
 from .errors import ServerError
 from .http import FhirHttp
+from .settings import MAX_RESOURCES, PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Capabilities:
 class FhirClient:
     """Read, search every page, and post transaction or batch Bundles; one per server and run."""
 
-    def __init__(self, http: FhirHttp, *, page_size: int = 1000, max_resources: int = 100_000) -> None:
+    def __init__(self, http: FhirHttp, *, page_size: int = PAGE_SIZE,
+                 max_resources: int = MAX_RESOURCES) -> None:
         self.http = http
         self.page_size = page_size
         self.max_resources = max_resources

@@ -23,7 +23,12 @@ def make_auth(settings: ServerSettings) -> Auth:
                             fhir_base=settings.base_url, kid=kid, alg=alg, jku=settings.jku)
 
 
-def connect(settings: ServerSettings) -> FhirClient:
-    http = FhirHttp(settings.base_url, auth=make_auth(settings), timeout=settings.timeout,
+def transport(settings: ServerSettings) -> FhirHttp:
+    """The one place settings become a transport (auth, timeout, retries); close it, or use it as context."""
+    return FhirHttp(settings.base_url, auth=make_auth(settings), timeout=settings.timeout,
                     retry=RetryPolicy(attempts=settings.retries))
-    return FhirClient(http, page_size=settings.page_size, max_resources=settings.max_resources)
+
+
+def connect(settings: ServerSettings) -> FhirClient:
+    """A FHIR client over `transport(settings)`, with the settings' search limits."""
+    return FhirClient(transport(settings), page_size=settings.page_size, max_resources=settings.max_resources)

@@ -6,7 +6,7 @@ import html
 import re
 from typing import Any
 
-from cart_fhir.errors import AdapterError
+from ..errors import AdapterError
 
 EXCERPT_CHARS = 200  # non-FHIR error bodies (proxy HTML pages) are cut to this many characters
 

@@ -18,10 +18,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from cart_fhir import __version__
-from cart_fhir.errors import ConfigError
-
+from .. import __version__
+from ..errors import ConfigError
 from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
+from .settings import RETRIES, TIMEOUT
 
 if TYPE_CHECKING:
     from .auth import Auth
@@ -41,7 +41,7 @@ NO_ANSWER = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chu
 class RetryPolicy:
     """How often and how patiently to retry an answer that says "later" (or no answer at all)."""
 
-    attempts: int = 4  # requests in all, the first one included
+    attempts: int = RETRIES  # requests in all, the first one included
     backoff: float = 0.5  # seconds before the first retry; doubles each time
     max_backoff: float = 8.0
     max_retry_after: float = 30.0  # a server asking for more is still retried after this long
@@ -69,7 +69,7 @@ class Reply:
 class FhirHttp:
     """A FHIR server's base URL with one pooled session; every request goes through `request`."""
 
-    def __init__(self, base_url: str, *, auth: Auth | None = None, timeout: float = 60.0,
+    def __init__(self, base_url: str, *, auth: Auth | None = None, timeout: float = TIMEOUT,
                  connect_timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(),
                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
                  user_agent: str = f"cart-fhir/{__version__}") -> None:

@@ -1,56 +1,60 @@
-"""FHIR server settings, layered: defaults, then a TOML config file, then CART_FHIR_* environment, then flags."""
+"""FHIR server settings: each with its default (here only), its CART_FHIR_* variable, flag and TOML key.
+
+Layered by layering.py: command-line flags > CART_FHIR_* environment > TOML config file > defaults.
+"""
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from ..errors import ConfigError
+from ..layering import Env, LayeredSettings, read_toml_table
 
 AuthKind = Literal["none", "bearer", "smart"]
+WriteMode = Literal["auto", "transaction", "batch"]  # auto: transactions unless the server refuses them
 
-# Setting name -> environment variable. The upstream server's auth kind is CART_FHIR_SERVER_AUTH: CART_FHIR_AUTH
-# is the service's own inbound-auth switch (on/off).
-ENV = {
-    "base_url": "CART_FHIR_SERVER", "auth": "CART_FHIR_SERVER_AUTH", "token": "CART_FHIR_TOKEN",
-    "token_file": "CART_FHIR_TOKEN_FILE", "client_id": "CART_FHIR_CLIENT_ID",
-    "private_key": "CART_FHIR_PRIVATE_KEY", "kid": "CART_FHIR_KID", "scope": "CART_FHIR_SCOPE",
-    "token_url": "CART_FHIR_TOKEN_URL", "jku": "CART_FHIR_JKU", "page_size": "CART_FHIR_PAGE_SIZE",
-    "chunk_size": "CART_FHIR_CHUNK_SIZE", "timeout": "CART_FHIR_TIMEOUT", "retries": "CART_FHIR_RETRIES",
-    "max_resources": "CART_FHIR_MAX_RESOURCES", "write_mode": "CART_FHIR_WRITE_MODE",
-    "everything": "CART_FHIR_EVERYTHING", "observation_categories": "CART_FHIR_OBSERVATION_CATEGORIES",
-}
+# Defaults, one place each: the settings below and the classes that take them as arguments (FhirHttp,
+# RetryPolicy, FhirClient, ResultWriter) and the CLI's help texts all read them from here.
+PAGE_SIZE: Final = 1000  # _count of searches and $everything
+CHUNK_SIZE: Final = 100  # entries per transaction
+TIMEOUT: Final = 60.0  # read timeout per request, seconds
+RETRIES: Final = 4  # attempts in all, for 429/502/503/504 and dropped connections
+MAX_RESOURCES: Final = 100_000  # stop reading one search after this many
+SCOPE: Final = ("system/Patient.rs system/Observation.rs system/MedicationAdministration.rs "
+                "system/MedicationStatement.rs system/Medication.rs system/Procedure.rs system/Condition.rs "
+                "system/Group.rs system/Observation.cu system/Condition.cu system/AdverseEvent.cu "
+                "system/Provenance.cu system/Device.cu")
 
 
-class ServerSettings(BaseModel):
-    """Everything needed to talk to one FHIR server. Secrets (token, key path) are never printed."""
+class ServerSettings(LayeredSettings):
+    """Everything needed to talk to one FHIR server. Secrets (token, key path) are never printed.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Variables are CART_FHIR_<NAME> but for two: the base URL is CART_FHIR_SERVER, and the auth kind is
+    CART_FHIR_SERVER_AUTH (CART_FHIR_AUTH is the service's own inbound-auth switch, service/config.py)."""
 
-    base_url: str
-    auth: AuthKind | None = None  # None: "bearer" when a token is given, "smart" when a client id is, else none
+    what: ClassVar[str] = "server"
+
+    base_url: Annotated[str, Env("CART_FHIR_SERVER")]
+    # None: "bearer" when a token is given, "smart" when a client id is, else none
+    auth: Annotated[AuthKind | None, Env("CART_FHIR_SERVER_AUTH")] = None
     token: str | None = Field(default=None, repr=False)
     token_file: str | None = None
     client_id: str | None = None
     private_key: str | None = None  # PEM or JWKS file
     kid: str | None = None
-    scope: str = "system/Patient.rs system/Observation.rs system/MedicationAdministration.rs " \
-                 "system/MedicationStatement.rs system/Medication.rs system/Procedure.rs system/Condition.rs " \
-                 "system/Group.rs system/Observation.cu system/Condition.cu system/AdverseEvent.cu " \
-                 "system/Provenance.cu system/Device.cu"
+    scope: str = SCOPE
     token_url: str | None = None  # discovered from .well-known/smart-configuration when not given
     jku: str | None = None
-    page_size: int = Field(default=1000, ge=1, le=10_000)
-    chunk_size: int = Field(default=100, ge=1, le=10_000)
-    timeout: float = Field(default=60.0, gt=0, le=3600)
-    retries: int = Field(default=4, ge=1, le=20)  # attempts in all, for 429/502/503/504 and dropped connections
-    max_resources: int = Field(default=100_000, ge=1)
-    write_mode: Literal["auto", "transaction", "batch"] = "auto"
+    page_size: int = Field(default=PAGE_SIZE, ge=1, le=10_000)
+    chunk_size: int = Field(default=CHUNK_SIZE, ge=1, le=10_000)
+    timeout: float = Field(default=TIMEOUT, gt=0, le=3600)
+    retries: int = Field(default=RETRIES, ge=1, le=20)
+    max_resources: int = Field(default=MAX_RESOURCES, ge=1)
+    write_mode: WriteMode = "auto"
     everything: bool = True  # use Patient/$everything when the server has it
     observation_categories: tuple[str, ...] = ()
 
@@ -87,37 +91,17 @@ class ServerSettings(BaseModel):
             raise ConfigError(f"{self.token_file}: the token file is empty")
         return token
 
+    @classmethod
+    def missing(cls, name: str) -> str:
+        if name == "base_url":
+            return "no FHIR server: give --server URL, CART_FHIR_SERVER, or base_url in the config file"
+        return super().missing(name)
+
 
 def load_settings(flags: Mapping[str, Any], config_file: str | None = None,
                   environ: Mapping[str, str] | None = None) -> ServerSettings:
-    """Defaults < config file ([server] table, or top level) < environment < flags given (not None)."""
-    merged: dict[str, Any] = {}
-    if config_file:
-        merged.update(_read_config(config_file))
-    env = os.environ if environ is None else environ
-    merged.update({name: env[var] for name, var in ENV.items() if env.get(var)})
-    merged.update({k: v for k, v in flags.items() if v is not None and k in ServerSettings.model_fields})
-    if not merged.get("base_url"):
-        raise ConfigError("no FHIR server: give --server URL, CART_FHIR_SERVER, or base_url in the config file")
-    try:
-        return ServerSettings(**merged)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"server setting {where}: {first['msg']}") from exc
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    table = doc.get("server", doc)
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [server] must be a table")
-    unknown = sorted(set(table) - set(ServerSettings.model_fields))
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    return dict(table)
+    """Flags given (not None) > environment (default os.environ) > config file ([server] table, or top level)
+    > defaults."""
+    given = {k: v for k, v in flags.items() if v is not None and k in ServerSettings.model_fields}
+    file_values = read_toml_table(config_file, "server", ServerSettings) if config_file else None
+    return ServerSettings.layered(given, environ=environ, file_values=file_values)

@@ -14,18 +14,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from ..ingest.index import ref_key
-from ..output.resources import Written
-from ..pipeline import PatientResources
+from ..output.resources import PatientResources, Written
 from .client import FhirClient
 from .errors import ServerError, outcome_text, status_code
 from .locks import PatientLocks
+from .settings import CHUNK_SIZE, WriteMode
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["auto", "transaction", "batch"]
+Mode = WriteMode
 # Issue codes (and statuses) that mean "this Bundle is too big for me": halve the chunk and try again.
 TOO_BIG_CODES = frozenset({"too-costly", "too-long"})
 
@@ -76,7 +76,7 @@ class WriteFailed(ServerError):
 class ResultWriter:
     """Writes the engine Device once, then each patient's resources under that patient's lock."""
 
-    def __init__(self, client: FhirClient, *, chunk_size: int = 100, mode: Mode = "auto",
+    def __init__(self, client: FhirClient, *, chunk_size: int = CHUNK_SIZE, mode: Mode = "auto",
                  locks: PatientLocks | None = None) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")

@@ -1,75 +1,29 @@
-"""The Flask application factory: settings, services in app.extensions, guards, logging, blueprints."""
+"""The Flask application factory: settings, services in app.extensions, guards, logging, blueprints (the
+shared context the views use is context.py)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from ..pipeline import Engine
-from ..remote.auth import BearerToken
-from ..remote.client import FhirClient
-from ..remote.connect import connect
-from ..remote.http import FhirHttp, RetryPolicy
-from ..remote.locks import PatientLocks
-from ..remote.settings import ServerSettings
-from .config import ServiceSettings, load_service_settings
+from .artefacts import artefacts
+from .cdshooks import cds
+from .config import load_service_settings
+from .context import EXTENSION, Services
 from .errors import register_error_handlers
+from .health import health
 from .openapi import build_spec
+from .operations import fhir
 
 log = logging.getLogger("cart_fhir.service")
 access_log = logging.getLogger("cart_fhir.access")
-EXTENSION = "cart_fhir"
-
-
-@dataclass
-class Services:
-    """What the views use, built once per process at start-up (tables parsed and checked then)."""
-
-    settings: ServiceSettings
-    engine: Engine
-    verifier: Any = None  # security.TokenVerifier, None when inbound auth is off
-    cds_verifier: Any = None  # security.CdsJwtVerifier, None when inbound auth is off
-    connect_upstream: Callable[[ServerSettings], FhirClient] = connect
-    _upstream: FhirClient | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _locks: PatientLocks | None = field(default=None, repr=False)
-
-    def upstream(self) -> FhirClient:
-        """The configured upstream FHIR server's client: one pooled session per process."""
-        if self.settings.server is None:
-            from .errors import ServiceError
-
-            raise ServiceError(501, "this service has no upstream FHIR server (CART_FHIR_SERVER is not set): "
-                                    "post a Bundle to $grade-toxicity instead", code="not-supported")
-        with self._lock:
-            if self._upstream is None:
-                self._upstream = self.connect_upstream(self.settings.server)
-            return self._upstream
-
-    def patient_locks(self) -> PatientLocks:
-        base = self.upstream().base_url  # outside the lock: upstream() takes it too
-        with self._lock:
-            if self._locks is None:
-                self._locks = PatientLocks(base)
-            return self._locks
-
-    def client_for(self, base_url: str, access_token: str | None) -> FhirClient:
-        """A client for a FHIR server named in a request (CDS Hooks fhirServer + fhirAuthorization)."""
-        auth = BearerToken(access_token) if access_token else None
-        http = FhirHttp(base_url, auth=auth, timeout=30.0, retry=RetryPolicy(attempts=2))
-        return FhirClient(http)
-
-
-def services() -> Services:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -95,11 +49,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = svc
     register_error_handlers(app)
     _register_request_log(app)
-    from .artefacts import artefacts
-    from .cdshooks import cds
-    from .health import health
-    from .operations import fhir
-
     app.register_blueprint(fhir)
     app.register_blueprint(artefacts)
     app.register_blueprint(cds)

@@ -11,12 +11,12 @@ import orjson
 from flask import Blueprint, Response
 
 from ..conformance.package import default_package_dir
+from ..constants import FHIR_ID
 from .errors import ServiceError, fhir_response
 from .openapi import document
 
 artefacts = Blueprint("artefacts", __name__, url_prefix="/fhir")
 TYPES = ("StructureDefinition", "CodeSystem", "ValueSet", "ConceptMap", "OperationDefinition", "CapabilityStatement")
-ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @cache
@@ -31,7 +31,7 @@ def published() -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _serve(rtype: str, rid: str) -> Response:
-    if not ID.fullmatch(rid):
+    if not re.fullmatch(FHIR_ID, rid):
         raise ServiceError(400, f"{rid!r} is not a FHIR id", expression=f"{rtype}.id")
     res = published().get((rtype, rid))
     if res is None:

@@ -9,12 +9,13 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
 
+from ..constants import FHIR_ID, LOOPBACK
 from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
-from .app import Services, services
 from .cards import criteria_of, toxicity_cards
+from .context import Services, services
 from .errors import ServiceError, fhir_response
 from .guard import json_body
 from .openapi import document
@@ -24,9 +25,7 @@ cds = Blueprint("cds", __name__)
 
 SERVICE_ID = "cart-toxicity"
 HOOK = "patient-view"
-ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id
 SOURCE_NAME = "cds-hooks prefetch"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # Prefetch templates (CDS Hooks 2.0 "Prefetch template"): everything the grading reads, one search per type.
 # The spec asks the EHR for one page without `next` links; _count=1000 asks for a page that large.
@@ -66,7 +65,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
             "access_token": {"type": "string"}, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
             "expires_in": {"type": "integer"}, "scope": {"type": "string"}, "subject": {"type": "string"}}},
         "context": {"type": "object", "required": ["patientId"], "properties": {
-            "patientId": {"type": "string", "pattern": "^(Patient/)?[A-Za-z0-9\\-.]{1,64}$"},
+            "patientId": {"type": "string", "pattern": f"^(Patient/)?{FHIR_ID}$"},
             "userId": {"type": "string"}, "encounterId": {"type": "string"}}},
         "prefetch": {"type": "object", "additionalProperties": {"anyOf": [{"type": "null"}, _RESOURCE]}},
     },
@@ -129,7 +128,7 @@ def _check_request(body: Any) -> str:
         raise ServiceError(400, "hookInstance (a UUID) is required", expression="hookInstance")
     context = body.get("context")
     pid = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(pid, str) or not ID_PATTERN.fullmatch(pid.removeprefix("Patient/")):
+    if not isinstance(pid, str) or not re.fullmatch(FHIR_ID, pid.removeprefix("Patient/")):
         raise ServiceError(400, "context.patientId (a FHIR id) is required", expression="context.patientId")
     for name in ("userId", "encounterId"):
         if name in context and not isinstance(context[name], str):

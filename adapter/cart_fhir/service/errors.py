@@ -9,7 +9,7 @@ import orjson
 from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
-from ..errors import AdapterError, BadInput, CannotGrade, ConfigError, InputErrors
+from ..errors import AdapterError, BadInput, ConfigError, InputErrors
 from ..remote.errors import AuthFailed, ServerError, ServerUnreachable
 
 log = logging.getLogger("cart_fhir.service")
@@ -77,10 +77,6 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BadInput)
     def _bad(exc: BadInput) -> Response:
         return error_response(400, _bad_input_issues([exc]))
-
-    @app.errorhandler(CannotGrade)
-    def _cannot(exc: CannotGrade) -> Response:
-        return error_response(422, [issue("error", "processing", str(exc))])
 
     @app.errorhandler(ServerError)
     def _upstream(exc: ServerError) -> Response:

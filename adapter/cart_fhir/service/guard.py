@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import orjson
 from flask import g, request
 
-from .app import services
+from .context import services
 from .errors import ServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])

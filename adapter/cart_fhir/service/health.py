@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from ..remote.errors import ServerError
-from .app import services
+from .context import services
 from .errors import error_response, fhir_response, issue
 from .openapi import document
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from flask import Flask
 
 from .. import __version__
+from ..constants import FHIR_ID
 
 F = TypeVar("F", bound=Callable[..., Any])
 FHIR_JSON = "application/fhir+json"
@@ -70,7 +71,7 @@ def build_spec(app: Flask, secured: bool = True) -> dict[str, Any]:
         for arg in sorted(rule.arguments):
             path = path.replace(f"<{arg}>", f"{{{arg}}}").replace(f"<string:{arg}>", f"{{{arg}}}")
             params.append({"name": arg, "in": "path", "required": True,
-                           "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}})
+                           "schema": {"type": "string", "pattern": f"^{FHIR_ID}$"}})
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {"summary": doc.summary, "operationId": f"{rule.endpoint}_{method.lower()}",
                                   "tags": [doc.tag]}

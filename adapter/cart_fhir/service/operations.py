@@ -13,14 +13,14 @@ import orjson
 from flask import Blueprint, Response, g, request
 
 from .. import __version__
-from ..constants import BASE
+from ..constants import BASE, FHIR_ID
 from ..ingest.read import read_bundle
 from ..pipeline import Engine, RunResult
 from ..remote.read import PatientNotFound, PatientReader
 from ..remote.write import PatientWrite, ResultWriter
 from ..report import RunReport
-from .app import services
 from .artefacts import TYPES as ARTEFACT_TYPES
+from .context import services
 from .errors import ServiceError, fhir_response, issue
 from .guard import json_body, requires
 from .openapi import document
@@ -31,7 +31,6 @@ READ = ("system/Observation.rs", "system/Condition.rs", "system/AdverseEvent.rs"
 UPSTREAM_READ = ("system/Patient.rs",)
 WRITE = ("system/Observation.cu", "system/Condition.cu", "system/AdverseEvent.cu", "system/Provenance.cu",
          "system/Device.cu")
-ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"  # FHIR R4 id
 
 
 @cache
@@ -136,7 +135,7 @@ def _grade(engine: Engine, bundle: dict[str, Any], strict: bool) -> RunResult:
 
 
 def _check_id(value: str, what: str) -> str:
-    if not re.fullmatch(ID_PATTERN, value):
+    if not re.fullmatch(FHIR_ID, value):
         raise ServiceError(400, f"{what} id {value!r} is not a FHIR id ([A-Za-z0-9-.], 1-64 characters)",
                            expression=what)
     return value

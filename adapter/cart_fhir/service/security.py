@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import jwt
 import requests
 
+from ..constants import LOOPBACK, MIN_RSA_BITS
 from ..errors import ConfigError
 from .errors import ServiceError
 
@@ -28,12 +29,9 @@ REALM = "cart-fhir"
 # before any key lookup: `none` and HS* (an RSA public key used as an HMAC secret, RFC 8725 §2.1) never get
 # in. Each algorithm is bound to one key shape: an EC key never verifies an RS384 header, nor RSA an ES384.
 KEY_SHAPES = {"RS384": ("RSA", None), "ES384": ("EC", "P-384")}
-ALGORITHMS = tuple(KEY_SHAPES)
-MIN_RSA_BITS = 2048  # NIST SP 800-131A; SMART servers refuse shorter RS384 keys too
 MAX_TOKEN_CHARS = 16_384  # bounds the work an unauthenticated caller can ask for
 MAX_JWKS_BYTES = 1 << 20
 FETCH_TIMEOUT = 10.0
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _TOKEN_SYNTAX = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")  # alg none: empty signature
 _SHOWN_ALG = re.compile(r"[A-Za-z0-9+-]{1,16}")
 
