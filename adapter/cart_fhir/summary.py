@@ -21,7 +21,7 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
             for tox in cr.days:  # the daily-graded toxicities, in registry order
                 responses = cr.treatments.get(tox)
                 for i, ep in enumerate(cr.episodes[tox]):
-                    row = {
+                    episode: dict[str, Any] = {
                         "patient": pr.patient.id,
                         "toxicity": tox.value,
                         "max_grade": ep.max_grade,
@@ -33,8 +33,8 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                         "days_assessed": sum(1 for d in ep.days if d.state != State.NOT_ASSESSABLE),
                     }
                     if responses is not None:
-                        row.update(_treatment_fields(responses[i]))
-                    rows.append({**row, **base})
+                        episode.update(_treatment_fields(responses[i]))
+                    rows.append({**episode, **base})
             for ev in cr.events:
                 row: dict[str, Any] = {
                     "patient": pr.patient.id,

@@ -361,7 +361,7 @@ class Tables(BaseModel):
         return {t.table: t.version for t in core}
 
 
-_FILES = {
+_FILES: dict[str, tuple[str, type[Table]]] = {
     "concepts": ("concepts.yaml", ConceptTable),
     "units": ("units.yaml", UnitTable),
     "drugs": ("drugs.yaml", DrugTable),
@@ -399,8 +399,8 @@ def _check(t: Tables) -> None:
                           f"oxygen-delivery codes {sorted(devices)}")
     domain_systems = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
                       "cerebral-edema": "cerebral-edema-finding"}
-    for domain, rows in t.icans.domains.items():
-        codes = [r.code for r in rows]
+    for domain, grades in t.icans.domains.items():
+        codes = [r.code for r in grades]
         expected = set(t.concepts.values[cs(domain_systems[domain])])
         if set(codes) != expected or len(codes) != len(expected):
             raise ConfigError(f"astct-icans-2019.yaml: {domain} codes {sorted(codes)} != value set {sorted(expected)}")
@@ -412,10 +412,9 @@ def _check(t: Tables) -> None:
     for a, b in zip(ages, ages[1:]):
         if a.to_age != b.from_age:
             raise ConfigError("astct-crs-2019.yaml: hypotension age rows must be contiguous")
-    for f in t.condition_findings.rows:
-        domain = {"seizure": "seizure", "cerebral-edema": "cerebral-edema", "motor": "motor"}[f.concept]
-        if f.value not in {r.code for r in t.icans.domains[domain]}:
-            raise ConfigError(f"condition-findings.yaml: {f.code}: unknown {domain} value {f.value}")
+    for f in t.condition_findings.rows:  # a finding's concept is the ICANS domain of the same name
+        if f.value not in {r.code for r in t.icans.domains[f.concept]}:
+            raise ConfigError(f"condition-findings.yaml: {f.code}: unknown {f.concept} value {f.value}")
 
 
 def read_yaml(path: Path) -> Any:

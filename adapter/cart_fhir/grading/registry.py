@@ -202,7 +202,9 @@ def check_registry(specs: Sequence[GraderSpec], tables: Tables) -> None:
         seen.add(spec.name)
     toxicities = {t for spec in specs for t in spec.toxicities}
     rules = tables.get(AttributionRulesTable)
-    strays = {r.toxicity for r in (*rules.windows, *rules.alternative_causes, *rules.second_suspects)} - toxicities
+    named = [*(r.toxicity for r in rules.windows), *(r.toxicity for r in rules.alternative_causes),
+             *(r.toxicity for r in rules.second_suspects)]
+    strays = set(named) - toxicities
     if strays:
         raise ConfigError(f"attribution-rules.yaml: unknown toxicities {sorted(strays)}")
 

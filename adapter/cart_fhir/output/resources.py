@@ -26,11 +26,14 @@ CAUSALITY_DISPLAY = {"Certain": "Certain", "Probably-Likely": "Probably/Likely",
 
 
 class SuspectLike(Protocol):
-    """A suspect entity with its causality (adapter.grading.attribution.Suspect)."""
+    """A suspect entity with its causality (cart_fhir.grading.attribution.Suspect, a frozen dataclass)."""
 
-    ref: str
-    assessment: str
-    rule: str
+    @property
+    def ref(self) -> str: ...
+    @property
+    def assessment(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
 
 
 OBSERVATION_ORDER = ("resourceType", "meta", "extension", "identifier", "status", "category", "code", "subject",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import orjson
 import requests
@@ -255,7 +255,7 @@ class BulkExport:
                 self.http.pause(failures, None)
 
 
-def _copy(resp: requests.Response, fh: BinaryIO) -> None:
+def _copy(resp: requests.Response, fh: IO[bytes]) -> None:
     """Write the body as it arrives: read1 hands over what came before a dropped connection (iter_content
     reads whole chunks and would lose a partial one), so a resume starts from every byte received."""
     raw = resp.raw

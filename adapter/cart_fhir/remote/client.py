@@ -87,7 +87,7 @@ class Capabilities:
         for res in rest.get("resource") or []:
             if not isinstance(res, dict) or not isinstance(res.get("type"), str):
                 continue
-            params[res["type"]] = frozenset(p.get("name") for p in res.get("searchParam") or []
+            params[res["type"]] = frozenset(p["name"] for p in res.get("searchParam") or []
                                             if isinstance(p, dict) and isinstance(p.get("name"), str))
             if res["type"] == "Patient":
                 ops |= {o.get("name") for o in res.get("operation") or [] if isinstance(o, dict)}

@@ -226,7 +226,8 @@ class ResultWriter:
         for (rtype, param), keys in by_type.items():
             seen: dict[str, list[str]] = {}
             try:
-                for res in self.client.search(rtype, **{param: ",".join(keys), "_elements": "identifier,meta"}):
+                params: dict[str, Any] = {param: ",".join(keys), "_elements": "identifier,meta"}
+                for res in self.client.search(rtype, **params):
                     for key in _keys_of(res, param):
                         if key in keys:
                             seen.setdefault(key, []).append(f"{rtype}/{res.get('id')}")

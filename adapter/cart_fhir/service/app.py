@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 
+from ..errors import ConfigError
 from ..pipeline import Engine
 from .artefacts import artefacts
 from .cdshooks import cds
@@ -41,6 +42,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     if settings.auth:
         from .security import CdsJwtVerifier, TokenVerifier
 
+        if settings.jwks is None or settings.audience is None:  # ServiceSettings refuses this; say so if not
+            raise ConfigError("inbound auth needs CART_FHIR_JWKS and CART_FHIR_AUDIENCE")
         svc.verifier = TokenVerifier(settings.jwks, issuers=settings.issuers, audience=settings.audience)
         svc.cds_verifier = CdsJwtVerifier(settings.cds_jwks or settings.jwks,
                                           issuers=settings.cds_issuers or settings.issuers)

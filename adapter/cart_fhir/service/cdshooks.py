@@ -128,7 +128,8 @@ def _check_request(body: Any) -> str:
         raise ServiceError(400, "hookInstance (a UUID) is required", expression="hookInstance")
     context = body.get("context")
     pid = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(pid, str) or not re.fullmatch(FHIR_ID, pid.removeprefix("Patient/")):
+    if not isinstance(context, dict) or not isinstance(pid, str) or \
+            not re.fullmatch(FHIR_ID, pid.removeprefix("Patient/")):
         raise ServiceError(400, "context.patientId (a FHIR id) is required", expression="context.patientId")
     for name in ("userId", "encounterId"):
         if name in context and not isinstance(context[name], str):

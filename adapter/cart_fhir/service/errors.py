@@ -97,7 +97,8 @@ def register_error_handlers(app: Flask) -> None:
         text = exc.description or exc.name
         if status == 413:
             text = f"request body larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        headers = {"Allow": ", ".join(exc.valid_methods)} if getattr(exc, "valid_methods", None) else None
+        allowed = getattr(exc, "valid_methods", None)  # werkzeug's MethodNotAllowed only
+        headers = {"Allow": ", ".join(allowed)} if allowed else None
         return error_response(status, [issue("error", ISSUE_CODES.get(status, "exception"), text)], headers)
 
     @app.errorhandler(Exception)

@@ -31,7 +31,7 @@ class _Server(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Flask:
+    def load(self) -> Any:  # the Flask app: gunicorn's stubs type it as a bare WSGI callable
         return self.application
 
 
