@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .table import GradeMix, InfectionRow, SynthTable
+from .table import GradeMix, SynthInfectionRow, SynthTable
 
 # CTCAE v5 grades each infection's term has (grading.md 6.2; mappings/infection-grading.yaml terms).
 TERM_GRADES = {"bacteremia": (2, 2), "cmv-infection": (1, 5), "pneumonia": (2, 5)}
@@ -102,7 +102,7 @@ def _spread(rng: random.Random, lo: int, median: int, hi: int) -> int:
     return lo if lo == hi else max(lo, min(hi, round(rng.triangular(lo, hi, median))))
 
 
-def _infection(rng: random.Random, row: InfectionRow) -> Infection | None:
+def _infection(rng: random.Random, row: SynthInfectionRow) -> Infection | None:
     if rng.uniform(0, 100) >= row.pct:
         return None
     onset = _spread(rng, row.onset_day.range[0], row.onset_day.median, row.onset_day.range[1])

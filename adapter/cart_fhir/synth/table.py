@@ -58,7 +58,7 @@ class Icaht(Row):
     late: GradeMix
 
 
-class InfectionRow(Row):
+class SynthInfectionRow(Row):
     """One kind of infection: how many patients get it in a window, when, for how long, and how it is
     treated (share treated intravenously; the rest orally)."""
 
@@ -79,7 +79,7 @@ class Trial(Row):
     icans: ToxicityRow
 
 
-class ProductRow(Row):
+class SynthProductRow(Row):
     product: str
     weight: float = Field(gt=0)
     indication: str
@@ -90,10 +90,10 @@ class ProductRow(Row):
 
 
 class SynthTable(Table):
-    products: tuple[ProductRow, ...]
+    products: tuple[SynthProductRow, ...]
     trials: dict[str, Trial]
     icaht: Icaht
-    infections: tuple[InfectionRow, ...]
+    infections: tuple[SynthInfectionRow, ...]
 
     @model_validator(mode="after")
     def _trials_known(self) -> SynthTable:
