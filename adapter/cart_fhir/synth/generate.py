@@ -87,9 +87,9 @@ def _unversioned(r: dict[str, Any]) -> dict[str, Any]:
 
 def _bundle(s: Scenario, resources: list[dict[str, Any]], fmt: Format = Format.BUNDLE) -> dict[str, Any]:
     """A collection Bundle, or a transaction whose entries PUT each resource at its generated id (update as
-    create, R4 3.1.0.4.2: the server keeps our ids, so the references between the resources hold). A transaction
-    may touch a resource once (R4 3.1.0.11.2), so of noise's superseded versions (same id, meta.versionId 1
-    and 2) only the current one is put, without its versionId: the server numbers versions itself."""
+    create, R4 http.html#upsert: the server keeps our ids, so references between the resources hold). A
+    transaction may touch a resource once (R4 http.html#trules), so of noise's superseded versions (same id,
+    meta.versionId 1 and 2) only the current one is put, without its versionId: servers number versions."""
     if fmt == Format.TRANSACTION:
         current = {(r["resourceType"], r["id"]): r for r in resources}  # the later version wins
         resources = [_unversioned(r) for r in resources if current[r["resourceType"], r["id"]] is r]
