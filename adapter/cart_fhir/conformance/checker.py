@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .package import Package
+
+if TYPE_CHECKING:
+    from .invariants import Invariants
 
 CORE_SD = "http://hl7.org/fhir/StructureDefinition/"
 _SUPPORTED_DISCRIMINATORS = frozenset({"value", "pattern"})
@@ -113,6 +116,16 @@ class Checker:
         self.package = package
         self.skipped: Counter[str] = Counter()
         self._indexes: dict[str, _Index] = {}
+        self._invariants: Invariants | None = None
+
+    @property
+    def invariants(self) -> Invariants:
+        """The FHIRPath invariants of R4 and of this package's profiles, compiled as they are first used."""
+        if self._invariants is None:
+            from .invariants import Invariants  # imports this module (Issue)
+
+            self._invariants = Invariants(self.package)
+        return self._invariants
 
     def index(self, url: str) -> _Index | None:
         if url not in self._indexes:
