@@ -182,10 +182,11 @@ def test_every_shipped_resource_is_valid(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 patients without noise (collection Bundles) and 20 with heavy noise and local codes (transactions)."""
+    """20 patients without noise (collection Bundles) and 20 with heavy noise and local codes (transactions);
+    14 days of vital signs (every kind of resource the generator writes, at half the validation time of 30)."""
     root = tmp_path_factory.mktemp("cohorts")
-    write_cohort(root / "clean", patients=20, seed=11, days=30)
-    write_cohort(root / "noisy", patients=20, seed=12, days=30, fmt=Format.TRANSACTION,
+    write_cohort(root / "clean", patients=20, seed=11, days=14)
+    write_cohort(root / "noisy", patients=20, seed=12, days=14, fmt=Format.TRANSACTION,
                  options=Options(local_codes=True, noise=Noise.HEAVY))
     return root
 
