@@ -211,3 +211,54 @@ def test_cli_reports_invariants(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err
     assert f"MedicationAdministration/{ma['id']}: MedicationAdministration.dosage: invariant mad-1 fails" in err
     assert validate_command(str(REPO / "examples" / "child-capd-icans.json"), None) == 0
+
+
+# -- an independent check: the real FHIR test server (Medplum's engine) enforces R4 invariants too -------------
+
+def _put_all(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                      for r in resources]}
+
+
+def test_the_test_server_refuses_what_the_invariants_refuse(fhir: Any) -> None:
+    """The test server (tests/fhirserver) rejects mad-1 and cmd-1 as our validator does: so accepting the
+    examples and artefacts below is a second, independent opinion."""
+    example = json.loads((REPO / "examples" / "child-capd-icans.json").read_text(encoding="utf-8"))
+    ma = next(copy.deepcopy(e["resource"]) for e in example["entry"]
+              if e["resource"]["resourceType"] == "MedicationAdministration")
+    del ma["dosage"]["dose"]
+    with pytest.raises(AssertionError, match="mad-1"):
+        fhir.load(_put_all([ma]))
+    cm = json.loads((REPO / "mappings" / "avpu-conceptmap.json").read_text(encoding="utf-8"))
+    for group in cm["group"]:
+        for element in group["element"]:
+            for target in element["target"]:
+                target.pop("comment", None)
+    with pytest.raises(AssertionError, match="cmd-1"):
+        fhir.load(_put_all([cm]))
+
+
+@pytest.mark.parametrize("path", [*sorted((REPO / "examples").glob("*.json")),
+                                  REPO / "profiles" / "fsh-generated" / "resources"],
+                         ids=lambda p: p.relative_to(REPO).as_posix())
+def test_the_test_server_accepts_every_example_and_artefact(fhir: Any, path: Path) -> None:
+    if path.is_dir():
+        resources = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(path.glob("*.json"))]
+    else:
+        resources = [e["resource"] for e in json.loads(path.read_text(encoding="utf-8"))["entry"]]
+    reply = fhir.load(_put_all(resources))
+    assert len(reply["entry"]) == len(resources)
+
+
+@pytest.mark.parametrize("name", [p.name for p in sorted((REPO / "examples").glob("*.json"))])
+def test_the_test_server_accepts_our_output_for_every_example(fhir: Any, name: str) -> None:
+    """The golden output of each example, created (POST, urn:uuid references) beside its input."""
+    example = json.loads((REPO / "examples" / name).read_text(encoding="utf-8"))
+    golden = json.loads((REPO / "tests" / "data" / "golden" / name.replace(".json", ".out.json")).read_text(
+        encoding="utf-8"))
+    bundle = _put_all([e["resource"] for e in example["entry"]])
+    bundle["entry"] += [{"fullUrl": e["fullUrl"], "resource": e["resource"],
+                         "request": {"method": "POST", "url": e["resource"]["resourceType"]}} for e in golden["entry"]]
+    reply = fhir.load(bundle)
+    assert len(reply["entry"]) == len(bundle["entry"])
