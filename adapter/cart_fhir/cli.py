@@ -72,9 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     add_server_args(push)
     val = sub.add_parser("validate", help="check a Bundle (or resource, or NDJSON) against cart-fhir's profiles",
-                         description="Validate FHIR R4 resources: base R4, then each meta.profile of cart-fhir's "
-                                     "published package (cardinality, fixed/pattern values, required bindings, "
-                                     "reference targets, extensions). Exit 0 clean, 1 issues, 2 unreadable.")
+                         description="Validate FHIR R4 resources: base R4 with its FHIRPath invariants (mad-1, "
+                                     "cmd-1, ...), then each meta.profile of cart-fhir's published package "
+                                     "(cardinality, fixed/pattern values, required bindings, reference targets, "
+                                     "extensions, invariants). Exit 0 clean, 1 issues, 2 unreadable.")
     val.add_argument("file", metavar="FILE", help="a Bundle .json, a single resource, or .ndjson")
     val.add_argument("--package", metavar="DIR", help="a folder of conformance resources (default: the shipped one)")
     add_bulk_parser(sub)
