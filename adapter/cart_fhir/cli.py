@@ -17,6 +17,8 @@ from . import __version__
 from .cli_bulk import add_parser as add_bulk_parser
 from .cli_bulk import run as bulk_run
 from .cli_remote import ServerRun, add_server_args, grade_from_server, push_command
+from .cli_report import add_parser as add_report_parser
+from .cli_report import run as report_run
 from .cli_synth import add_parser as add_synth_parser
 from .cli_synth import run as synth_run
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--package", metavar="DIR", help="a folder of conformance resources (default: the shipped one)")
     add_bulk_parser(sub)
     add_synth_parser(sub)
+    add_report_parser(sub)
     srv = sub.add_parser("serve", help="run the FHIR service (gunicorn); settings from CART_FHIR_* variables",
                          description="Run cart-fhir's FHIR operations and CDS Hooks under gunicorn. Settings "
                                      "come from CART_FHIR_* environment variables (see the README).")
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             return bulk_run(args)
         if args.command == "synth":
             return synth_run(args)
+        if args.command == "report":
+            return report_run(args)
         if args.command == "validate":
             from .cli_validate import validate_command
 
