@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from test_cli import EXAMPLES, cli
-from timeline_helpers import bundle_daily_grades, crafted_patient, daily_cells, html_cells, write_json
+from timeline_helpers import (bundle_daily_grades, crafted_patient, daily_cells, html_cells, render_and_grade,
+                              write_json)
 
 from cart_fhir.grading.result import State
 from cart_fhir.ingest.read import read_paths
@@ -37,9 +38,9 @@ def test_examples_cells_equal_daily_grade_observations(tmp_path: Path) -> None:
     assert html.count('data-patient="') >= 3 + 3  # three patient sections, three index rows
 
 
-def test_crafted_patient_has_every_cell_state(tmp_path: Path) -> None:
+def test_crafted_patient_has_every_cell_state(engine, tmp_path: Path) -> None:
     src = write_json(tmp_path / "crafted.json", crafted_patient().bundle())
-    html, bundle = _report_and_bundle(tmp_path, str(src))
+    html, bundle = render_and_grade(engine, [str(src)])
     cells = daily_cells(html_cells(html))
     assert cells == bundle_daily_grades(bundle)
     assert cells[("crafted-1", "crs", 1)] == ("graded", 1)
@@ -62,8 +63,8 @@ def test_every_lane_uses_summary_row_names(engine, tmp_path: Path) -> None:
     assert na and all(m in report_html(views) for a in na for m in a.missing)
 
 
-def test_self_contained_no_external_references(tmp_path: Path) -> None:
-    html, _ = _report_and_bundle(tmp_path, str(EXAMPLES[0]))
+def test_self_contained_no_external_references(engine) -> None:
+    html, _ = render_and_grade(engine, [str(EXAMPLES[0])])
     # No URL the browser would fetch: no src=, no <link>, no @import or url() in CSS, no fetch().
     assert not re.search(r"\ssrc=|<link\b|@import|url\(|fetch\(|XMLHttpRequest", html)
     assert "<style>" in html and "<script>" in html and "<svg" in html
@@ -98,9 +99,11 @@ def test_out_dir_one_file_per_patient_and_index(tmp_path: Path) -> None:
     pytest.param(["-o", "a.html", "--out-dir", "d"], "-o REPORT.html or --out-dir", id="both-outputs"),
     pytest.param(["-o", "a.html"], "nothing to draw", id="no-input"),
 ])
-def test_report_argument_errors(args: list[str], message: str) -> None:
-    p = cli("report", *args)
-    assert p.returncode == 2 and message in p.stderr
+def test_report_argument_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from cart_fhir.cli import main
+
+    assert main(["report", *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_view_layer_is_pure() -> None:

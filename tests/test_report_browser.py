@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from browser_fixture import artefact_dir, axe_violations
-from test_cli import EXAMPLES, cli
-from timeline_helpers import bundle_daily_grades, crafted_patient, write_json
+from test_cli import EXAMPLES
+from cart_fhir.cli_synth import synth_command
+from timeline_helpers import bundle_daily_grades, crafted_patient, render_and_grade, write_json
 
 CELLS_JS = """() => Array.from(document.querySelectorAll('section[data-patient] .cell')).map(c => ({
   patient: c.closest('section[data-patient]').dataset.patient, toxicity: c.dataset.toxicity,
@@ -23,13 +24,15 @@ CELLS_JS = """() => Array.from(document.querySelectorAll('section[data-patient] 
   grade: c.dataset.grade === undefined ? null : +c.dataset.grade}))"""
 
 
-def _render(tmp_path: Path, name: str, inputs: list[str]) -> tuple[Path, dict[str, Any]]:
-    html, out = tmp_path / f"{name}.html", tmp_path / f"{name}.json"
-    p = cli("report", *inputs, "-o", str(html), "-q")
-    assert p.returncode == 0, p.stderr
-    g = cli("grade", *inputs, "-o", str(out), "-q")
-    assert g.returncode == 0, g.stderr
-    return html, json.loads(out.read_text())
+@pytest.fixture()
+def render(engine: Any, tmp_path: Path) -> Any:
+    """(name, inputs) -> (the report file, the output Bundle of the same run)."""
+    def go(name: str, inputs: list[str]) -> tuple[Path, dict[str, Any]]:
+        html, bundle = render_and_grade(engine, inputs)
+        path = tmp_path / f"{name}.html"
+        path.write_text(html)
+        return path, bundle
+    return go
 
 
 def _dom_daily(page: Any) -> dict[tuple[str, str, int], tuple[str, int | None]]:
@@ -50,20 +53,19 @@ def _shot(page: Any, name: str) -> Path:
 
 
 def _synthetic(tmp_path: Path) -> list[str]:
-    p = cli("synth", "--patients", "1", "--seed", "11", "--days", "30", "-o", str(tmp_path / "synth"))
-    assert p.returncode == 0, p.stderr
+    assert synth_command(1, 11, str(tmp_path / "synth"), "bundle", 30) == 0
     return [str(tmp_path / "synth" / "fhir")]
 
 
 @pytest.mark.parametrize("name", ["examples", "crafted", "synthetic"])
-def test_every_cell_equals_the_daily_grade_observation(page: Any, tmp_path: Path, name: str) -> None:
+def test_every_cell_equals_the_daily_grade_observation(page: Any, render: Any, tmp_path: Path, name: str) -> None:
     if name == "examples":
         inputs = [str(p) for p in EXAMPLES]
     elif name == "crafted":
         inputs = [str(write_json(tmp_path / "crafted.json", crafted_patient().bundle()))]
     else:
         inputs = _synthetic(tmp_path)
-    html, bundle = _render(tmp_path, name, inputs)
+    html, bundle = render(name, inputs)
     page.goto(html.as_uri())
     expected = bundle_daily_grades(bundle)
     assert expected and _dom_daily(page) == expected
@@ -76,9 +78,9 @@ def test_every_cell_equals_the_daily_grade_observation(page: Any, tmp_path: Path
     _shot(page, f"report-{name}")
 
 
-def test_evidence_panel_names_inputs_and_missing(page: Any, tmp_path: Path) -> None:
+def test_evidence_panel_names_inputs_and_missing(page: Any, render: Any, tmp_path: Path) -> None:
     src = write_json(tmp_path / "crafted.json", crafted_patient().bundle())
-    html, _ = _render(tmp_path, "crafted", [str(src)])
+    html, _ = render("crafted", [str(src)])
     page.goto(html.as_uri())
     panel = page.locator("section.course .panel")
     page.click('[data-toxicity="crs"][data-day="1"]')
@@ -94,8 +96,8 @@ def test_evidence_panel_names_inputs_and_missing(page: Any, tmp_path: Path) -> N
     _shot(page, "report-crafted-details")
 
 
-def test_keyboard_moves_between_cells_and_shows_details(page: Any, tmp_path: Path) -> None:
-    html, _ = _render(tmp_path, "one", [str(EXAMPLES[0])])
+def test_keyboard_moves_between_cells_and_shows_details(page: Any, render: Any) -> None:
+    html, _ = render("one", [str(EXAMPLES[0])])
     page.goto(html.as_uri())
     first = page.locator('[data-toxicity="crs"]').first
     first.focus()
@@ -108,16 +110,16 @@ def test_keyboard_moves_between_cells_and_shows_details(page: Any, tmp_path: Pat
     assert page.evaluate("() => document.activeElement.dataset.toxicity") == "icans"
 
 
-def test_accessibility_no_serious_violations(page: Any, axe_script: str, tmp_path: Path) -> None:
-    html, _ = _render(tmp_path, "examples-a11y", [str(p) for p in EXAMPLES])
+def test_accessibility_no_serious_violations(page: Any, axe_script: str, render: Any) -> None:
+    html, _ = render("examples-a11y", [str(p) for p in EXAMPLES])
     page.goto(html.as_uri())
     page.click('[data-toxicity="crs"] >> nth=2')  # with a details panel open too
     violations = axe_violations(page, axe_script)
     assert violations == [], json.dumps(violations, indent=1)
 
 
-def test_printed_page_shows_the_grades(page: Any, tmp_path: Path) -> None:
-    html, _ = _render(tmp_path, "print", [str(EXAMPLES[0])])
+def test_printed_page_shows_the_grades(page: Any, render: Any) -> None:
+    html, _ = render("print", [str(EXAMPLES[0])])
     page.goto(html.as_uri())
     page.emulate_media(media="print")
     assert page.locator(".panel").first.is_hidden()

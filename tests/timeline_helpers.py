@@ -97,3 +97,17 @@ def crafted_patient() -> PatientBuilder:
 def write_json(path: Path, data: object) -> Path:
     path.write_text(json.dumps(data))
     return path
+
+
+def render_and_grade(engine: Any, inputs: list[str], **kw: Any) -> tuple[str, dict[str, Any]]:
+    """In process (the suite's one engine; the CLI itself is tested in test_report.py): the report HTML and
+    the output Bundle the same run gives `cart-fhir grade`."""
+    from datetime import UTC, datetime
+
+    from cart_fhir.ingest.read import read_paths
+    from cart_fhir.view.render import patient_views, report_html
+
+    result = engine.grade(read_paths(inputs))
+    html = report_html(patient_views(engine, result), **kw)
+    bundle = engine.bundle(engine.resources(result, datetime.now(UTC)), "collection")
+    return html, bundle

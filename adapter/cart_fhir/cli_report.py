@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         where = f"{out}/index.html and {len(files)} patient file(s)"
     if not args.quiet:
         courses = sum(len(v.courses) for v in views)
-        print(f"cart-fhir: wrote {where}: {len(views)} patient(s), {courses} infusion(s)", file=sys.stderr)
+        sys.stderr.write(f"cart-fhir: wrote {where}: {len(views)} patient(s), {courses} infusion(s)\n")
     return EXIT_OK
 
 

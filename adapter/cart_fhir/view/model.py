@@ -348,8 +348,8 @@ def _attribution(course: Course, ev: Event, attribute: Attribute | None) -> tupl
         suspects = attribute(course, ev.toxicity, ev.onset_day, ev.onset, ev.evidence)
     except (KeyError, ValueError):  # a toxicity the attribution table has no row for: nothing to show
         return ()
-    return tuple(f"{getattr(s, 'causality', '')}: {getattr(s, 'rule', '') or getattr(s, 'ref', '')}"
-                 for s in suspects)
+    return tuple(f"{getattr(s, 'ref', '')} ({getattr(s, 'role', 'suspect')}): {getattr(s, 'assessment', '')}"
+                 f" \u2014 {getattr(s, 'rule', '')}" for s in suspects)
 
 
 def _event_row(ev: Event, attribution: tuple[str, ...]) -> EventRow:
