@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,8 @@ CLIENT = "cart-timeline"
 def serving(engine: Any, **app_settings: Any) -> Iterator[tuple[str, Any]]:
     """The service on a loopback port in a thread; the app's redirect URI names that port."""
     holder: dict[str, Any] = {}
+    # werkzeug's request log prints query strings (the authorization code and state): keep it quiet.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server("127.0.0.1", 0, lambda env, start: holder["app"](env, start), threaded=True)
     base = f"http://127.0.0.1:{server.server_port}"
     settings = {"testing": True, "auth": False, "upstream": False, "tables": engine.tables,
@@ -54,22 +58,29 @@ def transaction(bundle: dict[str, Any]) -> dict[str, Any]:
         for e in bundle["entry"]]}
 
 
-def seed(fhir: Any, engine: Any, path: Path, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-    """Load one patient's Bundle into the server; (patient id, expected daily grades from `cart-fhir grade`)."""
-    bundle = json.loads(path.read_text())
+def storable(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The server enforces invariant mad-1 (dosage needs dose or rate), which route-only dosages (one
+    example, synthetic antipyretics) break: those dosages are dropped; the caller grades what is stored."""
     for e in bundle["entry"]:
-        # The server enforces invariant mad-1 (dosage needs dose or rate), which one example's route-only
-        # dosage breaks; without it the resource is stored (and graded below) the same way.
         dosage = e["resource"].get("dosage")
         if e["resource"]["resourceType"] == "MedicationAdministration" and dosage and not (
                 "dose" in dosage or any(k.startswith("rate") for k in dosage)):
             del e["resource"]["dosage"]
+    return bundle
+
+
+def seed(fhir: Any, engine: Any, path: Path, tmp_path: Path) -> tuple[str, dict[str, Any], str]:
+    """Load one patient's Bundle into the server; (patient id, expected daily grades as `cart-fhir grade`
+    writes them, the first infusion's reference)."""
+    bundle = storable(json.loads(path.read_text()))
     fhir.load(transaction(bundle))
     path = tmp_path / f"stored-{path.name}"
     path.write_text(json.dumps(bundle))
-    _, graded = render_and_grade(engine, [str(path)])
+    html, graded = render_and_grade(engine, [str(path)])
     pid = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
-    return pid, bundle_daily_grades(graded)
+    infusion = re.search(r'data-infusion="([^"]+)"', html)
+    assert infusion is not None
+    return pid, bundle_daily_grades(graded), infusion.group(1)
 
 
 def smart_app(fhir: Any, base: str, **extra: Any) -> None:
@@ -85,13 +96,16 @@ def _synthetic(tmp_path: Path) -> Path:
                                     pytest.param(None, id="synthetic")])
 def test_ehr_launch_draws_the_launched_patients_timeline(fhir, engine, page, tmp_path, source) -> None:
     path = source if source is not None else _synthetic(tmp_path)
-    pid, expected = seed(fhir, engine, path, tmp_path)
+    pid, expected, infusion = seed(fhir, engine, path, tmp_path)
     with serving(engine) as (base, _):
         smart_app(fhir, base)
-        launch = fhir.launch(pid)
+        # As from a CDS card: the EHR passes the card's appContext through the launch.
+        context = json.dumps({"patient": pid, "infusion": infusion, "toxicity": "crs"})
+        launch = fhir.launch(pid, app_context=context)
         page.goto(f"{base}/app/launch?iss={fhir.base_url}&launch={launch}")
         page.wait_for_selector("section.patient[data-patient]")
         assert page.url == f"{base}/app/"
+        assert page.get_attribute("section.course[data-focus]", "data-infusion") == infusion
         assert page.eval_on_selector_all("section.patient", "s => s.map(x => x.dataset.patient)") == [pid]
         assert _dom_daily(page) == expected
         # The page's own script runs under its CSP (hash-allowed): clicking a cell shows its details.
@@ -121,7 +135,7 @@ def _follow(session: requests.Session, url: str) -> requests.Response:
 
 
 def test_standalone_launch_confidential_client_and_v1_scopes(fhir, engine, tmp_path) -> None:
-    pid, expected = seed(fhir, engine, EXAMPLES[0], tmp_path)
+    pid, expected, _ = seed(fhir, engine, EXAMPLES[0], tmp_path)
     v1 = ["openid", "fhirUser", "launch", "launch/patient", "patient/*.read"]
     with serving(engine, app_client_secret="s3cret", app_standalone_iss=fhir.base_url) as (base, _):
         smart_app(fhir, base, client_secret="s3cret", patient=pid, scopes_supported=v1)
@@ -141,7 +155,7 @@ def test_standalone_launch_confidential_client_and_v1_scopes(fhir, engine, tmp_p
 
 
 def test_launch_failures_are_pages_that_say_why(fhir, engine, tmp_path) -> None:
-    pid, _ = seed(fhir, engine, EXAMPLES[0], tmp_path)
+    pid, _, _ = seed(fhir, engine, EXAMPLES[0], tmp_path)
     with serving(engine, app_issuers=fhir.base_url) as (base, _):
         smart_app(fhir, base)
         with requests.Session() as s:

@@ -35,7 +35,7 @@ def test_examples_cells_equal_daily_grade_observations(tmp_path: Path) -> None:
     expected = bundle_daily_grades(bundle)
     assert len(expected) > 30
     assert daily_cells(html_cells(html)) == expected
-    assert html.count('data-patient="') >= 3 + 3  # three patient sections, three index rows
+    assert html.count('data-patient="') == 3 and html.count('data-index-patient="') == 3  # sections, index rows
 
 
 def test_crafted_patient_has_every_cell_state(engine, tmp_path: Path) -> None:

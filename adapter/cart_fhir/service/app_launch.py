@@ -239,7 +239,9 @@ def timeline() -> Response:
     except (BadInput, AdapterError) as exc:
         raise LaunchError(422, "the patient's record could not be graded") from exc
     views = patient_views(engine, result, [record["patient"]])
-    html = report_html(views, title="CAR-T toxicity timeline", with_index=False)
+    context = record.get("app_context") or {}
+    html = report_html(views, title="CAR-T toxicity timeline", with_index=False,
+                       focus_infusion=context.get("infusion") if context.get("patient") == record["patient"] else None)
     return _page(html, 200)
 
 

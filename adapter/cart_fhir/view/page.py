@@ -33,7 +33,7 @@ def script_hash() -> str:
 
 
 def document(patients: list[PatientView], *, title: str, subtitle: str = "", index_links: LinkFor | None = None,
-             with_index: bool | None = None) -> str:
+             with_index: bool | None = None, focus_infusion: str | None = None) -> str:
     """The page: a cohort index when there are several patients or courses, then one section per patient."""
     courses = [c for p in patients for c in p.courses]
     show_index = with_index if with_index is not None else len(courses) > 1
@@ -45,7 +45,7 @@ def document(patients: list[PatientView], *, title: str, subtitle: str = "", ind
     if not courses:
         parts.append('<p class="empty">No graded CAR-T infusion in this input.</p>')
     for p in patients:
-        parts.append(patient_section(p))
+        parts.append(patient_section(p, focus_infusion))
     parts.append(f"</main><script>{asset('timeline.js')}</script></body></html>")
     return "".join(parts)
 
@@ -79,10 +79,11 @@ def index_table(patients: Iterable[PatientView], link_for: LinkFor) -> str:
     rows = []
     for p in patients:
         for c in p.courses:
-            grades = "".join(f'<td data-toxicity="{t.value}">{escape(c.max_grades.get(t.value, "-"))}</td>'
+            # data-max-of, not data-toxicity: a tool reading grade cells by data-toxicity must not find these.
+            grades = "".join(f'<td data-max-of="{t.value}">{escape(c.max_grades.get(t.value, "-"))}</td>'
                              for t in LANES)
             hx = c.hematotox.risk if c.hematotox is not None else "-"
-            rows.append(f'<tr data-patient="{escape(p.patient_id)}" data-course="{c.number}">'
+            rows.append(f'<tr data-index-patient="{escape(p.patient_id)}" data-course="{c.number}">'
                         f'<th scope="row"><a href="{escape(link_for(c))}">{escape(p.patient_id)}</a></th>'
                         f"<td>{c.number}</td><td>{escape(c.day0)}</td><td>{escape(c.product)}</td>{grades}"
                         f"<td>{escape(hx)}</td></tr>")
@@ -93,18 +94,19 @@ def index_table(patients: Iterable[PatientView], link_for: LinkFor) -> str:
             f'</tr></thead><tbody>{"".join(rows)}</tbody></table></section>')
 
 
-def patient_section(p: PatientView) -> str:
+def patient_section(p: PatientView, focus_infusion: str | None = None) -> str:
     nav = ""
     if len(p.courses) > 1:
         links = "".join(f'<li><a href="#{c.anchor}">Infusion {c.number} (day 0 {escape(c.day0)})</a></li>'
                         for c in p.courses)
         nav = f'<nav aria-label="Infusions of patient {escape(p.patient_id)}"><ul class="courses">{links}</ul></nav>'
-    body = "".join(course_section(c) for c in p.courses) or '<p class="empty">No CAR-T infusion found.</p>'
+    body = "".join(course_section(c, c.infusion_ref == focus_infusion) for c in p.courses) or \
+        '<p class="empty">No CAR-T infusion found.</p>'
     return (f'<section class="patient" id="{p.anchor}" data-patient="{escape(p.patient_id)}" '
             f'aria-label="Patient {escape(p.patient_id)}">{nav}{body}</section>')
 
 
-def course_section(c: CourseView) -> str:
+def course_section(c: CourseView, focus: bool = False) -> str:
     n = len(c.days)
     head = (f'<h2 id="{c.anchor}-h">Patient {escape(c.patient_id)} \u00b7 infusion {c.number}: '
             f'{escape(c.product)}</h2><p class="meta">Day 0 = {escape(c.day0)} ({escape(c.utc_offset)}); '
@@ -125,7 +127,7 @@ def course_section(c: CourseView) -> str:
     panel = (f'<div class="panel" id="{c.anchor}-panel" aria-live="polite"><p class="hint">Select a grade cell '
              '(click, or Tab and the arrow keys) to see the criterion, the input values and what was missing.'
              '</p></div>')
-    return (f'<section class="course" id="{c.anchor}" data-course="{c.number}" '
+    return (f'<section class="course" id="{c.anchor}" data-course="{c.number}"{" data-focus" if focus else ""} '
             f'data-infusion="{escape(c.infusion_ref)}" aria-labelledby="{c.anchor}-h">{head}{grid}{panel}'
             f'<div class="cards">{_events(c)}{_hematotox(c)}{_versions(c)}</div>{details}</section>')
 
@@ -238,7 +240,7 @@ def _events(c: CourseView) -> str:
     for e in c.events:
         details = "; ".join(f"{k}: {v}" for k, v in e.details)
         attribution = "<br>".join(escape(a) for a in e.attribution) or "-"
-        rows.append(f'<tr data-toxicity="{e.toxicity}"><th scope="row">{escape(LANE_LABELS[e.toxicity])}</th>'
+        rows.append(f'<tr data-event="{e.toxicity}"><th scope="row">{escape(LANE_LABELS[e.toxicity])}</th>'
                     f"<td>{escape(e.grade)}</td><td>{e.onset_day}</td><td>{escape(e.resolution)}</td>"
                     f"<td>{escape(details)}</td><td>{attribution}</td></tr>")
     return ('<section class="card"><h3>Events and attribution (IAGO)</h3><table><thead><tr>'

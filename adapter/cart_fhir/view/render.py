@@ -33,9 +33,9 @@ def subtitle(generated: datetime | None = None) -> str:
 
 def report_html(views: list[PatientView], *, title: str = "CAR-T toxicity timeline",
                 generated: datetime | None = None, index_links: LinkFor | None = None,
-                with_index: bool | None = None) -> str:
+                with_index: bool | None = None, focus_infusion: str | None = None) -> str:
     return document(views, title=title, subtitle=subtitle(generated), index_links=index_links,
-                    with_index=with_index)
+                    with_index=with_index, focus_infusion=focus_infusion)
 
 
 def index_html(views: list[PatientView], link_for: LinkFor, *, title: str = "CAR-T toxicity timelines",

@@ -30,6 +30,9 @@
     });
     return best;
   }
+  // Opened from a CDS card (appContext names the infusion): show that infusion first.
+  var focus = document.querySelector('.course[data-focus]');
+  if (focus) { focus.scrollIntoView(); }
   document.addEventListener('click', function (e) {
     var cell = e.target.closest && e.target.closest('.cell');
     if (cell) { show(cell); }
