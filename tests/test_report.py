@@ -121,3 +121,30 @@ def test_view_layer_is_pure() -> None:
 
 def test_static_assets_ship_in_the_package() -> None:
     assert (VIEW / "static" / "timeline.css").is_file() and (VIEW / "static" / "timeline.js").is_file()
+
+
+def test_report_from_a_fhir_server(fhir, engine, tmp_path: Path) -> None:
+    """`report --server URL --patient ID` reads the patient as `grade --server` does and draws the same grades."""
+    from test_app_launch import storable, transaction
+
+    from cart_fhir.cli import main
+
+    bundle = storable(json.loads(EXAMPLES[0].read_text()))
+    fhir.load(transaction(bundle))
+    stored = write_json(tmp_path / "stored.json", bundle)
+    pid = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    out = tmp_path / "server.html"
+    assert main(["report", "--server", fhir.base_url, "--patient", pid, "-o", str(out), "-q"]) == 0
+    _, graded = render_and_grade(engine, [str(stored)])
+    assert daily_cells(html_cells(out.read_text())) == bundle_daily_grades(graded)
+
+
+def test_browser_set_up_fails_in_ci_instead_of_skipping(monkeypatch: pytest.MonkeyPatch) -> None:
+    from browser_fixture import _unavailable
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        _unavailable("no chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _unavailable("no chromium")

@@ -148,7 +148,7 @@ def evidence_lanes(course: Course, first: int, last: int, units: Mapping[str, st
     u = units.get
     temp = _chart(course, "temperature", "Max temperature", u("body-temperature", "\u00b0C"),
                   rs.get("body-temperature", []), pick="max", thresholds=((38.0, "38.0 \u00b0C"),))
-    bp = _chart(course, "blood-pressure", "Lowest systolic BP / MAP", u("systolic-bp", "mmHg"),
+    bp = _chart(course, "blood-pressure", "Lowest SBP / MAP", u("systolic-bp", "mmHg"),
                 rs.get("systolic-bp", []), series="SBP", pick="min", thresholds=((90.0, "90"),))
     bp.points.extend(_points(course, _daily(rs.get("mean-bp", []), "min"), u("mean-bp", "mmHg"), "MAP"))
     lanes = [temp, bp, _vasopressors(course, first, last), _oxygen(rs), _neuro(rs), _neuro_findings(rs),
@@ -180,7 +180,7 @@ def _vasopressors(course: Course, first: int, last: int) -> EvidenceLane:
 
 
 def _oxygen(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
-    lane = EvidenceLane("oxygen", "Oxygen device and flow", "text")
+    lane = EvidenceLane("oxygen", "Oxygen device, flow", "text")
     days: dict[int, tuple[int, str]] = {}
     flows: dict[int, float] = {}
     for day, r in rs.get("oxygen-device", []):
@@ -204,7 +204,7 @@ def _oxygen(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
 
 def _neuro(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
     """ICE (lowest of the day) or CAPD (highest), and the least responsive level of consciousness."""
-    lane = EvidenceLane("ice-capd", "ICE (lowest) / CAPD (highest), consciousness", "text")
+    lane = EvidenceLane("ice-capd", "ICE / CAPD, consciousness", "text")
     ice: dict[int, int] = {}
     capd: dict[int, int] = {}
     loc: dict[int, str] = {}
@@ -224,11 +224,11 @@ def _neuro(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
         parts, titles, alert = [], [], False
         if day in ice:
             parts.append(str(ice[day]))
-            titles.append(f"lowest ICE {ice[day]}/10")
+            titles.append(f"lowest ICE score {ice[day]}/10")
             alert |= ice[day] < 10
         if day in capd:
             parts.append(f"C{capd[day]}")
-            titles.append(f"highest CAPD {capd[day]}")
+            titles.append(f"highest CAPD score {capd[day]} (C{capd[day]})")
             alert |= capd[day] >= 9
         if day in loc and loc[day] not in ("alert", "awakens-spontaneously"):
             parts.append("\u2193")  # depressed level of consciousness (named in the title)
@@ -240,7 +240,7 @@ def _neuro(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
 
 
 def _neuro_findings(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane:
-    lane = EvidenceLane("seizure-motor", "Seizures, motor findings, edema", "text")
+    lane = EvidenceLane("seizure-motor", "Seizures, motor, edema", "text")
     found: dict[int, list[str]] = {}
     for concept in ("seizure", "motor", "cerebral-edema"):
         for day, r in rs.get(concept, []):
