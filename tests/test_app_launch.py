@@ -137,7 +137,8 @@ def _follow(session: requests.Session, url: str) -> requests.Response:
 def test_standalone_launch_confidential_client_and_v1_scopes(fhir, engine, tmp_path) -> None:
     pid, expected, _ = seed(fhir, engine, EXAMPLES[0], tmp_path)
     v1 = ["openid", "fhirUser", "launch", "launch/patient", "patient/*.read"]
-    with serving(engine, app_client_secret="s3cret", app_standalone_iss=fhir.base_url) as (base, _):
+    with serving(engine, app_client_secret="s3cret", app_standalone_iss=fhir.base_url,
+                 app_issuers=fhir.base_url) as (base, _):
         smart_app(fhir, base, client_secret="s3cret", patient=pid, scopes_supported=v1)
         with requests.Session() as s:
             first = s.get(f"{base}/app/launch", timeout=30, allow_redirects=False)
@@ -209,6 +210,8 @@ def test_not_configured_means_no_app_routes(engine) -> None:
     pytest.param({"app_client_secret": "s"}, "CART_FHIR_APP_CLIENT_ID", id="secret-only"),
     pytest.param({"app_client_id": "x", "app_redirect_uri": "https://svc.example/elsewhere"},
                  "CART_FHIR_APP_REDIRECT_URI", id="redirect-not-our-callback"),
+    pytest.param({"app_client_id": "x", "app_redirect_uri": "https://svc.example/app/callback",
+                  "app_client_secret": "s"}, "CART_FHIR_APP_ISSUERS", id="secret-needs-an-issuer-list"),
 ])
 def test_configured_but_incomplete_refuses_to_start(engine, settings, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -98,11 +98,16 @@ def load_app_settings(overrides: Mapping[str, Any] | None = None,
         raise ConfigError(f"cannot start: the SMART app is configured but these settings are missing: "
                           f"{', '.join(missing)}")
     try:
-        return AppSettings(**values)
+        settings = AppSettings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "settings"
         raise ConfigError(f"app setting {ENV.get(name, name)}: {first['msg']}") from exc
+    if settings.app_client_secret and "*" in settings.app_issuers:
+        # Any `iss` names its own token endpoint: a forged launch would collect the client secret.
+        raise ConfigError(f"cannot start: {ENV['app_client_secret']} is set, so {ENV['app_issuers']} must list "
+                          "the EHR's FHIR base URLs (the secret is only sent to their token endpoints)")
+    return settings
 
 
 class SmartApp:
