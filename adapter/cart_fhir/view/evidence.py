@@ -253,35 +253,51 @@ def _neuro_findings(rs: Mapping[str, list[tuple[int, Reading]]]) -> EvidenceLane
     return lane
 
 
+KINDS = ("tocilizumab", "corticosteroid", "anakinra", "idm", "anti-infective", "other")  # one row each
+
+
 def treatment_markers(course: Course, first: int, last: int) -> list[Marker]:
-    """Tocilizumab, corticosteroids with dose, anakinra, IDM, anti-infectives (and other anti-cytokine or
-    HLH-directed agents) as markers on the day axis."""
-    out = []
+    """Tocilizumab, corticosteroids with their daily dose, anakinra, IDM, anti-infectives (and other
+    anti-cytokine or HLH-directed agents): one marker per day, kind and agent, each administration in its
+    title (q6h dexamethasone is one marker "40" a day, not four overlapping ones)."""
+    groups: dict[tuple[int, str, str], list[tuple[float, DrugAdmin]]] = {}
     for d in [*course.pre_drugs, *course.drugs]:
         if d.role not in TREATMENT_ROLES:
             continue
         day = fraction_of_day(course, d.start.at, d.start.date_only)
-        if not first <= day < last + 1:
-            continue
-        out.append(_marker(course, d, day))
-    return sorted(dict.fromkeys(out), key=lambda m: m.day)
+        if first <= day < last + 1:
+            groups.setdefault((int(day // 1), _kind(d), d.agent), []).append((day, d))
+    out = []
+    for (day, kind, agent), given in groups.items():
+        given = sorted(dict.fromkeys(given), key=lambda p: p[0])
+        doses = [d.dose for _, d in given if d.dose is not None]
+        units = {d.dose_unit for _, d in given if d.dose is not None}
+        total = f"{fmt_number(sum(doses))}" if doses and len(units) == 1 else ""
+        label = total if kind == "corticosteroid" and total else _SHORT[kind]
+        items = "; ".join(_given(course, d) for _, d in given)
+        summed = f" ({total} {next(iter(units)) or ''} that day)".rstrip() if total and len(given) > 1 else ""
+        out.append(Marker(given[0][0], kind, label, f"day {day}: {agent}: {items}{summed}"))
+    return sorted(out, key=lambda m: (m.day, KINDS.index(m.kind)))
 
 
-def _marker(course: Course, d: DrugAdmin, day: float) -> Marker:
-    dose = f" {fmt_number(d.dose)} {d.dose_unit or ''}".rstrip() if d.dose is not None else ""
-    when = f"{d.start.at.astimezone(course.tz):%Y-%m-%d %H:%M}" if not d.start.date_only else \
-        d.start.at.date().isoformat()
+_SHORT = {"tocilizumab": "T", "corticosteroid": "S", "anakinra": "A", "idm": "IT", "anti-infective": "I",
+          "other": "+"}
+
+
+def _kind(d: DrugAdmin) -> str:
     if d.route == INTRATHECAL and d.agent in ("dexamethasone", "methotrexate"):
-        kind, short = "idm", "IDM"
-    elif d.agent == "tocilizumab":
-        kind, short = "tocilizumab", "T"
-    elif d.agent == "anakinra":
-        kind, short = "anakinra", "A"
-    elif d.role == "corticosteroid":
-        kind, short = "corticosteroid", "S"
-    elif d.role == "anti-infective":
-        kind, short = "anti-infective", "I"
-    else:
-        kind, short = "other", d.agent[:2].title()
+        return "idm"
+    if d.agent in ("tocilizumab", "anakinra"):
+        return d.agent
+    if d.role == "corticosteroid":
+        return "corticosteroid"
+    if d.role == "anti-infective":
+        return "anti-infective"
+    return "other"
+
+
+def _given(course: Course, d: DrugAdmin) -> str:
+    dose = f"{fmt_number(d.dose)} {d.dose_unit or ''}".rstrip() if d.dose is not None else "dose not recorded"
+    when = d.start.at.date().isoformat() if d.start.date_only else f"{d.start.at.astimezone(course.tz):%H:%M}"
     intent = f", {d.intent}" if d.role == "anti-infective" and d.intent != "unknown" else ""
-    return Marker(day, kind, short, f"{d.agent}{dose} at {when}{intent}")
+    return f"{dose} at {when}{intent}"

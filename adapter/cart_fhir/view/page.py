@@ -71,7 +71,9 @@ def _legend() -> str:
                     for cls, txt, label in items)
     return (f'<ul class="legend" aria-label="Colour key">{cells}'
             '<li><span class="swatch onset" aria-hidden="true"></span> onset</li>'
-            '<li><span class="swatch resolved" aria-hidden="true">\u2713</span> resolved</li></ul>')
+            '<li><span class="swatch resolved" aria-hidden="true">\u2713</span> resolved</li>'
+            '<li>Treatments: \u25b2 tocilizumab, \u25c6 corticosteroid (mg that day), \u25bc IDM, \u25a0 anakinra '
+            '(A), anti-infective (I), other (+)</li></ul>')
 
 
 def index_table(patients: Iterable[PatientView], link_for: LinkFor) -> str:

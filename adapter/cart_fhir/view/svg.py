@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from .evidence import EvidenceLane, Marker
+from .evidence import KINDS, EvidenceLane, Marker
 
 DAY_W = 28  # px per day: must equal --day-w in timeline.css
 CHART_H = 56
@@ -83,23 +83,25 @@ def _chart(lane: EvidenceLane, first: int, last: int, height: int) -> list[str]:
 
 _SHAPES = {
     "tocilizumab": "M{x},{t} l5,9 h-10 z",  # triangle
-    "corticosteroid": "M{x},{t} l5,5 l-5,5 l-5,-5 z",  # diamond
-    "anakinra": "M{x0},{t} h8 v9 h-8 z",  # square
-    "idm": "M{x0},{t} h8 v9 h-8 z",
-    "anti-infective": "M{x0},{t} h8 v9 h-8 z",
-    "other": "M{x0},{t} h8 v9 h-8 z",
+    "corticosteroid": "M{x},{t} l5,4.5 l-5,4.5 l-5,-4.5 z",  # diamond
+    "idm": "M{x0},{t} h9 l-4.5,9 z",  # down triangle
 }
+_SQUARE = "M{x0},{t} h8 v8 h-8 z"
+ROW_H = 13
 
 
 def markers_svg(markers: list[Marker], first: int, last: int) -> str:
+    """One row per kind of treatment present; the marker at its first time that day, its label beside it."""
     width = (last - first + 1) * DAY_W
-    height = 30
+    kinds = [k for k in KINDS if any(m.kind == k for m in markers)]
+    height = max(ROW_H * len(kinds), ROW_H) + 4
     body = []
     for m in markers:
         x = _x(m.day, first)
-        shape = _SHAPES.get(m.kind, _SHAPES["other"]).format(x=x, x0=x - 4, t=3)
-        body.append(f'<g class="tx tx-{m.kind}"><path d="{shape}"/><text x="{x}" y="{height - 4}" '
-                    f'text-anchor="middle">{escape(m.label)}</text><title>{escape(m.title)}</title></g>')
-    label = "Treatments: " + ("; ".join(f"day {math.floor(m.day)} {m.title}" for m in markers) or "none recorded")
+        top = 2 + ROW_H * kinds.index(m.kind)
+        shape = _SHAPES.get(m.kind, _SQUARE).format(x=x, x0=x - 4, t=top + 1)
+        body.append(f'<g class="tx tx-{m.kind}"><path d="{shape}"/><text x="{x + 6}" y="{top + 9}">'
+                    f'{escape(m.label)}</text><title>{escape(m.title)}</title></g>')
+    label = "Treatments: " + ("; ".join(m.title for m in markers) or "none recorded")
     return (f'<svg class="ev ev-treatments" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
             f'role="img" aria-label="{escape(label)}" focusable="false">{"".join(body)}</svg>')
