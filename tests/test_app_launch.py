@@ -248,3 +248,47 @@ def test_cds_card_link_launches_the_timeline_app(engine, settings, link) -> None
         [got] = card["links"]
         assert (got["type"], got["url"]) == ("smart", link)
         assert json.loads(got["appContext"])["patient"] == "p1"
+
+
+def test_sessions_work_across_gunicorn_workers(fhir, engine, tmp_path) -> None:
+    """`cart-fhir serve` with two workers: a launch, its callback and the page may each land on either worker
+    (the session folder and key are made before gunicorn forks)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pid, _, _ = seed(fhir, engine, EXAMPLES[0], tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    smart_app(fhir, base)
+    env = {**os.environ, "CART_FHIR_AUTH": "off", "CART_FHIR_UPSTREAM": "off", "CART_FHIR_APP_CLIENT_ID": CLIENT,
+           "CART_FHIR_APP_REDIRECT_URI": f"{base}/app/callback", "CART_FHIR_APP_ISSUERS": fhir.base_url}
+    entry = Path(sys.executable).parent / "cart-fhir"
+    cmd = [str(entry)] if entry.exists() else [sys.executable, "-m", "cart_fhir.cli"]
+    proc = subprocess.Popen([*cmd, "serve", "--port", str(port), "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{base}/health", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.2)
+        pages = []
+        for _ in range(6):
+            with requests.Session() as s:
+                r = s.get(f"{base}/app/launch", params={"iss": fhir.base_url, "launch": fhir.launch(pid)}, timeout=60)
+                pages.append(r.status_code == 200 and f'data-patient="{pid}"' in r.text)
+                pages.extend(s.get(f"{base}/app/", timeout=60).status_code == 200 for _ in range(3))
+        assert all(pages) and len(pages) == 24
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=30)[0].decode()
+    # The log names paths and statuses, never a token, code, state or the patient.
+    assert "/app/callback" in log and "code=" not in log and pid not in log
+    assert not any(t in log for t in fhir.tokens())
