@@ -292,3 +292,22 @@ def test_sessions_work_across_gunicorn_workers(fhir, engine, tmp_path) -> None:
     # The log names paths and statuses, never a token, code, state or the patient.
     assert "/app/callback" in log and "code=" not in log and pid not in log
     assert not any(t in log for t in fhir.tokens())
+
+
+def test_app_page_accessibility(fhir, engine, browser, axe_script, tmp_path) -> None:
+    """axe-core on the page as the app serves it (its CSP bypassed only so that axe can be injected)."""
+    from browser_fixture import axe_violations
+
+    pid, _, _ = seed(fhir, engine, EXAMPLES[1], tmp_path)
+    with serving(engine) as (base, _):
+        smart_app(fhir, base)
+        context = browser.new_context(bypass_csp=True)
+        try:
+            page = context.new_page()
+            page.goto(f"{base}/app/launch?iss={fhir.base_url}&launch={fhir.launch(pid)}")
+            page.wait_for_selector(".cell")
+            page.locator(".cell").nth(3).click()
+            violations = axe_violations(page, axe_script)
+        finally:
+            context.close()
+    assert violations == [], json.dumps(violations, indent=1)
