@@ -87,6 +87,7 @@ def test_evidence_panel_names_inputs_and_missing(page: Any, render: Any, tmp_pat
     text = panel.inner_text()
     assert "grade 1" in text and "Temperature" in text and "38.5" in text and "\u00b0C" in text
     assert "day 1 06:00" in text  # when, in the infusion's local time
+    assert "criteria table astct-crs-2019 v" in text  # traceable to the table version that graded it
     page.click('[data-toxicity="crs"][data-day="2"]')
     text = panel.inner_text()
     assert "not assessable" in text and "Missing input" in text and "temperature" in text.lower()

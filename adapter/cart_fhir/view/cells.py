@@ -115,18 +115,20 @@ def _unit(r: Reading, units: Mapping[str, str]) -> str:
 
 
 def day_cell(course: Course, dg: DayGrade, by_ref: Mapping[str, list[tuple[int, Reading]]],
-              drugs: Mapping[str, DrugAdmin], units: Mapping[str, str]) -> Cell:
+              drugs: Mapping[str, DrugAdmin], units: Mapping[str, str], versions: Mapping[str, str]) -> Cell:
     detail = Detail(
         title=f"{LANE_LABELS[dg.toxicity.value]} day {dg.day} ({course.date_of(dg.day).isoformat()})",
-        decided_by=dg.reasons, criteria=_criteria_of(dg.toxicity),
+        decided_by=dg.reasons, criteria=_criteria_of(dg.toxicity, versions),
         components=tuple((c.code, component_text(c)) for c in dg.components),
         inputs=_inputs(course, [*dg.evidence, *dg.supporting], by_ref, drugs, units),
         missing=dg.missing, flags=dg.flags)
     return Cell(dg.toxicity.value, dg.day, dg.day, dg.state.value, dg.grade, True, detail)
 
 
-def _criteria_of(tox: Toxicity) -> str:
-    return {Toxicity.CRS: "astct-crs-2019", Toxicity.ICANS: "astct-icans-2019"}.get(tox, "")
+def _criteria_of(tox: Toxicity, versions: Mapping[str, str]) -> str:
+    """The daily grades' criteria table and its version (the same the output Observation.method names)."""
+    table = {Toxicity.CRS: "astct-crs-2019", Toxicity.ICANS: "astct-icans-2019"}.get(tox, "")
+    return f"{table} v{versions[table]}" if table in versions else table
 
 
 def _assessment_detail(course: Course, a: Assessment, title: str, by_ref: Mapping[str, list[tuple[int, Reading]]],

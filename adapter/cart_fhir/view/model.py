@@ -123,7 +123,7 @@ def _course(pid: str, cr: CourseResult, versions: tuple[tuple[str, str], ...], u
     lanes = {tox: Lane(tox.value, LANE_LABELS[tox.value]) for tox in LANES}
     for tox, days in cr.days.items():
         if tox in lanes:
-            lanes[tox].cells.extend(day_cell(course, dg, refs, drugs, units) for dg in days)
+            lanes[tox].cells.extend(day_cell(course, dg, refs, drugs, units, dict(versions)) for dg in days)
     for tox, eps in cr.episodes.items():
         if tox in lanes:
             lanes[tox].onsets.extend(ep.onset_day for ep in eps)
