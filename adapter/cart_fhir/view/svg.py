@@ -102,6 +102,8 @@ def markers_svg(markers: list[Marker], first: int, last: int) -> str:
         shape = _SHAPES.get(m.kind, _SQUARE).format(x=x, x0=x - 4, t=top + 1)
         body.append(f'<g class="tx tx-{m.kind}"><path d="{shape}"/><text x="{x + 6}" y="{top + 9}">'
                     f'{escape(m.label)}</text><title>{escape(m.title)}</title></g>')
+    if not markers:
+        body.append(f'<text x="4" y="{height / 2 + 4:.0f}" class="nodata">none recorded</text>')
     label = "Treatments: " + ("; ".join(m.title for m in markers) or "none recorded")
     return (f'<svg class="ev ev-treatments" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
             f'role="img" aria-label="{escape(label)}" focusable="false">{"".join(body)}</svg>')
