@@ -10,19 +10,21 @@ errors) are HTML for a person, not OperationOutcomes: this is the one part of th
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from collections.abc import Mapping
 from html import escape
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
 import requests
 from flask import Blueprint, Flask, Response, current_app, redirect, request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from werkzeug.wrappers import Response as BaseResponse  # what flask.redirect returns
 
 from ..errors import AdapterError, BadInput, ConfigError
+from ..layering import LayeredSettings
 from ..remote.auth import BearerToken
 from ..remote.client import FhirClient
 from ..remote.errors import AuthFailed, ServerError
@@ -38,27 +40,18 @@ EXTENSION = "cart_fhir_app"
 COOKIE = "cart_fhir_app"
 PENDING_TTL = 600.0  # seconds from the launch to the callback
 
-ENV = {
-    "app_client_id": "CART_FHIR_APP_CLIENT_ID",          # the client id the EHR registered for this app
-    "app_redirect_uri": "CART_FHIR_APP_REDIRECT_URI",    # https://<service>/app/callback, as registered
-    "app_client_secret": "CART_FHIR_APP_CLIENT_SECRET",  # confidential-symmetric client (else a public one)
-    "app_issuers": "CART_FHIR_APP_ISSUERS",              # FHIR bases allowed as `iss` (comma-separated; "*": any)
-    "app_standalone_iss": "CART_FHIR_APP_STANDALONE_ISS",  # FHIR base of a standalone launch (/app/launch)
-    "app_session_ttl": "CART_FHIR_APP_SESSION_TTL",      # seconds a signed-in session lasts (max 12 h)
-    "app_session_dir": "CART_FHIR_APP_SESSION_DIR",      # sealed session files (default: a private temp folder)
-}
+class AppSettings(LayeredSettings):
+    """The SMART app's settings, each from CART_FHIR_<NAME> (layering.py: given > environment > defaults)."""
 
+    what: ClassVar[str] = "app"
 
-class AppSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    app_client_id: str
-    app_redirect_uri: str
-    app_client_secret: str | None = None
-    app_issuers: tuple[str, ...] = ("*",)
-    app_standalone_iss: str | None = None
-    app_session_ttl: int = Field(default=3600, ge=60, le=12 * 3600)
-    app_session_dir: str | None = None
+    app_client_id: str  # the client id the EHR registered for this app
+    app_redirect_uri: str  # https://<service>/app/callback, as registered
+    app_client_secret: str | None = None  # confidential-symmetric client (else a public one)
+    app_issuers: tuple[str, ...] = ("*",)  # FHIR bases allowed as `iss` (comma-separated; "*": any)
+    app_standalone_iss: str | None = None  # FHIR base of a standalone launch (/app/launch)
+    app_session_ttl: int = Field(default=3600, ge=60, le=12 * 3600)  # seconds a signed-in session lasts
+    app_session_dir: str | None = None  # sealed session files (default: a private temp folder)
 
     @field_validator("app_issuers", mode="before")
     @classmethod
@@ -80,33 +73,29 @@ class AppSettings(BaseModel):
 def split_overrides(overrides: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(service overrides, app overrides): create_app's overrides minus the app's own keys."""
     rest = dict(overrides or {})
-    mine = {k: rest.pop(k) for k in list(rest) if k in ENV}
+    mine = {k: rest.pop(k) for k in list(rest) if k in AppSettings.model_fields}
     return rest, mine
 
 
 def load_app_settings(overrides: Mapping[str, Any] | None = None,
                       environ: Mapping[str, str] | None = None) -> AppSettings | None:
     """None when the app is not configured at all; ConfigError when it is configured but incomplete."""
-    import os
+
 
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {name: env[var] for name, var in ENV.items() if env.get(var)}
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if not values:
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    configured = {k for k in AppSettings.model_fields if given.get(k) or env.get(AppSettings.env_name(k))}
+    if not configured:
         return None
-    missing = [ENV[k] for k in ("app_client_id", "app_redirect_uri") if not values.get(k)]
+    missing = [AppSettings.env_name(k) for k in ("app_client_id", "app_redirect_uri") if k not in configured]
     if missing:
         raise ConfigError(f"cannot start: the SMART app is configured but these settings are missing: "
                           f"{', '.join(missing)}")
-    try:
-        settings = AppSettings(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "settings"
-        raise ConfigError(f"app setting {ENV.get(name, name)}: {first['msg']}") from exc
+    settings = AppSettings.layered(given, environ=env)
     if settings.app_client_secret and "*" in settings.app_issuers:
         # Any `iss` names its own token endpoint: a forged launch would collect the client secret.
-        raise ConfigError(f"cannot start: {ENV['app_client_secret']} is set, so {ENV['app_issuers']} must list "
+        secret, issuers = AppSettings.env_name("app_client_secret"), AppSettings.env_name("app_issuers")
+        raise ConfigError(f"cannot start: {secret} is set, so {issuers} must list "
                           "the EHR's FHIR base URLs (the secret is only sent to their token endpoints)")
     return settings
 
