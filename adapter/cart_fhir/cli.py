@@ -22,6 +22,7 @@ from .cli_synth import run as synth_run
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
 from .ingest.read import read_paths
 from .pipeline import Engine
+from .report import Issue
 from .summary import episode_rows, render_table, table_rows
 
 log = logging.getLogger("cart_fhir")
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--summary-json", metavar="FILE", help="write the per-episode summary as JSON")
     g.add_argument("--skip-invalid", action="store_true",
                    help="report invalid resources as warnings and grade the rest (default: fail on any)")
+    g.add_argument("--show-values", action="store_true",
+                   help="print the offending input value in error lines (they hold PHI: off by default)")
     g.add_argument("--validate", action="store_true",
                    help="validate every emitted resource with the fhir.resources R4B models before writing")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
@@ -168,8 +171,7 @@ def grade_command(args: argparse.Namespace) -> int:
         print(render_table(table_rows(result)), file=sys.stderr)
         for line in result.report.summary_lines():
             print(line, file=sys.stderr)
-        for issue in result.report.issues:
-            print(f"{issue.severity}: {issue}", file=sys.stderr)
+        _print_issues(result.report.issues, len(result.report.issues), args.show_values)
     if run is not None:
         return _server_outcome(run, args.quiet)
     return EXIT_OK
@@ -204,12 +206,22 @@ def _stream_command(args: argparse.Namespace) -> int:
     if not args.quiet:
         for line in t.report.summary_lines():
             print(line, file=sys.stderr)
-        for issue in t.errors[:MAX_ERROR_LINES] + t.warnings[:MAX_ERROR_LINES]:
-            print(f"{issue.severity}: {issue}", file=sys.stderr)
+        _print_issues(t.errors[:MAX_ERROR_LINES], t.errors_total, args.show_values)
+        _print_issues(t.warnings[:MAX_ERROR_LINES], t.warnings_total, args.show_values)
         seconds = t.timings["total"]
         print(f"issues: {t.errors_total} errors, {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
     return EXIT_OK
+
+
+def _print_issues(issues: list[Issue], total: int, show_values: bool) -> None:
+    """Warnings, and the bad input --skip-invalid skipped (a warning too: the run went on without it);
+    at most MAX_ERROR_LINES lines, then how many more there were."""
+    for issue in issues[:MAX_ERROR_LINES]:
+        what = "warning: skipped" if issue.severity == "error" else issue.severity
+        print(f"{what}: {issue.describe(show_values)}", file=sys.stderr)
+    if total > MAX_ERROR_LINES:
+        print(f"... and {total - MAX_ERROR_LINES} more", file=sys.stderr)
 
 
 def _server_outcome(run: ServerRun, quiet: bool) -> int:
@@ -256,12 +268,16 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.host, args.port, args.workers, args.timeout)
             return EXIT_OK
     except InputErrors as exc:
+        show = bool(getattr(args, "show_values", False))
         for err in exc.errors[:MAX_ERROR_LINES]:
-            print(f"cart-fhir: error: {err}", file=sys.stderr)
+            print(f"cart-fhir: error: {err.describe(show)}", file=sys.stderr)
         if exc.total > MAX_ERROR_LINES:
             print(f"cart-fhir: ... and {exc.total - MAX_ERROR_LINES} more errors", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (BadInput, ConfigError) as exc:
+    except BadInput as exc:
+        print(f"cart-fhir: error: {exc.describe(bool(getattr(args, 'show_values', False)))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigError as exc:
         print(f"cart-fhir: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AdapterError as exc:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from .conformance.tables_check import check_shipped
+from .coverage import CoverageGate
 from .errors import BadInput, InputErrors, Location
 from .grading.attribution import AttributionRulesTable, Attributor
 from .grading.registry import GRADERS, CourseResult, GraderSpec, OutputKind, build_all, grade_course, load_all
@@ -55,6 +56,9 @@ def _no_cyclic_gc() -> Iterator[None]:
 class PatientResult:
     patient: PatientData
     courses: list[CourseResult]
+    # Per course: the inputs without a usable reading in the coverage window (coverage.yaml), or None when
+    # the course has no reading in the window at all (coverage.py).
+    missing: list[tuple[str, ...] | None] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ class Engine:
         self.codes = OutputCodes(self.tables)
         self.strict = strict
         self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
+        self.coverage = CoverageGate(self.tables, self.specs)
 
     # ---- grading -----------------------------------------------------------------------------
 
@@ -117,7 +122,7 @@ class Engine:
         if len(medications) > used:
             report.ignored["Medication (not referenced)"] += len(medications) - used
         if strict and report.errors:
-            raise InputErrors([BadInput(i.message, i.location) for i in report.errors])
+            raise InputErrors([i.bad_input() for i in report.errors])
         return RunResult(results, report, self.tables)
 
     def grade_patient(self, data: PatientData, report: RunReport | None = None) -> PatientResult:
@@ -130,7 +135,13 @@ class Engine:
                 report.patients_graded += 1
             if before:
                 report.ignored["events before day 0"] += before
-        return PatientResult(data, [self._grade_course(course, report) for course in course_list])
+        missing = [self.coverage.missing(course) for course in course_list]
+        if report is not None:
+            report.coverage_window = self.coverage.window
+            report.coverage_routine |= self.coverage.routine
+            for gaps in missing:
+                report.record_coverage(gaps)
+        return PatientResult(data, [self._grade_course(course, report) for course in course_list], missing)
 
     def _grade_course(self, course: Course, report: RunReport | None) -> CourseResult:
         """Every registered grader over one infusion course, in registry order (grading/registry.py)."""

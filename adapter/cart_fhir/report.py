@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .errors import BadInput, Location
+from .errors import BadInput, Location, with_value
 
 
 @dataclass(slots=True)
@@ -13,9 +13,16 @@ class Issue:
     severity: str  # "warning" | "error" | "information"
     message: str
     location: Location
+    value: str | None = None  # the offending input value: printed only with --show-values (PHI)
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"
+
+    def describe(self, show_values: bool = False) -> str:
+        return with_value(str(self), self.value, show_values)
+
+    def bad_input(self) -> BadInput:
+        return BadInput(self.message, self.location, self.value)
 
 
 @dataclass(slots=True)
@@ -29,6 +36,14 @@ class RunReport:
     resources_written: int = 0
     unverified_rows: set[str] = field(default_factory=set)
     issues: list[Issue] = field(default_factory=list)
+    # Coverage (issue 13 item 1): graded infusions, those with no reading in the window at all, and per input
+    # the infusions that had other data in the window but no usable reading of it.
+    infusions_graded: int = 0
+    infusions_without_data: int = 0
+    missing_inputs: Counter[str] = field(default_factory=Counter)
+    coverage_window: str = "days 0-14"
+    coverage_routine: set[str] = field(default_factory=set)  # inputs charted for everyone: warned about
+    unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" of Observations not used
 
     def merge(self, other: RunReport) -> None:
         """Add another run's counts and issues (a server cohort is graded one patient at a time)."""
@@ -41,12 +56,26 @@ class RunReport:
         self.resources_written += other.resources_written
         self.unverified_rows |= other.unverified_rows
         self.issues.extend(other.issues)
+        self.infusions_graded += other.infusions_graded
+        self.infusions_without_data += other.infusions_without_data
+        self.missing_inputs.update(other.missing_inputs)
+        self.unmapped_codes.update(other.unmapped_codes)
+        self.coverage_window = other.coverage_window
+        self.coverage_routine |= other.coverage_routine
 
-    def warn(self, message: str, location: Location) -> None:
-        self.issues.append(Issue("warning", message, location))
+    def record_coverage(self, missing: tuple[str, ...] | None) -> None:
+        """One graded infusion: the inputs it lacked in the window (None: no reading in the window at all)."""
+        self.infusions_graded += 1
+        if missing is None:
+            self.infusions_without_data += 1
+        else:
+            self.missing_inputs.update(missing)
+
+    def warn(self, message: str, location: Location, value: str | None = None) -> None:
+        self.issues.append(Issue("warning", message, location, value))
 
     def error(self, err: BadInput) -> None:
-        self.issues.append(Issue("error", err.message, err.location))
+        self.issues.append(Issue("error", err.message, err.location, err.value))
 
     @property
     def errors(self) -> list[Issue]:
@@ -63,7 +92,47 @@ class RunReport:
             f"resources: {self.resources_read} read, {self.resources_used} used; ignored: {ignored}",
             f"written: {self.grades_written} daily grades, {self.resources_written} resources in all",
         ]
+        lines.extend(self._coverage_lines())
         if self.unverified_rows:
             lines.append("criteria rows not yet verified against a primary source were used: "
                          + ", ".join(sorted(self.unverified_rows)))
         return lines
+
+    def _coverage_lines(self) -> list[str]:
+        lines = []
+        if self.missing_inputs:
+            gaps = ", ".join(f"{k} {v}" for k, v in self.missing_inputs.most_common())
+            lines.append(f"inputs without a usable reading in {self.coverage_window} (graded infusions, of "
+                         f"{self.infusions_graded}): {gaps}")
+        if self.infusions_without_data:
+            lines.append(f"graded infusions with no reading at all in {self.coverage_window}: "
+                         f"{self.infusions_without_data} of {self.infusions_graded}")
+        unused = sum(self.unmapped_codes.values())
+        if unused >= UNMAPPED_SHOWN_FROM and unused * 20 >= self.resources_read:
+            top = ", ".join(f"{code} {n}" for code, n in self.unmapped_codes.most_common(UNMAPPED_LISTED))
+            lines.append(f"most common Observation codes not used ({unused} in all): {top}; if they are site "
+                         "codes for vital signs, labs or neurological scores, map them with --concept-map")
+        return lines
+
+    def coverage_warnings(self) -> list[str]:
+        """One line per input missing for most graded infusions: likely unmapped site codes, not a healthy
+        cohort (printed as `warning:` even with -q: a grade of 0 must not hide an unreadable input)."""
+        out = []
+        total = self.infusions_graded
+        for name, n in self.missing_inputs.most_common():
+            if name not in self.coverage_routine:
+                continue
+            n += self.infusions_without_data
+            if total and n * 2 > total:
+                out.append(f"{name}: no usable reading in {self.coverage_window} for {n} of {total} graded "
+                           "infusions, so results that need it are not assessable or may be too low; if the "
+                           "input codes it with site codes, map them with --concept-map")
+        if total and self.infusions_without_data * 2 > total:
+            out.append(f"{self.infusions_without_data} of {total} graded infusions have no reading at all in "
+                       f"{self.coverage_window}; if the input codes them with site codes, map them with "
+                       "--concept-map")
+        return out
+
+
+UNMAPPED_SHOWN_FROM = 10  # a few stray codes are normal; this many (and 5 % of the input) deserve a line
+UNMAPPED_LISTED = 5

@@ -89,7 +89,7 @@ def run_stream(job: StreamJob, recorded: datetime | None = None) -> Tally:
         t2 = time.monotonic()
         t = tally(results, part)
         if job.strict and t.errors_total:
-            raise InputErrors([BadInput(i.message, i.location) for i in t.errors], t.errors_total)
+            raise InputErrors([i.bad_input() for i in t.errors], t.errors_total)
         _assemble(job, stage, parts, results)
         shutil.rmtree(work)
         t.timings = {"partition": t1 - start, "grade": t2 - t1, "assemble": time.monotonic() - t2,
