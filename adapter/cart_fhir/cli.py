@@ -19,10 +19,12 @@ from .cli_bulk import run as bulk_run
 from .cli_remote import ServerRun, add_server_args, grade_from_server, push_command
 from .cli_synth import add_parser as add_synth_parser
 from .cli_synth import run as synth_run
+from .coverage import CoverageGate, Need
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
+from .grading.registry import GRADERS, load_all
 from .ingest.read import read_paths
-from .pipeline import Engine
-from .report import Issue
+from .pipeline import Engine, PatientResult
+from .report import Issue, RunReport
 from .summary import episode_rows, render_table, table_rows
 
 log = logging.getLogger("cart_fhir")
@@ -45,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--summary-json", metavar="FILE", help="write the per-episode summary as JSON")
     g.add_argument("--skip-invalid", action="store_true",
                    help="report invalid resources as warnings and grade the rest (default: fail on any)")
+    g.add_argument("--require", action="append", default=[], metavar="INPUT[,INPUT...]",
+                   help="exit 2 (writing nothing) when a graded infusion has no usable reading of one of these "
+                        "inputs in days 0-14: temperature, bp, oxygenation, ice, anc, platelets, crp, ... "
+                        "(mappings/coverage.yaml names and aliases, or concept names)")
     g.add_argument("--show-values", action="store_true",
                    help="print the offending input value in error lines (they hold PHI: off by default)")
     g.add_argument("--validate", action="store_true",
@@ -140,6 +146,7 @@ def grade_command(args: argparse.Namespace) -> int:
     if args.out_dir or args.workers is not None or args.buckets is not None or args.dask:
         return _stream_command(args)
     engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
+    required = engine.coverage.resolve(_require_names(args.require))
     recorded = datetime.now(UTC).replace(microsecond=0)
     run = None
     if args.inputs:
@@ -149,6 +156,8 @@ def grade_command(args: argparse.Namespace) -> int:
         run = grade_from_server(args, engine)
         result = run.result
         written = [run.device, *(w for g in run.groups for w in g.resources)] if run.groups and run.device else []
+    if _coverage_failed(result.report, engine.coverage, required, result.patients):
+        return EXIT_BAD_INPUT  # before anything is written: a pipeline must not take this run for a pass
     if args.validate:
         from .validate import validate_resources
 
@@ -172,9 +181,45 @@ def grade_command(args: argparse.Namespace) -> int:
         for line in result.report.summary_lines():
             print(line, file=sys.stderr)
         _print_issues(result.report.issues, len(result.report.issues), args.show_values)
+        _print_coverage_warnings(result.report)
     if run is not None:
         return _server_outcome(run, args.quiet)
     return EXIT_OK
+
+
+def _print_coverage_warnings(report: RunReport) -> None:
+    """An input most graded infusions lack: likely unmapped site codes (issue 13 item 1). Not with -q:
+    pipelines that must not pass silently use --require."""
+    for line in report.coverage_warnings():
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _require_names(values: list[str]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name.strip()]
+
+
+def _coverage_failed(report: RunReport, gate: CoverageGate, required: tuple[Need, ...],
+                     patients: list[PatientResult] | None) -> bool:
+    """With --require: one error per graded infusion without a required input, and a total (exit 2)."""
+    failed = [(need, report.infusions_missing(need.name, gate.is_group(need))) for need in required]
+    failed = [(need, n) for need, n in failed if n]
+    if not failed:
+        return False
+    lines = []
+    for pr in patients or []:
+        for cr in pr.courses:
+            unmet = gate.unmet(cr.course, required)
+            if unmet:
+                lines.append(f"{pr.patient.key} infusion {cr.course.number}: no usable reading of "
+                             f"{', '.join(n.name for n in unmet)} in {gate.window} (--require)")
+    for line in lines[:MAX_ERROR_LINES]:
+        print(f"cart-fhir: error: {line}", file=sys.stderr)
+    if len(lines) > MAX_ERROR_LINES:
+        print(f"cart-fhir: ... and {len(lines) - MAX_ERROR_LINES} more infusions", file=sys.stderr)
+    summary = ", ".join(f"{need.name} missing for {n} of {report.infusions_graded}" for need, n in failed)
+    print(f"cart-fhir: error: required inputs missing in graded infusions: {summary}; map site codes with "
+          "--concept-map, or drop --require to grade anyway", file=sys.stderr)
+    return True
 
 
 def _registry_csv(result: Any) -> bytes:
@@ -202,6 +247,8 @@ def _stream_command(args: argparse.Namespace) -> int:
                     workers=1 if args.workers is None else args.workers, buckets=args.buckets,
                     strict=not args.skip_invalid, concept_maps=_load_concept_maps(args.concept_map),
                     progress=not args.quiet, dask=args.dask)
+    gate = CoverageGate(load_all(), GRADERS)
+    required = gate.resolve(_require_names(args.require))
     t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
     if not args.quiet:
         for line in t.report.summary_lines():
@@ -211,6 +258,9 @@ def _stream_command(args: argparse.Namespace) -> int:
         seconds = t.timings["total"]
         print(f"issues: {t.errors_total} errors, {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
+        _print_coverage_warnings(t.report)
+    if _coverage_failed(t.report, gate, required, None):
+        return EXIT_BAD_INPUT  # a streamed run has written its files by now: the exit status says they fail
     return EXIT_OK
 
 

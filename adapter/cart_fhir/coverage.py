@@ -45,6 +45,7 @@ class CoverageGate:
         self.needs: tuple[Need, ...] = tuple(
             Need(r.id, frozenset(r.concepts), _graders(r.concepts, read_by), r.routine)
             for r in cov.rows if any(c in read_by for c in r.concepts))
+        self.concepts: tuple[str, ...] = tuple(c for c in read_by if c not in cov.events)
         self._names: dict[str, Need] = {}
         for r in cov.rows:
             need = next((n for n in self.needs if n.name == r.id), None)
@@ -78,6 +79,14 @@ class CoverageGate:
         if not seen:
             return None
         return tuple(n.name for n in self.needs if not n.concepts & seen)
+
+    def missing_concepts(self, course: Course) -> tuple[str, ...]:
+        """Each concept the graders read (events aside) without a reading in the window (--require CONCEPT)."""
+        seen = self.seen(course)
+        return tuple(c for c in self.concepts if c not in seen)
+
+    def is_group(self, need: Need) -> bool:
+        return any(n is need for n in self.needs)
 
     def unmet(self, course: Course, required: Iterable[Need]) -> list[Need]:
         seen = self.seen(course)

@@ -41,6 +41,7 @@ class RunReport:
     infusions_graded: int = 0
     infusions_without_data: int = 0
     missing_inputs: Counter[str] = field(default_factory=Counter)
+    missing_concepts: Counter[str] = field(default_factory=Counter)  # the same per concept (--require)
     coverage_window: str = "days 0-14"
     coverage_routine: set[str] = field(default_factory=set)  # inputs charted for everyone: warned about
     unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" of Observations not used
@@ -59,17 +60,24 @@ class RunReport:
         self.infusions_graded += other.infusions_graded
         self.infusions_without_data += other.infusions_without_data
         self.missing_inputs.update(other.missing_inputs)
+        self.missing_concepts.update(other.missing_concepts)
         self.unmapped_codes.update(other.unmapped_codes)
         self.coverage_window = other.coverage_window
         self.coverage_routine |= other.coverage_routine
 
-    def record_coverage(self, missing: tuple[str, ...] | None) -> None:
-        """One graded infusion: the inputs it lacked in the window (None: no reading in the window at all)."""
+    def record_coverage(self, missing: tuple[str, ...] | None, concepts: tuple[str, ...] = ()) -> None:
+        """One graded infusion: the inputs (and concepts) it lacked in the window (None: no reading in the
+        window at all)."""
         self.infusions_graded += 1
         if missing is None:
             self.infusions_without_data += 1
         else:
             self.missing_inputs.update(missing)
+            self.missing_concepts.update(concepts)
+
+    def infusions_missing(self, name: str, group: bool) -> int:
+        """Graded infusions without a usable reading of an input (a coverage group, or one concept)."""
+        return (self.missing_inputs if group else self.missing_concepts)[name] + self.infusions_without_data
 
     def warn(self, message: str, location: Location, value: str | None = None) -> None:
         self.issues.append(Issue("warning", message, location, value))

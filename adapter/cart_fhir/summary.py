@@ -7,7 +7,7 @@ from typing import Any
 from .grading.result import State
 from .grading.treatments import TreatmentResponse
 from .output.resources import iso
-from .pipeline import RunResult
+from .pipeline import PatientResult, RunResult
 
 
 def episode_rows(result: RunResult) -> list[dict[str, Any]]:
@@ -16,8 +16,9 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     facts = result.tables.output.toxicities
     for pr in result.patients:
-        for cr in pr.courses:
-            base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number}
+        for n, cr in enumerate(pr.courses):
+            base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number,
+                    "missing_inputs": missing_inputs(pr, n)}
             for tox in cr.days:  # the daily-graded toxicities, in registry order
                 responses = cr.treatments.get(tox)
                 for i, ep in enumerate(cr.episodes[tox]):
@@ -58,6 +59,15 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                     row["missing"] = list(score.missing)
                 rows.append({**row, **base})
     return rows
+
+
+def missing_inputs(pr: PatientResult, course: int) -> list[str]:
+    """The inputs the graders read that course `course` had no usable reading of in days 0-14
+    (mappings/coverage.yaml groups; every one when the course has no reading in the window at all)."""
+    if course >= len(pr.missing):
+        return []
+    gaps = pr.missing[course]
+    return ["no reading in the window"] if gaps is None else list(gaps)
 
 
 def _treatment_fields(tr: TreatmentResponse) -> dict[str, Any]:
