@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from .cli_synth import run as synth_run
 from .coverage import CoverageGate, Need
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
 from .grading.registry import GRADERS, load_all
-from .ingest.read import read_paths
+from .ingest.read import read_all
 from .pipeline import Engine, PatientResult
 from .report import Issue, RunReport
 from .summary import episode_rows, render_table, table_rows
@@ -98,21 +100,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_targets(paths: list[str | None]) -> None:
+    """Refuse output paths that cannot be written before any grading: an existing folder, a path under a
+    file, a folder that cannot be created or written (one `cart-fhir: error:` line, exit 2)."""
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise ConfigError(f"{path}: is a folder, not an output file")
+        parent = target.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"{path}: cannot write: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{path}: cannot write: no permission to write in {parent}")
+
+
+def _write_all(files: list[tuple[str, bytes]]) -> None:
+    """Write every output next to its target, then rename them all: a failure (full disk, a path that
+    cannot be written) leaves no output file and no temporary file behind, and existing outputs untouched."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files:
+            target = Path(path)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+                staged.append((tmp, target))
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise ConfigError(f"{target}: cannot write: {exc.strerror or exc}") from exc
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     """Write next to the target and rename: a failed run never leaves a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _write_all([(path, data)])
 
 
 def _load_concept_maps(paths: list[str]) -> list[tuple[str, Any]]:
@@ -143,6 +180,7 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 def grade_command(args: argparse.Namespace) -> int:
     _check_sources(args)
+    check_targets([args.output, args.summary_json, args.registry_csv])
     if args.out_dir or args.workers is not None or args.buckets is not None or args.dask:
         return _stream_command(args)
     engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
@@ -150,7 +188,7 @@ def grade_command(args: argparse.Namespace) -> int:
     recorded = datetime.now(UTC).replace(microsecond=0)
     run = None
     if args.inputs:
-        result = engine.grade(read_paths(args.inputs))
+        result = engine.grade(read_all(args.inputs))
         written = engine.resources(result, recorded)
     else:
         run = grade_from_server(args, engine)
@@ -166,14 +204,13 @@ def grade_command(args: argparse.Namespace) -> int:
     payload = orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     registry = _registry_csv(result) if args.registry_csv else None
+    # `--patient nope`: nothing graded and exit 2 ahead, so no empty Bundle, file or stdout.
+    nothing = run is not None and bool(run.input_errors) and not written
     # Everything is built before anything is written: a failure above leaves no file behind.
-    if registry is not None:
-        _write_atomic(args.registry_csv, registry)
-    if args.summary_json:
-        _write_atomic(args.summary_json, summary)
-    if args.output:
-        _write_atomic(args.output, payload)
-    elif not args.write_back:  # written back: the results are on the server, stdout stays quiet
+    if not nothing:
+        _write_all([(path, data) for path, data in ((args.registry_csv, registry), (args.summary_json, summary),
+                                                     (args.output, payload)) if path and data is not None])
+    if not (args.output or nothing or args.write_back):  # written back: the results are on the server
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
@@ -182,6 +219,9 @@ def grade_command(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         _print_issues(result.report.issues, len(result.report.issues), args.show_values)
         _print_coverage_warnings(result.report)
+        if not result.report.patients_graded and not nothing:
+            print("warning: nothing graded: no patient in the input has a CAR-T infusion (a MedicationAdministration "
+                  "of a CAR-T product, or a Procedure CPT 38228); the output Bundle is empty", file=sys.stderr)
     if run is not None:
         return _server_outcome(run, args.quiet)
     return EXIT_OK
@@ -293,8 +333,19 @@ def push_cmd(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.failed else EXIT_OK
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every `finally` runs (a streamed run removes its
+    hidden staging folder; no temporary output file stays behind)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "grade" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # urllib3 logs every request line with its query (search values) at DEBUG: keep it out of our logs.
@@ -334,7 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cart-fhir: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        print("cart-fhir: error: interrupted: nothing written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cart-fhir: error: terminated (SIGTERM): nothing written", file=sys.stderr)
+        return 143
     return EXIT_FAILURE
 
 

@@ -97,13 +97,13 @@ class Engine:
 
     # ---- grading -----------------------------------------------------------------------------
 
-    def grade(self, items: Iterable[Item], strict: bool | None = None) -> RunResult:
+    def grade(self, items: Iterable[Item | BadInput], strict: bool | None = None) -> RunResult:
         """Grade every patient in the input. Strict mode (the engine's, unless given) raises InputErrors on
         any bad input."""
         with _no_cyclic_gc():
             return self._grade(items, self.strict if strict is None else strict)
 
-    def _grade(self, items: Iterable[Item], strict: bool) -> RunResult:
+    def _grade(self, items: Iterable[Item | BadInput], strict: bool) -> RunResult:
         report = RunReport()
         idx = build_index(items, report)
         extractor = Extractor(self.terminology, self.units, report)

@@ -123,23 +123,22 @@ class RunReport:
         return lines
 
     def coverage_warnings(self) -> list[str]:
-        """One line per input missing for most graded infusions: likely unmapped site codes, not a healthy
-        cohort (printed as `warning:` even with -q: a grade of 0 must not hide an unreadable input)."""
-        out = []
+        """One line naming each routinely charted input that most graded infusions lack: likely unmapped
+        site codes, not a healthy cohort (issue 13 item 1)."""
         total = self.infusions_graded
-        for name, n in self.missing_inputs.most_common():
-            if name not in self.coverage_routine:
-                continue
-            n += self.infusions_without_data
-            if total and n * 2 > total:
-                out.append(f"{name}: no usable reading in {self.coverage_window} for {n} of {total} graded "
-                           "infusions, so results that need it are not assessable or may be too low; if the "
-                           "input codes it with site codes, map them with --concept-map")
-        if total and self.infusions_without_data * 2 > total:
-            out.append(f"{self.infusions_without_data} of {total} graded infusions have no reading at all in "
-                       f"{self.coverage_window}; if the input codes them with site codes, map them with "
-                       "--concept-map")
-        return out
+        if not total:
+            return []
+        if self.infusions_without_data * 2 > total:
+            return [(f"{self.infusions_without_data} of {total} graded infusions have no reading at all in "
+                    f"{self.coverage_window}; if the input codes them with site codes, map them with --concept-map")]
+        lacking = [f"{name} ({n + self.infusions_without_data} of {total})"
+                   for name, n in self.missing_inputs.most_common()
+                   if name in self.coverage_routine and (n + self.infusions_without_data) * 2 > total]
+        if not lacking:
+            return []
+        return [(f"no usable reading in {self.coverage_window} for most graded infusions of: {', '.join(lacking)}; "
+                "results that need them are not assessable or may be too low; if the input codes them with site "
+                "codes, map them with --concept-map")]
 
 
 UNMAPPED_SHOWN_FROM = 10  # a few stray codes are normal; this many (and 5 % of the input) deserve a line

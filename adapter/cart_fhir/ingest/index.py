@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadInput, Location
@@ -31,7 +31,7 @@ def ref_key(ref: str) -> str:
     return ref
 
 
-_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 def _version(res: dict[str, Any]) -> tuple[datetime, int]:
@@ -45,7 +45,7 @@ def _version(res: dict[str, Any]) -> tuple[datetime, int]:
         try:
             when = datetime.fromisoformat(last)
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
         except ValueError:
             when = _NO_TIME
     try:
@@ -82,13 +82,16 @@ class InputIndex:
         return self.alias.get(ref) or ref_key(ref)
 
 
-def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
+def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputIndex:
     """First pass: keep the latest version of each resource; second: join clinical resources to patients."""
     idx = InputIndex()
     by_key, alias, ignored = idx.by_key, idx.alias, report.ignored  # hoisted: the loop runs per resource
     read = report.resources_read
     try:
         for item in items:
+            if item.__class__ is BadInput:  # a bad file, line or entry read_all went past (one pass)
+                report.error(item)  # type: ignore[arg-type]
+                continue
             read += 1
             res = item.resource
             rtype = res["resourceType"]

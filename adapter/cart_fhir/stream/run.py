@@ -115,8 +115,11 @@ def _stage_dir(job: StreamJob) -> Path:
     out = job.out_dir
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{job.out_dir}: output folder exists and is not empty")
-    anchor.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{anchor.name}.", dir=anchor.parent))
+    try:
+        anchor.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{anchor.name}.", dir=anchor.parent))
+    except OSError as exc:
+        raise ConfigError(f"{anchor}: cannot write: {exc.strerror or exc}") from exc
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published folder gets the usual permissions
