@@ -41,7 +41,7 @@ def test_grades_the_shipped_examples(tmp_path: Path) -> None:
                             for r in episodes)
     scores = [r for r in rows if r["toxicity"] == "car-hematotox"]
     assert len(scores) == 3 and all(set(r) >= {"patient", "score", "risk"} for r in scores)
-    assert "max grade" in p.stderr and "onset day" in p.stderr  # the summary table
+    assert "result" in p.stderr and "onset day" in p.stderr and "cohort: 3 patients" in p.stderr  # the table
 
 
 def test_stdout_when_no_output_file(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from .grading.registry import GRADERS, load_all
 from .ingest.read import read_all
 from .pipeline import Engine, PatientResult
 from .report import Issue, RunReport
-from .summary import episode_rows, render_table, table_rows
+from .summary import cohort_totals, episode_rows, render_table, table_rows
 
 log = logging.getLogger("cart_fhir")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--validate", action="store_true",
                    help="validate every emitted resource with the fhir.resources R4B models before writing")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
+    g.add_argument("--table", choices=("none", "brief", "full"), default="full",
+                   help="the summary table on stderr: every assessed toxicity per infusion (full, default), only "
+                        "grades >= 1 and results the data cannot decide (brief), or none; both end with cohort "
+                        "totals")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     g.add_argument("--registry-csv", metavar="FILE", help="write the registry summary: one row per infusion")
     big = g.add_argument_group("large NDJSON inputs (streamed: memory stays flat as input grows)")
@@ -214,7 +218,8 @@ def grade_command(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
-        print(render_table(table_rows(result)), file=sys.stderr)
+        if args.table != "none":
+            print(render_table(table_rows(result, args.table), cohort_totals(result)), file=sys.stderr)
         for line in result.report.summary_lines():
             print(line, file=sys.stderr)
         _print_issues(result.report.issues, len(result.report.issues), args.show_values)

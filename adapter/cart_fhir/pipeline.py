@@ -72,6 +72,10 @@ class RunResult:
     patients: list[PatientResult]
     report: RunReport
     tables: Tables  # what the results were graded with: the summaries read each toxicity's facts from it
+    # The toxicities the registered graders assess, in registry order (the terminal table gives each a row,
+    # "none" too), and per toxicity the coverage groups its graders read (a "none" says what it lacked).
+    toxicities: tuple[Toxicity, ...] = ()
+    needs: dict[Toxicity, frozenset[str]] = field(default_factory=dict)
 
 
 class Engine:
@@ -94,6 +98,11 @@ class Engine:
         self.strict = strict
         self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
         self.coverage = CoverageGate(self.tables, self.specs)
+        self.toxicities = tuple(dict.fromkeys(t for spec in self.specs for t in spec.toxicities))
+        self.needs = {tox: frozenset(n.name for n in self.coverage.needs
+                                     for spec in self.specs if tox in spec.toxicities and spec.name in n.graders
+                                     and spec.output != OutputKind.TREATMENTS)
+                      for tox in self.toxicities}
 
     # ---- grading -----------------------------------------------------------------------------
 
@@ -123,7 +132,7 @@ class Engine:
             report.ignored["Medication (not referenced)"] += len(medications) - used
         if strict and report.errors:
             raise InputErrors([i.bad_input() for i in report.errors])
-        return RunResult(results, report, self.tables)
+        return RunResult(results, report, self.tables, self.toxicities, self.needs)
 
     def grade_patient(self, data: PatientData, report: RunReport | None = None) -> PatientResult:
         """Pure: one patient's facts in, their courses with daily grades and episodes out."""

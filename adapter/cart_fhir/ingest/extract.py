@@ -60,7 +60,7 @@ class Extractor:
         birth = self._birth_date(res, pat.loc)
         pid = res.get("id") or pkey
         data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
-                           birth_date=birth, source=str(pat.loc))
+                           birth_date=birth, source=str(pat.loc), file=pat.item.file, label=_label(res))
         if isinstance(res.get("deceasedDateTime"), str):
             data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat, UTC)
         entries = idx.by_patient.get(pkey, [])
@@ -609,6 +609,13 @@ class Extractor:
                                              attrs, severity))
         if not row.verified:
             self.report.unverified_rows.add(f"{table}:{row.key}")
+
+
+def _label(patient: dict[str, Any]) -> str | None:
+    """The MRN (identifier.type v2-0203 MR), else the first identifier value: the terminal table's label."""
+    idents = [i for i in patient.get("identifier") or () if isinstance(i.get("value"), str) and i["value"]]
+    mrn = next((i["value"] for i in idents if any(c.get("code") == "MR" for c in codings(i.get("type")))), None)
+    return mrn or (idents[0]["value"] if idents else None)
 
 
 # HL7 v3 ObservationInterpretation codes for a qualitative result (POS positive, DET detected; NEG, ND).
