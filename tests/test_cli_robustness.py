@@ -41,6 +41,21 @@ def test_every_bad_file_is_reported_in_one_pass(tmp_path: Path) -> None:
     assert not (tmp_path / "out.json").exists()
 
 
+def test_streamed_run_reports_every_bad_file_and_line_too(tmp_path: Path) -> None:
+    write(tmp_path / "a.json", '{"resourceType": "Bundle", "type": "collection", "entry": [')
+    write(tmp_path / "b.json", {"resourceType": "Bundle", "type": "nope"})
+    (tmp_path / "c.ndjson").write_text('{"resourceType": "Patient", "id": "p2"}\nnot json\n{"id": "y"}\n')
+    write(tmp_path / "good.json", _patient())
+    p = cli("grade", str(tmp_path), "--out-dir", str(tmp_path / "out"), "-q")
+    assert p.returncode == 2
+    assert [line.split(": ", 3)[2].rsplit("/", 1)[-1] for line in p.stderr.splitlines()] == [
+        "c.ndjson", "c.ndjson", "a.json", "b.json"], p.stderr
+    assert not (tmp_path / "out").exists()
+    p = cli("grade", str(tmp_path), "--out-dir", str(tmp_path / "out"), "--skip-invalid")
+    assert p.returncode == 0 and p.stderr.count("warning: skipped: ") == 4, p.stderr
+    assert "4 invalid (skipped)" in p.stderr
+
+
 def test_errors_are_capped_with_the_total(tmp_path: Path) -> None:
     for i in range(MAX_ERROR_LINES + 5):
         write(tmp_path / f"bad{i:02d}.json", "[]")
@@ -132,8 +147,11 @@ def test_signal_during_a_streamed_run_removes_the_staging_folder(tmp_path: Path,
     _big_ndjson(inp)
     out = tmp_path / "out"
     cmd = [str(ENTRY_POINT)] if ENTRY_POINT.exists() else [sys.executable, "-m", "cart_fhir.cli"]
+    # A test run in the background inherits SIGINT ignored (as a shell sets it for background jobs): give the
+    # child the default disposition, as an interactive run has.
     proc = subprocess.Popen([*cmd, "grade", str(inp), "--out-dir", str(out), "--workers", "2", "-q"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     deadline = time.monotonic() + 60
     while not any(q.name.startswith(".out.") for q in tmp_path.iterdir()):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""

@@ -301,7 +301,7 @@ def _stream_command(args: argparse.Namespace) -> int:
         _print_issues(t.errors[:MAX_ERROR_LINES], t.errors_total, args.show_values)
         _print_issues(t.warnings[:MAX_ERROR_LINES], t.warnings_total, args.show_values)
         seconds = t.timings["total"]
-        print(f"issues: {t.errors_total} errors, {t.warnings_total} warnings; {seconds:.1f} s, "
+        print(f"issues: {t.errors_total} invalid (skipped), {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
         _print_coverage_warnings(t.report)
     if _coverage_failed(t.report, gate, required, None):

@@ -84,12 +84,12 @@ def _read(data: bytes, name: str, inband: bool) -> Iterator[Item | BadInput]:
     yield from _bundle_items(doc, name, None, inband)
 
 
-def read_bundle(doc: Any, name: str) -> Iterator[Item]:
-    """Items of a Bundle already parsed (the service's request body)."""
+def read_bundle(doc: Any, name: str, inband: bool = False) -> Iterator[Item]:
+    """Items of a Bundle already parsed (the service's request body); `inband` as in read_all."""
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         got = doc.get("resourceType") if isinstance(doc, dict) else type(doc).__name__
         raise BadInput(f"expected resourceType 'Bundle', got {got!r}", Location(name))
-    yield from _bundle_items(doc, name, None)
+    yield from _bundle_items(doc, name, None, inband)  # type: ignore[misc]
 
 
 def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:

@@ -19,6 +19,7 @@ import orjson
 from ..errors import BadInput, ConfigError, InputErrors
 from ..ingest.read import expand_paths
 from ..pipeline import BundleType
+from ..report import Issue
 from . import assemble
 from .partition import partition
 from .progress import Progress
@@ -88,6 +89,9 @@ def run_stream(job: StreamJob, recorded: datetime | None = None) -> Tally:
         results = _grade(job, part, parts, workers, recorded, bar)
         t2 = time.monotonic()
         t = tally(results, part)
+        if part.bad_total:  # NDJSON lines phase 1 could not parse: listed first, as the input has them
+            t.errors = [Issue("error", e.message, e.location) for e in part.bad_lines] + t.errors
+            t.errors_total += part.bad_total
         if job.strict and t.errors_total:
             raise InputErrors([i.bad_input() for i in t.errors], t.errors_total)
         _assemble(job, stage, parts, results)
