@@ -163,8 +163,9 @@ def test_signal_during_a_streamed_run_removes_the_staging_folder(tmp_path: Path,
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (130, 143), err
-    # The last line is ours; a worker process still starting up may print its own EOFError before it.
-    assert err.splitlines()[-1].startswith("cart-fhir: error: ") and "nothing written" in err
+    # Our one line; a worker process still starting up when the pool is torn down may print its own EOFError.
+    assert any(line.startswith("cart-fhir: error: ") and line.endswith("nothing written")
+               for line in err.splitlines()), err
     assert sorted(q.name for q in tmp_path.iterdir()) == ["in.ndjson"]  # no staging folder, no output
 
 

@@ -53,6 +53,7 @@ def test_unmapped_temperature_is_reported_per_infusion_and_in_the_run_report(eng
     lines = "\n".join(report.summary_lines())
     assert "inputs without a usable reading in days 0-14" in lines and "body-temperature 1" in lines
     assert f"{SITE}|TEMP-CORE 10" in lines and "--concept-map" in lines  # the unmapped codes, most common first
+    assert "Patient/p1 infusion 1: body-temperature" in lines  # per infusion (routinely charted inputs)
     (warning,) = report.coverage_warnings()  # labs ordered when indicated are reported, not warned about
     assert warning.startswith("no usable reading in days 0-14 for most graded infusions of: body-temperature (1 of 1);")
     assert "--concept-map" in warning

@@ -193,6 +193,8 @@ SHAPES = [
                  "MedicationAdministration.reasonReference must be a list", id="reason-reference-object"),
     pytest.param(_set(lambda b: b.drug("tocilizumab", 2, "08:00"), "medicationReference", "Medication/m1"),
                  "must be a CodeableConcept object", id="medication-cc-and-reference-string"),
+    pytest.param(lambda b: _set(lambda b2: b2.resources[0], "deceasedDateTime", ["2024-05-09"])(b),
+                 "Patient.deceasedDateTime must be a string, got a list", id="deceased-list"),
     pytest.param(lambda b: _set(lambda b2: b2.resources[0], "identifier", {"value": "MRN-1"})(b),
                  "Patient.identifier must be a list, got an object", id="patient-identifier-object"),
 ]

@@ -149,7 +149,8 @@ class Engine:
             report.coverage_window = self.coverage.window
             report.coverage_routine |= self.coverage.routine
             for course, gaps in zip(course_list, missing, strict=True):
-                report.record_coverage(gaps, self.coverage.missing_concepts(course) if gaps is not None else ())
+                report.record_coverage(gaps, self.coverage.missing_concepts(course) if gaps is not None else (),
+                                       f"{data.key} infusion {course.number}")
         return PatientResult(data, [self._grade_course(course, report) for course in course_list], missing)
 
     def _grade_course(self, course: Course, report: RunReport | None) -> CourseResult:

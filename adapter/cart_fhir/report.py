@@ -44,6 +44,7 @@ class RunReport:
     missing_concepts: Counter[str] = field(default_factory=Counter)  # the same per concept (--require)
     coverage_window: str = "days 0-14"
     coverage_routine: set[str] = field(default_factory=set)  # inputs charted for everyone: warned about
+    coverage_gaps: list[str] = field(default_factory=list)  # "Patient/x infusion N: a, b" (the first few)
     unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" of Observations not used
 
     def merge(self, other: RunReport) -> None:
@@ -64,11 +65,16 @@ class RunReport:
         self.unmapped_codes.update(other.unmapped_codes)
         self.coverage_window = other.coverage_window
         self.coverage_routine |= other.coverage_routine
+        self.coverage_gaps.extend(other.coverage_gaps[:max(0, GAPS_LISTED - len(self.coverage_gaps))])
 
-    def record_coverage(self, missing: tuple[str, ...] | None, concepts: tuple[str, ...] = ()) -> None:
-        """One graded infusion: the inputs (and concepts) it lacked in the window (None: no reading in the
-        window at all)."""
+    def record_coverage(self, missing: tuple[str, ...] | None, concepts: tuple[str, ...] = (),
+                        where: str = "") -> None:
+        """One graded infusion (`where`: "Patient/x infusion N"): the inputs (and concepts) it lacked in the
+        window (None: no reading in the window at all)."""
         self.infusions_graded += 1
+        routine = ["no reading at all"] if missing is None else [m for m in missing if m in self.coverage_routine]
+        if where and routine and len(self.coverage_gaps) < GAPS_LISTED:
+            self.coverage_gaps.append(f"{where}: {', '.join(routine)}")
         if missing is None:
             self.infusions_without_data += 1
         else:
@@ -112,6 +118,9 @@ class RunReport:
             gaps = ", ".join(f"{k} {v}" for k, v in self.missing_inputs.most_common())
             lines.append(f"inputs without a usable reading in {self.coverage_window} (graded infusions, of "
                          f"{self.infusions_graded}): {gaps}")
+        if self.coverage_gaps:
+            lines.append(f"  routinely charted inputs missing, per infusion (at most {GAPS_LISTED} listed): "
+                         + "; ".join(self.coverage_gaps))
         if self.infusions_without_data:
             lines.append(f"graded infusions with no reading at all in {self.coverage_window}: "
                          f"{self.infusions_without_data} of {self.infusions_graded}")
@@ -143,3 +152,4 @@ class RunReport:
 
 UNMAPPED_SHOWN_FROM = 10  # a few stray codes are normal; this many (and 5 % of the input) deserve a line
 UNMAPPED_LISTED = 5
+GAPS_LISTED = 10  # infusions named in the run report's coverage line (summary.json names every one)

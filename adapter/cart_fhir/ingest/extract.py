@@ -61,6 +61,7 @@ class Extractor:
         pid = res.get("id") or pkey
         data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
                            birth_date=birth, source=str(pat.loc), file=pat.item.file, label=_label(res))
+        shape.string(res.get("deceasedDateTime"), "Patient.deceasedDateTime", pat)
         if isinstance(res.get("deceasedDateTime"), str):
             data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat, UTC)
         entries = idx.by_patient.get(pkey, [])
@@ -187,6 +188,7 @@ class Extractor:
             target = ref["reference"]
             med: Any = None
             if target.startswith("#"):
+                shape.objects(res.get("contained"), f"{rtype}.contained", at)
                 med = next((c for c in res.get("contained") or [] if isinstance(c, dict)
                             and c.get("id") == target[1:]), None)
             else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -68,6 +70,10 @@ def init(concept_maps: list[tuple[str, dict[str, Any]]], recorded: datetime, out
     """Pool initializer: the Engine (tables, profile check) is built once per worker, not once per bucket."""
     global _engine, _recorded, _outputs, _maps
     _recorded, _outputs = recorded, outputs
+    if multiprocessing.parent_process() is not None:
+        # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and removes the
+        # staging folder; a worker printing its own KeyboardInterrupt traceback would only add noise.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isinstance(_engine, Engine) and _maps == concept_maps:
         return  # in-process runs (one worker) reuse the engine of an earlier run with the same ConceptMaps
     _maps = concept_maps
