@@ -106,6 +106,8 @@ def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
         start = client.http.round_trips
         for pid in ids:
             _grade_one(pid, reader, engine, writer, recorded, run)
+        produced = sum(len(g.resources) for g in run.groups)
+        run.result.report.resources_written = produced + 1 if produced else 0  # the engine Device once per run
         if run.write is not None and writer is not None:
             run.write.mode = writer.mode if writer.mode != "auto" else (
                 "transaction" if client.capabilities().transaction else "batch")
@@ -130,9 +132,9 @@ def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWr
         run.input_errors.append(exc)
         run.result.report.patients += 1
         return
+    device, groups = engine.resources_by_patient(result, recorded)  # counts the grades and resources produced
     run.result.report.merge(result.report)
     run.result.patients.extend(result.patients)
-    device, groups = engine.resources_by_patient(result, recorded)
     run.device = device
     run.groups.extend(groups)
     if writer is not None and run.write is not None:

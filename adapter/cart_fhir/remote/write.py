@@ -16,9 +16,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constants import ID_EPISODE, ID_GRADE
 from ..ingest.index import ref_key
+from ..output.ids import full_url
+from ..output.requests import BY_ID_TYPES, stable_id
 from ..output.resources import PatientResources, Written
-from .client import FhirClient
+from .changes import (
+    Kept,
+    business_key,
+    clinician_owned,
+    content_hash,
+    hash_tags,
+    retracted,
+    retraction,
+    summary,
+    version_of,
+    with_hash,
+)
+from .client import FhirClient, next_link, page_resources
 from .errors import ServerError, outcome_text, status_code
 from .locks import PatientLocks
 from .settings import CHUNK_SIZE, WriteMode
@@ -28,22 +43,39 @@ log = logging.getLogger(__name__)
 Mode = WriteMode
 # Issue codes (and statuses) that mean "this Bundle is too big for me": halve the chunk and try again.
 TOO_BIG_CODES = frozenset({"too-costly", "too-long"})
+CONFLICT_RETRIES = 3  # re-read and re-plan this often when another writer's version is newer (If-Match)
 
 
 @dataclass(slots=True)
 class PatientWrite:
+    """One patient's write, every count taken from the server's answers (or the read before the write)."""
+
     patient_key: str
     resources: int = 0
     created: int = 0
     updated: int = 0
+    unchanged: int = 0  # same content hash on the server: not written again
+    retracted: int = 0  # ours, no longer produced: entered-in-error (AdverseEvent: deleted)
+    kept: list[Kept] = field(default_factory=list)  # changed by a clinician: never overwritten or retracted
     requests: int = 0  # transaction or batch Bundles posted (retries not counted; see round_trips)
     round_trips: int = 0
+    conflicts: int = 0  # 412 on If-Match: another writer was first; re-read and re-planned
+    complete: bool = True  # False: no Provenance of this run on the server (--verify)
     error: str | None = None
     duplicates: list[str] = field(default_factory=list)  # "Observation identifier sys|val: Observation/1, ..."
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def stale(self) -> bool:
+        """--verify: something would be created, updated or retracted."""
+        return bool(self.created or self.updated or self.retracted)
+
+    def counts(self) -> str:
+        return (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+                f"{self.retracted} retracted, {len(self.kept)} kept as edited on the server")
 
 
 @dataclass(slots=True)
@@ -57,15 +89,23 @@ class WriteReport:
     def failed(self) -> list[PatientWrite]:
         return [p for p in self.patients if not p.ok]
 
+    def total(self, name: str) -> int:
+        return sum(len(getattr(p, name)) if name == "kept" else getattr(p, name) for p in self.patients)
+
     def lines(self) -> list[str]:
-        created = sum(p.created for p in self.patients)
-        updated = sum(p.updated for p in self.patients)
+        t = self.total
         out = [(f"write-back to {self.server}: {len(self.patients) - len(self.failed)} of {len(self.patients)} "
-                f"patients written ({created} created, {updated} updated) in {self.round_trips} round trips, "
-                f"{self.mode} mode")]
+                f"patients written ({t('created')} created, {t('updated')} updated, {t('unchanged')} unchanged, "
+                f"{t('retracted')} retracted, {t('kept')} kept as edited on the server, {len(self.failed)} failed) "
+                f"in {self.round_trips} round trips, {self.mode} mode")]
+        for p in self.patients:
+            out.extend(f"warning: {p.patient_key}: {k.line()}" for k in p.kept)
         for p in self.failed:
             out.append(f"error: {p.patient_key}: not (completely) written: {p.error}")
             out.extend(f"error: {p.patient_key}: duplicate on the server: {d}" for d in p.duplicates)
+        if self.failed:
+            out.append("error: patients not (completely) written, re-run to repair: "
+                       + ", ".join(p.patient_key for p in self.failed))
         return out
 
 
@@ -73,17 +113,36 @@ class WriteFailed(ServerError):
     """One patient's write stopped (the report says which); other patients go on."""
 
 
+class Conflict(ServerError):
+    """412 on an If-Match: another writer changed the resource since we read it; re-read and re-plan."""
+
+
+@dataclass(slots=True)
+class Op:
+    """One entry of a patient's write: PUT (create or update) or DELETE (a retracted AdverseEvent)."""
+
+    full_url: str
+    body: dict[str, Any] | None  # before reference rewriting (urn:uuid references to our own resources)
+    url: str  # conditional key, Type/stable-id or Type/server-id
+    method: str = "PUT"
+    if_match: str | None = None
+    existed: bool = False
+    retract: bool = False
+    label: str = ""  # the business key, for messages
+
+
 class ResultWriter:
     """Writes the engine Device once, then each patient's resources under that patient's lock."""
 
     def __init__(self, client: FhirClient, *, chunk_size: int = CHUNK_SIZE, mode: Mode = "auto",
-                 locks: PatientLocks | None = None) -> None:
+                 locks: PatientLocks | None = None, run: str | None = None) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.client = client
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size  # shrinks for the rest of the run when the server says "too big"
         self.mode = mode
         self.locks = locks or PatientLocks(client.base_url)
+        self.run = run or "(unnamed)"
         self._resolved: dict[str, str] = {}  # urn:uuid fullUrl -> "Type/id" on the server
 
     def write(self, device: Written, groups: list[PatientResources]) -> WriteReport:
@@ -96,28 +155,167 @@ class ResultWriter:
         report.round_trips = self.client.http.round_trips - start
         return report
 
-    def write_patient(self, device: Written, group: PatientResources) -> PatientWrite:
-        """One patient's resources, under that patient's lock; the engine Device first if not yet written."""
-        if device.full_url not in self._resolved:
-            self._write_device(device)
+    def write_patient(self, device: Written, group: PatientResources, *, dry_run: bool = False) -> PatientWrite:
+        """One patient's resources, under that patient's lock; the engine Device first if not yet written.
+        dry_run: read and plan only (the counts say what a write would do: --verify)."""
         pw = PatientWrite(group.patient_key, resources=len(group.resources))
         start = self.client.http.round_trips
-        with self.locks.hold(group.patient_key):
-            try:
-                if self._mode() == "batch":
-                    self._write_batches(group.resources, pw)
-                else:
-                    self._write_transactions(group.resources, pw)
-            except WriteFailed as exc:
-                pw.error = exc.message
-            except ServerError as exc:
-                if exc.status is None or exc.status in (401, 403):
-                    raise  # the server is gone or refuses us: no other patient would fare better
-                pw.error = exc.message
+        try:
+            if device.full_url not in self._resolved:
+                self._write_device(device, dry_run)
+            with self.locks.hold(group.patient_key):
+                for attempt in range(CONFLICT_RETRIES):
+                    try:
+                        self._write_once(group, pw, dry_run)
+                        break
+                    except Conflict as exc:
+                        pw.conflicts += 1
+                        log.info("%s: another writer changed a result meanwhile (%s): re-reading", group.patient_key,
+                                 exc.status)
+                        if attempt == CONFLICT_RETRIES - 1:
+                            raise WriteFailed("POST", exc.url, exc.status, outcome=exc.outcome,
+                                              detail="other writers kept changing this patient's results") from exc
+        except WriteFailed as exc:
+            pw.error = exc.message
+        except ServerError as exc:
+            if exc.status in (401, 403):
+                raise  # the server refuses us: no other patient would fare better
+            pw.error = exc.message  # failed after the retries: reported, the cohort goes on
         pw.round_trips = self.client.http.round_trips - start
-        log.debug("wrote %s: %d created, %d updated, %d round trips%s", group.patient_key, pw.created,
-                  pw.updated, pw.round_trips, "" if pw.ok else " (failed)")
+        log.debug("wrote %s: %s, %d round trips%s", group.patient_key, pw.counts(), pw.round_trips,
+                  "" if pw.ok else " (failed)")
         return pw
+
+    def _write_once(self, group: PatientResources, pw: PatientWrite, dry_run: bool) -> None:
+        pw.created = pw.updated = pw.unchanged = pw.retracted = 0  # a re-plan after a conflict starts over
+        pw.kept = []
+        ops = self._plan(group, self._existing(group, pw), pw)
+        if dry_run:
+            pw.created = sum(1 for o in ops if not o.existed)
+            pw.updated = sum(1 for o in ops if o.existed and not o.retract)
+            pw.retracted = sum(1 for o in ops if o.retract)
+            return
+        if not ops:
+            return
+        if self._mode() == "batch":
+            self._write_batches(ops, pw)
+        else:
+            self._write_transactions(ops, pw)
+        pw.complete = True
+
+    # ---- what is on the server, and what to do --------------------------------------------------
+
+    def _existing(self, group: PatientResources, pw: PatientWrite) -> dict[str, dict[str, Any]]:
+        """Our results for this patient on the server, by business key (one batch of searches)."""
+        if not group.patient_key.startswith("Patient/"):
+            return {}
+        queries = [f"Observation?subject={group.patient_key}&identifier={ID_GRADE}|",
+                   f"Condition?subject={group.patient_key}&identifier={ID_EPISODE}|",
+                   f"AdverseEvent?subject={group.patient_key}"]
+        queries += [w.condition for w in group.resources if w.condition.startswith("Provenance?")]
+        found: dict[str, dict[str, Any]] = {}
+        dupes: dict[str, list[str]] = {}
+        for res in self._search_all(queries):
+            key = business_key(res)
+            if key is None or not isinstance(res.get("id"), str):
+                continue
+            ref = f"{res['resourceType']}/{res['id']}"
+            if key in found and f"{found[key]['resourceType']}/{found[key]['id']}" != ref:
+                dupes.setdefault(key, [f"{found[key]['resourceType']}/{found[key]['id']}"]).append(ref)
+            found[key] = res
+        if dupes:
+            pw.duplicates = [f"{k.partition('?')[0]} {k.partition('?')[2].replace('=', ' ', 1)}: {', '.join(v)}"
+                             for k, v in dupes.items()]
+            raise WriteFailed("GET", self.client.base_url, 412, detail="a business identifier matches several "
+                              "resources on the server; nothing was written for this patient")
+        return found
+
+    def _search_all(self, queries: list[str]) -> list[dict[str, Any]]:
+        sep = "&" if self.client.page_size else ""
+        entries = [{"request": {"method": "GET", "url": f"{q}{sep}_count={self.client.page_size}"}} for q in queries]
+        out: list[dict[str, Any]] = []
+        try:
+            answer = self.client.bundle({"resourceType": "Bundle", "type": "batch", "entry": entries})
+            replies = answer.get("entry") or []
+            if len(replies) != len(queries):
+                raise ServerError("POST", self.client.base_url, 200, detail="batch of searches: wrong entry count")
+            for q, reply in zip(queries, replies, strict=True):
+                page = reply.get("resource") if isinstance(reply, dict) else None
+                if not str((reply.get("response") or {}).get("status", "")).startswith("2") or \
+                        not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+                    raise ServerError("POST", self.client.base_url, 200, detail=f"batch search {q.split('?')[0]}")
+                out.extend(page_resources(page))
+                nxt = next_link(page)
+                if nxt is not None:
+                    out.extend(self.client.pages(nxt, None))
+        except ServerError as exc:
+            if exc.status is None or exc.status in (401, 403) or (exc.status or 0) >= 500:
+                raise
+            log.info("no batch of searches (%s): searching one type at a time", exc.status)
+            out = []
+            for q in queries:
+                rtype, _, query = q.partition("?")
+                out.extend(self.client.pages(rtype, dict(p.split("=", 1) for p in query.split("&"))))
+        return out
+
+    def _plan(self, group: PatientResources, existing: dict[str, dict[str, Any]], pw: PatientWrite) -> list[Op]:
+        to_key = {v: k for k, v in self._resolved.items()}
+        for key, res in existing.items():
+            to_key[f"{res['resourceType']}/{res['id']}"] = _full_url_of(key)
+            self._resolved[_full_url_of(key)] = f"{res['resourceType']}/{res['id']}"
+        produced = {w.condition for w in group.resources}
+        writes: list[Op] = []
+        provenance: list[Op] = []
+        for w in _by_level(group.resources):
+            digest = content_hash(w.resource)
+            stored = existing.get(w.condition)
+            body = with_hash(w.resource, digest)
+            if stored is None:
+                writes.append(Op(w.full_url, body, self._url(w), label=w.condition))
+                self._resolved.pop(w.full_url, None)
+                continue
+            ref = f"{stored['resourceType']}/{stored['id']}"
+            if clinician_owned(stored, to_key):
+                if digest not in hash_tags(stored):
+                    pw.kept.append(Kept(ref, summary(stored), summary(w.resource)))
+                else:
+                    pw.kept.append(Kept(ref, summary(stored), "the same as before"))
+                continue
+            if digest in hash_tags(stored):
+                pw.unchanged += 1
+                continue
+            version = version_of(stored)
+            op = Op(w.full_url, body, ref, if_match=f'W/"{version}"' if version else None, existed=True,
+                    label=w.condition)
+            (provenance if w.condition.startswith("Provenance?") else writes).append(op)
+        for key, stored in existing.items():
+            if key in produced or key.startswith("Provenance?") or retracted(stored):
+                continue
+            ref = f"{stored['resourceType']}/{stored['id']}"
+            if clinician_owned(stored, to_key):
+                pw.kept.append(Kept(ref, summary(stored), "no such result any more (not retracted)"))
+                continue
+            version = version_of(stored)
+            void = retraction(stored, self.run)
+            if_match = f'W/"{version}"' if version else None
+            if void is None:
+                writes.append(Op(_full_url_of(key), None, ref, "DELETE", if_match, True, True, key))
+            else:
+                void = with_hash(void, content_hash(void, to_key))
+                writes.append(Op(_full_url_of(key), void, ref, "PUT", if_match, True, True, key))
+        # The Provenance records the run: written whenever anything else is (or it changed, or is missing).
+        prov = [w for w in group.resources if w.condition.startswith("Provenance?")]
+        if writes and prov and not provenance:
+            stored = existing.get(prov[0].condition)
+            if stored is not None:
+                version = version_of(stored)
+                pw.unchanged -= 1
+                provenance.append(Op(prov[0].full_url, with_hash(prov[0].resource, content_hash(prov[0].resource)),
+                                     f"Provenance/{stored['id']}", if_match=f'W/"{version}"' if version else None,
+                                     existed=True, label=prov[0].condition))
+        pw.complete = not prov or prov[0].condition in existing
+        tail = [o for o in writes if o.label.startswith("Provenance?")]
+        return [o for o in writes if o not in tail] + tail + provenance
 
     # ---- transactions ----------------------------------------------------------------------------
 
@@ -126,24 +324,43 @@ class ResultWriter:
             return self.mode
         return "transaction" if self.client.capabilities().transaction else "batch"
 
-    def _write_device(self, device: Written) -> None:
+    def _write_device(self, device: Written, dry_run: bool) -> None:
+        """The engine Device: read first, written only when missing or changed (a new version or table)."""
         pw = PatientWrite("Device")
-        if self._mode() == "batch":
-            self._write_batches([device], pw)
+        digest = content_hash(device.resource)
+        hits = list(self.client.search("Device", identifier=device.condition.partition("=")[2]))
+        if hits:
+            stored = hits[0]
+            self._resolved[device.full_url] = f"Device/{stored['id']}"
+            if digest in hash_tags(stored) or dry_run:
+                return
+            version = version_of(stored)
+            op = Op(device.full_url, with_hash(device.resource, digest), f"Device/{stored['id']}",
+                    if_match=f'W/"{version}"' if version else None, existed=True, label=device.condition)
+        elif dry_run:
+            raise WriteFailed("GET", self.client.base_url, None, detail="the engine Device is not on the server")
         else:
-            self._write_transactions([device], pw)
+            op = Op(device.full_url, with_hash(device.resource, digest), self._url(device), label=device.condition)
+        try:
+            if self._mode() == "batch":
+                self._write_batches([op], pw)
+            else:
+                self._write_transactions([op], pw)
+        except Conflict:  # another writer updated the Device meanwhile: theirs is as good as ours
+            return
 
-    def _write_transactions(self, resources: list[Written], pw: PatientWrite) -> None:
-        pending = _by_level(resources)
-        size = self.chunk_size
+    def _write_transactions(self, ops: list[Op], pw: PatientWrite) -> None:
+        pending = list(ops)
         while pending:
+            size = self.chunk_size
             chunk = pending[:size]
             try:
                 self._post_chunk(chunk, pw, "transaction")
             except ServerError as exc:
                 if _too_big(exc) and size > 1:
-                    size = max(1, size // 2)
-                    log.info("the server refused a %d-entry transaction as too big: chunks of %d", len(chunk), size)
+                    self.chunk_size = max(1, min(size, len(chunk)) // 2)
+                    log.info("the server refused a %d-entry transaction as too big (%s): chunks of %d for the "
+                             "rest of the run", len(chunk), outcome_text(exc.outcome) or exc.status, self.chunk_size)
                     continue
                 if _refuses_transactions(exc) and self.mode == "auto":
                     log.warning("the server refuses transactions (HTTP %s): writing batches instead", exc.status)
@@ -153,15 +370,17 @@ class ResultWriter:
                 raise
             pending = pending[len(chunk):]
 
-    def _post_chunk(self, chunk: list[Written], pw: PatientWrite, kind: str) -> None:
-        local = {w.full_url for w in chunk} if kind == "transaction" else set()
-        entries = [self._entry(w, local) for w in chunk]
+    def _post_chunk(self, chunk: list[Op], pw: PatientWrite, kind: str) -> None:
+        local = {o.full_url for o in chunk if o.method == "PUT"} if kind == "transaction" else set()
+        entries = [self._entry(o, local) for o in chunk]
         pw.requests += 1
         try:
             answer = self.client.bundle({"resourceType": "Bundle", "type": kind, "entry": entries})
         except ServerError as exc:
+            if _version_conflict(exc.status, exc.outcome, chunk):
+                raise Conflict("POST", exc.url, exc.status, outcome=exc.outcome) from exc
             if _multiple_matches(exc.status, exc.outcome):
-                pw.duplicates = self._duplicates(chunk)
+                pw.duplicates = self._duplicates([o for o in chunk if "?" in o.url])
                 raise WriteFailed("POST", exc.url, exc.status, outcome=exc.outcome,
                                   detail="a business identifier matches several resources on the server; "
                                          "nothing of this transaction was written") from exc
@@ -171,55 +390,72 @@ class ResultWriter:
             raise WriteFailed("POST", self.client.base_url, 200,
                               detail=f"a {kind} of {len(chunk)} entries answered with {len(replies)} entries")
         failures = []
-        for w, reply in zip(chunk, replies, strict=True):
+        for o, reply in zip(chunk, replies, strict=True):
             resp = reply.get("response") or {}
             status = str(resp.get("status", "")).split(" ")[0]
             if not status.startswith("2"):
-                failures.append((w, status, resp.get("outcome")))
+                failures.append((o, status, resp.get("outcome")))
+                continue
+            if o.method == "DELETE":
+                self._resolved.pop(o.full_url, None)
+                pw.retracted += 1
                 continue
             location = resp.get("location") or _location_of(reply.get("resource"))
             if not isinstance(location, str):
                 raise WriteFailed("POST", self.client.base_url, 200,
-                                  detail=f"{w.condition}: the server answered {status} without a location")
-            self._resolved[w.full_url] = ref_key(location)
-            if status == "201":
+                                  detail=f"{o.label}: the server answered {status} without a location")
+            self._resolved[o.full_url] = ref_key(location)
+            if o.retract:
+                pw.retracted += 1
+            elif _created(status, o.existed, _version(resp, location)):
                 pw.created += 1
             else:
                 pw.updated += 1
         if failures:
-            if any(_multiple_matches(status_code(s), o) for _, s, o in failures):
-                pw.duplicates = self._duplicates([w for w, s, _ in failures if s == "412"] or chunk)
+            if any(_version_conflict(status_code(s), oc, [o]) for o, s, oc in failures):
+                raise Conflict("POST", self.client.base_url, 412, outcome=failures[0][2])
+            if any(_multiple_matches(status_code(s), oc) for _, s, oc in failures):
+                pw.duplicates = self._duplicates([o for o, s, _ in failures if s == "412"] or chunk)
             first = failures[0]
             raise WriteFailed("POST", self.client.base_url, status_code(first[1]), outcome=first[2],
                               detail=f"{len(failures)} of {len(chunk)} {kind} entries refused, first "
-                                     f"{first[0].condition}: HTTP {first[1]}")
+                                     f"{first[0].label}: HTTP {first[1]}")
 
-    def _write_batches(self, resources: list[Written], pw: PatientWrite) -> None:
+    def _write_batches(self, ops: list[Op], pw: PatientWrite) -> None:
         """No transactions: one batch per reference level, so every reference points at a written resource."""
-        for level in _levels(resources):
+        for level in _op_levels(ops):
             for i in range(0, len(level), self.chunk_size):
                 self._post_chunk(level[i:i + self.chunk_size], pw, "batch")
 
-    def _entry(self, w: Written, local: set[str]) -> dict[str, Any]:
-        resource = _rewrite(w.resource, self._resolved, local)
-        url = self._url(w)
-        if "?" not in url:  # an update by id: the body's id must match the URL's (FHIR R4 update)
-            resource["id"] = url.split("/", 1)[1]
-        return {"fullUrl": w.full_url, "resource": resource, "request": {"method": "PUT", "url": url}}
+    def _entry(self, o: Op, local: set[str]) -> dict[str, Any]:
+        request: dict[str, Any] = {"method": o.method, "url": o.url}
+        if o.if_match:
+            request["ifMatch"] = o.if_match
+        if o.body is None:
+            return {"request": request}
+        resource = _rewrite(o.body, self._resolved, local)
+        if "?" not in o.url:  # an update by id: the body's id must match the URL's (FHIR R4 update)
+            resource["id"] = o.url.split("/", 1)[1]
+        if isinstance(resource.get("meta"), dict):
+            resource["meta"] = {k: v for k, v in resource["meta"].items() if k not in ("versionId", "lastUpdated")}
+        return {"fullUrl": o.full_url, "resource": resource, "request": request}
 
     def _url(self, w: Written) -> str:
-        """The conditional update URL; a server that cannot search that key gets a PUT by a stable id."""
+        """The conditional update URL; a type R4 cannot search by identifier (output/requests.py), or a server
+        that cannot search that key, gets a PUT by a stable id."""
         rtype, _, query = w.condition.partition("?")
-        param, _, key = query.partition("=")
-        if self.client.capabilities().searchable(rtype, param):
+        param = query.partition("=")[0]
+        if rtype not in BY_ID_TYPES and self.client.capabilities().searchable(rtype, param):
             return w.condition
-        return f"{rtype}/cart-{key.rpartition('|')[2]}"
+        return f"{rtype}/{stable_id(w)}"
 
-    def _duplicates(self, chunk: list[Written]) -> list[str]:
+    def _duplicates(self, chunk: list[Op]) -> list[str]:
         """Which identifiers of the chunk match more than one resource (one search per resource type)."""
         by_type: dict[tuple[str, str], list[str]] = {}
-        for w in chunk:
-            rtype, _, query = w.condition.partition("?")
+        for o in chunk:
+            if "?" not in o.label:
+                continue
+            rtype, _, query = o.label.partition("?")
             param, _, key = query.partition("=")
             by_type.setdefault((rtype, param), []).append(key)
         out = []
@@ -236,6 +472,18 @@ class ResultWriter:
                 continue
             out.extend(f"{rtype} {param} {k}: {', '.join(ids)}" for k, ids in seen.items() if len(ids) > 1)
         return out
+
+
+def _full_url_of(key: str) -> str:
+    """The fullUrl output/resources.py gives the resource with this business key."""
+    return full_url(*key.partition("=")[2].split("|", 1))
+
+
+def _op_levels(ops: list[Op]) -> list[list[Op]]:
+    """Ops grouped by reference depth among themselves (batches: referenced resources first)."""
+    as_written = [Written(o.full_url, o.body or {}, o.label) for o in ops]
+    by_url = {o.full_url: o for o in ops}
+    return [[by_url[w.full_url] for w in level] for level in _levels(as_written)]
 
 
 def _by_level(resources: list[Written]) -> list[Written]:
@@ -294,6 +542,24 @@ def _rewrite(obj: Any, resolved: dict[str, str], local: set[str]) -> Any:
     return obj
 
 
+def _created(status: str, existed: bool, version: str | None) -> bool:
+    """201, or 200 to a resource the read did not find: servers answer 200 to an update-as-create by id
+    (Medplum) -- unless a numeric version above 1 says another writer created it first."""
+    if status == "201":
+        return True
+    if existed:
+        return False
+    return not (version is not None and version.isdigit() and version != "1")
+
+
+def _version(resp: dict[str, Any], location: str) -> str | None:
+    """The version the server gave: ETag W/"n", else the location's _history/n; None when it says neither."""
+    etag = resp.get("etag")
+    if isinstance(etag, str) and '"' in etag:
+        return etag.split('"')[1]
+    return location.split("/_history/")[1].strip("/") if "/_history/" in location else None
+
+
 def _location_of(resource: Any) -> str | None:
     if isinstance(resource, dict) and resource.get("id"):
         return f"{resource.get('resourceType')}/{resource['id']}"
@@ -320,6 +586,11 @@ def _multiple_matches(status: int | None, outcome: Any) -> bool:
         return True
     text = outcome_text(outcome).lower()
     return status in (400, 409, 422) and "multiple" in text and "match" in text
+
+
+def _version_conflict(status: int | None, outcome: Any, chunk: list[Op]) -> bool:
+    """412 that is not "multiple matches", on a Bundle with If-Match entries: a newer version exists."""
+    return status == 412 and any(o.if_match for o in chunk) and not _has_code(outcome, "multiple-matches")
 
 
 def _too_big(exc: ServerError) -> bool:

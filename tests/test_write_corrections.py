@@ -1,0 +1,148 @@
+"""Issue 14 against the real FHIR test server: idempotent transaction files, no-op writes, corrections,
+clinician authority, server limits, failure isolation. Each test reproduces a finding of the issue first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import requests
+from cart_fhir.cli import main
+from test_remote_integration import counts, crs_patient, grade, seed
+
+
+def _post(fhir: Any, bundle: dict[str, Any]) -> requests.Response:
+    return requests.post(fhir.base_url, json=bundle, timeout=60, headers={"Content-Type": "application/fhir+json"})
+
+
+def test_transaction_file_posted_twice_creates_nothing_the_second_time(fhir, tmp_path):
+    """Seen: AdverseEvent entries were `PUT AdverseEvent?identifier=`, a search R4 does not define: the strict
+    server answered 400 (a lenient one created them again on every post, 5 -> 10)."""
+    b = crs_patient("p1")
+    src = tmp_path / "in.json"
+    src.write_bytes(orjson.dumps(b.bundle()))
+    out = tmp_path / "out.json"
+    assert main(["grade", str(src), "-o", str(out), "--bundle-type", "transaction", "-q"]) == 0
+    bundle = orjson.loads(out.read_bytes())
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert not any(u.startswith("AdverseEvent?") for u in urls)
+    assert all(e["resource"]["id"] == e["request"]["url"].split("/")[1]
+               for e in bundle["entry"] if e["resource"]["resourceType"] == "AdverseEvent")
+    seed(fhir, b)
+    first = _post(fhir, bundle)
+    assert first.status_code == 200, first.text[:500]
+    after_one = counts(fhir)
+    assert after_one["AdverseEvent"] >= 1
+    second = _post(fhir, bundle)
+    assert second.status_code == 200, second.text[:500]
+    assert counts(fhir) == after_one
+    assert {e["response"]["status"] for e in second.json()["entry"]} == {"200"}
+
+
+def _history(fhir: Any, ref: str) -> int:
+    reply = requests.get(f"{fhir.base_url}/{ref}/_history", headers={"Accept": "application/fhir+json"}, timeout=30)
+    reply.raise_for_status()
+    return len(reply.json().get("entry", []))
+
+
+def _all(fhir: Any, rtype: str) -> list[dict[str, Any]]:
+    reply = requests.get(f"{fhir.base_url}/{rtype}", params={"_count": 1000},
+                         headers={"Accept": "application/fhir+json"}, timeout=30)
+    reply.raise_for_status()
+    return [e["resource"] for e in reply.json().get("entry", [])]
+
+
+def _written_line(err: str) -> str:
+    return next(line for line in err.splitlines() if "write-back to" in line)
+
+
+def test_five_identical_reruns_leave_one_version_per_resource(fhir, capsys):
+    """Seen: every write stored a new version (5 versions after 5 identical writes)."""
+    seed(fhir, crs_patient("p1"))
+    for _ in range(5):
+        assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "write-back to" in line]
+    ours = [r for t in ("Observation", "Condition", "AdverseEvent", "Provenance", "Device") for r in _all(fhir, t)
+            if t != "Observation" or r.get("code", {}).get("coding", [{}])[0].get("system", "").startswith(
+                "https://cart-fhir.org")]
+    n = len(ours) - 1  # the Device is not a patient's resource
+    assert f"({n} created, 0 updated, 0 unchanged, 0 retracted" in lines[0]
+    assert all(f"(0 created, 0 updated, {n} unchanged, 0 retracted, 0 kept as edited on the server, 0 failed)"
+               in line for line in lines[1:]), lines
+    assert {_history(fhir, f"{r['resourceType']}/{r['id']}") for r in ours} == {1}
+    # honest run report on --server runs (issue 13 item 3: it said "0 daily grades, 0 resources")
+    assert "written: 4 daily grades" in err and f"{n + 1} resources in all" in err
+
+
+def _live(fhir: Any, rtype: str) -> list[dict[str, Any]]:
+    """Our results not retracted: Observation/Condition not entered-in-error (AdverseEvents are deleted)."""
+    out = []
+    for r in _all(fhir, rtype):
+        if rtype == "Observation" and (r.get("status") == "entered-in-error" or not any(
+                i.get("system", "").startswith("https://cart-fhir.org") for i in r.get("identifier", []))):
+            continue
+        if rtype == "Condition" and r["verificationStatus"]["coding"][0]["code"] == "entered-in-error":
+            continue
+        out.append(r)
+    return out
+
+
+def test_a_moved_infusion_leaves_one_episode_per_toxicity(fhir, capsys):
+    """Seen: moving the infusion by one day left the old CRS Condition and AdverseEvent beside the new ones."""
+    b = crs_patient("p1")
+    seed(fhir, b)
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    assert len(_live(fhir, "Condition")) == 1 and fhir.count("AdverseEvent") == 1
+    infusion = next(r for r in b.resources if r["resourceType"] == "MedicationAdministration")
+    moved = {**infusion, "id": f"p1-{infusion['id']}", "effectiveDateTime": b.at(-1, "10:00")}
+    fhir.load({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": moved, "request": {"method": "PUT", "url": f"MedicationAdministration/{moved['id']}"}}]})
+    capsys.readouterr()
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    line = _written_line(capsys.readouterr().err)
+    assert " retracted" in line and ", 0 retracted" not in line, line
+    conditions = _live(fhir, "Condition")
+    assert len(conditions) == 1 and fhir.count("AdverseEvent") == 1
+    gone = [c for c in _all(fhir, "Condition") if c not in conditions]
+    assert gone and all("Retracted by cart-fhir grading run" in c["note"][-1]["text"] and "clinicalStatus" not in c
+                        for c in gone)
+    # the daily grades of the old day numbering are entered-in-error, the new ones are live
+    daily = [r for r in _all(fhir, "Observation") if r.get("identifier", [{}])[0].get("system", "").endswith(
+        "grade-assessment")]
+    assert {r["status"] for r in daily} == {"preliminary", "entered-in-error"}
+    # and a re-run changes nothing more
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    assert "(0 created, 0 updated" in _written_line(capsys.readouterr().err)
+
+
+def test_an_episode_disappearing_is_retracted(fhir):
+    """New data that remove an episode: its Condition is entered-in-error, its AdverseEvent deleted."""
+    seed(fhir, crs_patient("p1"))
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    assert len(_live(fhir, "Condition")) == 1
+    # the fevers were mis-entered: corrected to normal temperatures (same resource ids)
+    fixed = crs_patient("p1", fever=36.9)
+    for r in fixed.resources:
+        if r["resourceType"] == "Observation" and r.get("valueQuantity", {}).get("value", 0) >= 38:
+            r["valueQuantity"]["value"] = 36.9
+    seed(fhir, fixed)
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    assert _live(fhir, "Condition") == [] and fhir.count("AdverseEvent") == 0
+
+
+def test_a_lowered_daily_grade_updates_in_place_and_keeps_one_episode(fhir):
+    b = crs_patient("p1")
+    seed(fhir, b)
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    before = {r["id"]: r.get("valueInteger", -1) for r in _live(fhir, "Observation")}
+    lowered = crs_patient("p1")
+    for r in lowered.resources:  # day 2's hypotension was a typo: 85 -> 125 mmHg
+        for c in r.get("component", []):
+            if c.get("valueQuantity", {}).get("value") == 85:
+                c["valueQuantity"]["value"] = 125
+    seed(fhir, lowered)
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    after = {r["id"]: r.get("valueInteger", -1) for r in _live(fhir, "Observation")}
+    assert after.keys() == before.keys() and after != before and max(after.values()) < max(before.values())
+    assert len(_live(fhir, "Condition")) == 1 and fhir.count("AdverseEvent") == 1
