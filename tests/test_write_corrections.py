@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import requests
 from cart_fhir.cli import main
+from fhirbuild import PatientBuilder
 from test_remote_integration import counts, crs_patient, grade, seed
 
 
@@ -146,3 +147,64 @@ def test_a_lowered_daily_grade_updates_in_place_and_keeps_one_episode(fhir):
     after = {r["id"]: r.get("valueInteger", -1) for r in _live(fhir, "Observation")}
     assert after.keys() == before.keys() and after != before and max(after.values()) < max(before.values())
     assert len(_live(fhir, "Condition")) == 1 and fhir.count("AdverseEvent") == 1
+
+
+def test_medplum_strict_isolation_limit_is_learnt_at_default_settings(fhir, capsys):
+    """Seen: Medplum refuses transactions of more than 8 entries when one is conditional (400 invalid
+    "Transaction requires strict isolation but has too many entries"): default settings wrote nothing."""
+    seed(fhir, crs_patient("p1", extra_days=10), crs_patient("p2", extra_days=10))
+    fhir.configure(medplum_limits=True)
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--patient", "p2", "--write-back",
+                 "-v"]) == 0
+    capsys.readouterr()
+    assert fhir.count("Provenance") == 2
+    # first patient's transaction (~20 entries) refused, then 10 refused, then 5 works; the second patient
+    # starts at 5: the working size is remembered for the run
+    assert fhir.stats()["by_status"].get("400", 0) == 2
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--patient", "p2", "--write-back"]) == 0
+    assert "0 created, 0 updated" in _written_line(capsys.readouterr().err)
+
+
+def test_chunk_size_from_the_environment(fhir, monkeypatch):
+    seed(fhir, crs_patient("p1"))
+    fhir.configure(medplum_limits=True)
+    monkeypatch.setenv("CART_FHIR_CHUNK_SIZE", "8")
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    assert fhir.stats()["by_status"].get("400", 0) == 0  # never refused: 8 entries from the start
+
+
+def test_a_clinician_edit_survives_a_rerun(fhir, capsys):
+    """A Condition a clinician confirmed and regraded is never overwritten; the run report shows ours beside."""
+    b = crs_patient("p1")
+    seed(fhir, b)
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    cond = _live(fhir, "Condition")[0]
+    cond["verificationStatus"]["coding"][0]["code"] = "confirmed"
+    cond["stage"][0]["summary"]["coding"] = [{"system": "https://cart-fhir.org/fhir/CodeSystem/toxicity-grade",
+                                              "code": "3"}]
+    reply = requests.put(f"{fhir.base_url}/Condition/{cond['id']}", json=cond, timeout=30,
+                         headers={"Content-Type": "application/fhir+json"})
+    assert reply.status_code == 200, reply.text
+    b2 = PatientBuilder("p1")
+    b2._n = iter(range(900, 1000))
+    b2.resources = []
+    b2.pressor("norepinephrine", 2, "09:30", 2, "20:00")  # new data: cart-fhir now computes grade 3
+    seed(fhir, b2)
+    capsys.readouterr()
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    err = capsys.readouterr().err
+    assert f"Condition/{cond['id']}: changed on the server by someone else, kept" in err
+    after = requests.get(f"{fhir.base_url}/Condition/{cond['id']}", timeout=30).json()
+    assert after["verificationStatus"]["coding"][0]["code"] == "confirmed"
+    assert after["meta"]["versionId"] == reply.json()["meta"]["versionId"]
+
+
+def test_locks_are_keyed_by_the_normalised_server_url(tmp_path):
+    """Seen: a trailing slash or upper case in the URL gave a second lock for the same server."""
+    from cart_fhir.remote.locks import PatientLocks
+
+    names = {PatientLocks(u, tmp_path)._name("Patient/p1") for u in (
+        "https://FHIR.example.org/r4", "https://fhir.example.org/r4/", "https://fhir.example.org:443/r4",
+        "HTTPS://fhir.example.org/r4")}
+    assert len(names) == 1
+    assert PatientLocks("https://fhir.example.org/R5", tmp_path)._name("Patient/p1") not in names

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 Mode = WriteMode
 # Issue codes (and statuses) that mean "this Bundle is too big for me": halve the chunk and try again.
 TOO_BIG_CODES = frozenset({"too-costly", "too-long"})
+# Limit texts answered with a plain 400 `invalid`: Medplum 5.x batch.ts (any conditional entry and more than 8
+# entries; more than 50 updates), HAPI BaseTransactionProcessor (HAPI-0528, normally a 413).
+TOO_BIG_TEXTS = ("requires strict isolation but has too many entries", "more update operations than allowed",
+                 "transaction bundle too large")
 CONFLICT_RETRIES = 3  # re-read and re-plan this often when another writer's version is newer (If-Match)
 
 
@@ -594,7 +598,12 @@ def _version_conflict(status: int | None, outcome: Any, chunk: list[Op]) -> bool
 
 
 def _too_big(exc: ServerError) -> bool:
-    return exc.status == 413 or (exc.status in (400, 422) and any(_has_code(exc.outcome, c) for c in TOO_BIG_CODES))
+    """413 (HAPI: HAPI-0528 "Transaction Bundle Too large", PayloadTooLargeException), a too-costly/too-long
+    issue, or the texts servers use for their limits with a plain 400 (README "Server limits")."""
+    if exc.status == 413 or (exc.status in (400, 422) and any(_has_code(exc.outcome, c) for c in TOO_BIG_CODES)):
+        return True
+    text = outcome_text(exc.outcome).lower()
+    return exc.status in (400, 422) and any(t in text for t in TOO_BIG_TEXTS)
 
 
 def _refuses_transactions(exc: ServerError) -> bool:
