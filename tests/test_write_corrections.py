@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import requests
-from cart_fhir.cli import main
 from fhirbuild import PatientBuilder
 from test_remote_integration import counts, crs_patient, grade, seed
+from test_service_operations import _seed
+
+from cart_fhir.cli import main
 
 
 def _post(fhir: Any, bundle: dict[str, Any]) -> requests.Response:
@@ -208,3 +211,135 @@ def test_locks_are_keyed_by_the_normalised_server_url(tmp_path):
         "HTTPS://fhir.example.org/r4")}
     assert len(names) == 1
     assert PatientLocks("https://fhir.example.org/R5", tmp_path)._name("Patient/p1") not in names
+
+
+def test_a_patient_whose_write_fails_is_skipped_and_the_cohort_goes_on(fhir, capsys):
+    """Seen: pausing the server mid-run stopped the whole cohort at one error."""
+    seed(fhir, crs_patient("p1"), crs_patient("p2"), crs_patient("p3"))
+    # POSTs: Device, p1 read, p1 transaction, p2 read (fails on both attempts), p3 read, p3 transaction
+    fhir.fault(status=503, times=2, method="POST", path="", after=3)
+    assert grade(fhir, "--patient", "p1", "--patient", "p2", "--patient", "p3", "--write-back",
+                 "--retries", "2") == 1
+    err = capsys.readouterr().err
+    assert "re-run to repair: Patient/p2" in err and "Patient/p1" not in err.split("re-run to repair")[1]
+    assert fhir.count("Provenance") == 2
+    assert grade(fhir, "--patient", "p1", "--patient", "p2", "--patient", "p3", "--write-back") == 0
+    assert fhir.count("Provenance") == 3
+
+
+def test_a_patient_whose_read_fails_is_skipped_and_the_cohort_goes_on(fhir, capsys):
+    seed(fhir, crs_patient("p1"), crs_patient("p2"), crs_patient("p3"))
+    fhir.fault(status=503, times=2, method="GET", path="Patient", after=1)  # p2's $everything, both attempts
+    assert grade(fhir, "--patient", "p1", "--patient", "p2", "--patient", "p3", "--write-back",
+                 "--retries", "2") == 1
+    err = capsys.readouterr().err
+    assert "patients not graded (the server failed after the retries), re-run: Patient/p2" in err
+    assert fhir.count("Provenance") == 2
+
+
+def test_verify_lists_incomplete_and_stale_patients_and_a_rerun_repairs_them(fhir, capsys):
+    seed(fhir, crs_patient("p1"), crs_patient("p2"))
+    both = ("--patient", "p1", "--patient", "p2")
+    assert grade(fhir, *both, "--verify") == 1  # nothing written yet: both incomplete
+    assert "verify: 0 of 2 patients complete and current" in capsys.readouterr().err
+    assert grade(fhir, *both, "--write-back") == 0
+    writes = fhir.stats()["by_method"].get("POST", 0)
+    assert main(["grade", "--server", fhir.base_url, *both, "--verify"]) == 0
+    assert "verify: 2 of 2 patients complete and current" in capsys.readouterr().err
+    prov = _all(fhir, "Provenance")
+    requests.delete(f"{fhir.base_url}/Provenance/{prov[0]['id']}", timeout=30).raise_for_status()
+    b2 = PatientBuilder("p2")
+    b2._n = iter(range(900, 1000))
+    b2.resources = []
+    b2.pressor("norepinephrine", 2, "09:30", 2, "20:00")
+    seed(fhir, b2)  # new data for p2: its results are stale
+    before = fhir.stats()["by_method"].get("POST", 0)
+    assert grade(fhir, *both, "--verify") == 1
+    err = capsys.readouterr().err
+    assert "incomplete: no Provenance of this run" in err and "Patient/p2: stale" in err
+    assert fhir.stats()["by_method"].get("POST", 0) - before == 2 > 0 < writes  # reads only (batch searches)
+    assert grade(fhir, *both, "--write-back") == 0
+    assert grade(fhir, *both, "--verify") == 0
+
+
+def test_two_writers_racing_on_one_patient(fhir, engine, tmp_path):
+    """Two hosts (separate lock folders) write one patient at once: the second's If-Match fails, it re-reads
+    and re-plans; nothing is duplicated or lost."""
+    from datetime import UTC, datetime
+
+    from cart_fhir.remote.client import FhirClient
+    from cart_fhir.remote.http import FhirHttp
+    from cart_fhir.remote.locks import PatientLocks
+    from cart_fhir.remote.read import PatientReader
+    from cart_fhir.remote.write import ResultWriter
+
+    seed(fhir, crs_patient("p1"))
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    first = counts(fhir)
+    b2 = PatientBuilder("p1")
+    b2._n = iter(range(900, 1000))
+    b2.resources = []
+    b2.pressor("norepinephrine", 2, "09:30", 2, "20:00")
+    seed(fhir, b2)
+
+    def writer(host: str) -> ResultWriter:
+        return ResultWriter(FhirClient(FhirHttp(fhir.base_url)), locks=PatientLocks(fhir.base_url, tmp_path / host))
+
+    a, b = writer("a"), writer("b")
+    result = engine.grade(PatientReader(a.client, engine.terminology).patient("p1"))
+    device, groups = engine.resources_by_patient(result, datetime.now(UTC).replace(microsecond=0))
+    read_once = a._existing
+
+    def read_then_race(group, pw):
+        found = read_once(group, pw)
+        if not pw.conflicts:
+            won = b.write_patient(device, group)  # the other host writes between our read and our write
+            assert won.ok and won.updated > 0
+        return found
+
+    a._existing = read_then_race  # type: ignore[method-assign]
+    lost = a.write_patient(device, groups[0])
+    assert lost.ok and lost.conflicts == 1 and lost.updated == 0 and lost.created == 0
+    assert lost.unchanged == len(groups[0].resources)
+    assert counts(fhir) == first
+
+
+@pytest.fixture
+def service_app(engine, fhir):
+    from cart_fhir.remote.settings import load_settings
+    from cart_fhir.service import create_app
+
+    server = load_settings({"base_url": fhir.base_url, "retries": 2}, None, {})
+    return create_app({"testing": True, "auth": False, "server": server, "tables": engine.tables})
+
+
+def test_service_write_back_counts_what_happened(service_app, fhir):
+    """Seen: the service reported 44 daily grades for a 22-day patient (the resources were built twice)."""
+    _seed(fhir)
+    client = service_app.test_client()
+
+    def texts() -> list[str]:
+        resp = client.post("/fhir/Patient/p1/$grade-toxicity?writeBack=true")
+        assert resp.status_code == 200
+        return [i["details"]["text"] for i in resp.get_json(force=True)["entry"][-1]["resource"]["issue"]]
+
+    first = texts()
+    n = sum(fhir.count(t) for t in ("Observation", "Condition", "AdverseEvent", "Provenance")) - 3  # 3 seeded obs
+    assert any(f"{n} created, 0 updated, 0 unchanged, 0 retracted" in t for t in first), first
+    assert "written: 2 daily grades, " in " ".join(first)
+    again = texts()
+    assert any(f"0 created, 0 updated, {n} unchanged, 0 retracted" in t for t in again), again
+    assert "written: 2 daily grades, " in " ".join(again)
+
+
+def test_push_counts_what_happened(fhir, tmp_path, capsys):
+    seed(fhir, crs_patient("p1"))
+    out = tmp_path / "out.json"
+    assert grade(fhir, "--patient", "p1", "-o", str(out), "--bundle-type", "transaction") == 0
+    assert main(["push", str(out), "--server", fhir.base_url]) == 0
+    first = _written_line(capsys.readouterr().err)
+    assert main(["push", str(out), "--server", fhir.base_url]) == 0
+    again = _written_line(capsys.readouterr().err)
+    n = int(first.split("(")[1].split(" created")[0])
+    assert n > 0 and f"({n} created, 0 updated, 0 unchanged" in first
+    assert f"(0 created, 0 updated, {n} unchanged, 0 retracted" in again

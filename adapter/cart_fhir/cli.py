@@ -161,7 +161,7 @@ def grade_command(args: argparse.Namespace) -> int:
         _write_atomic(args.summary_json, summary)
     if args.output:
         _write_atomic(args.output, payload)
-    elif not args.write_back:  # written back: the results are on the server, stdout stays quiet
+    elif not (args.write_back or getattr(args, "verify", False)):  # on the server: stdout stays quiet
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
@@ -216,11 +216,11 @@ def _server_outcome(run: ServerRun, quiet: bool) -> int:
     """Patients with bad data (exit 2) and failed writes (exit 1) are reported after the others went on."""
     for err in run.input_errors[:MAX_ERROR_LINES]:
         print(f"cart-fhir: error: {err}", file=sys.stderr)
-    if run.write is not None:
-        for line in run.write.lines() if not quiet or run.write.failed else []:
-            print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
-        if run.write.failed:
-            return EXIT_FAILURE
+    lines, failed = run.lines(quiet)
+    for line in lines:
+        print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
+    if failed:
+        return EXIT_FAILURE
     return EXIT_BAD_INPUT if run.input_errors else EXIT_OK
 
 

@@ -145,7 +145,8 @@ class Kept:
     ours: str  # what cart-fhir computes now
 
     def line(self) -> str:
-        return f"{self.ref}: changed on the server by someone else, kept ({self.server}); cart-fhir computes {self.ours}"
+        return (f"{self.ref}: changed on the server by someone else, kept ({self.server}); "
+                f"cart-fhir computes {self.ours}")
 
 
 def summary(resource: Mapping[str, Any]) -> str:
