@@ -343,3 +343,56 @@ def test_push_counts_what_happened(fhir, tmp_path, capsys):
     n = int(first.split("(")[1].split(" created")[0])
     assert n > 0 and f"({n} created, 0 updated, 0 unchanged" in first
     assert f"(0 created, 0 updated, {n} unchanged, 0 retracted" in again
+
+
+def test_cds_hooks_feedback_is_recorded_as_the_clinicians_review(service_app, fhir):
+    """An overridden card refutes its episode Condition (reason in a note); a re-run keeps the clinician's."""
+    import uuid
+
+    seed(fhir, crs_patient("p1"))
+    client = service_app.test_client()
+    assert client.post("/fhir/Patient/p1/$grade-toxicity?writeBack=true").status_code == 200
+    hook = {"hook": "patient-view", "hookInstance": str(uuid.uuid4()), "fhirServer": fhir.base_url,
+            "context": {"patientId": "p1", "userId": "Practitioner/dr-1"}}
+    cards = client.post("/cds-services/cart-toxicity", json=hook).get_json()["cards"]
+    crs = next(c for c in cards if c["source"]["topic"]["code"] == "crs")
+    reason = {"code": "not-crs", "system": "https://example.org/override", "display": "Fever from infection"}
+    sent = client.post("/cds-services/cart-toxicity/feedback", json={"feedback": [
+        {"card": crs["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-12-07T10:00:00Z",
+         "overrideReason": {"reason": reason, "userComment": "blood cultures positive"}},
+        {"card": str(uuid.uuid4()), "outcome": "accepted", "outcomeTimestamp": "2026-12-07T10:00:00Z"}]})
+    assert sent.status_code == 200
+    cond = _all(fhir, "Condition")[0]
+    assert cond["verificationStatus"]["coding"][0]["code"] == "refuted"
+    assert "overridden; override reason: Fever from infection" in cond["note"][-1]["text"]
+    assert "blood cultures positive" in cond["note"][-1]["text"]
+    again = client.post("/fhir/Patient/p1/$grade-toxicity?writeBack=true").get_json(force=True)
+    texts = [i["details"]["text"] for i in again["entry"][-1]["resource"]["issue"]]
+    assert any(f"Condition/{cond['id']}: changed on the server by someone else, kept" in t for t in texts), texts
+    assert _all(fhir, "Condition")[0]["meta"]["versionId"] == cond["meta"]["versionId"]
+    bad = client.post("/cds-services/cart-toxicity/feedback", json={"feedback": [{"card": "x", "outcome": "maybe",
+                                                                                   "outcomeTimestamp": "t"}]})
+    assert bad.status_code == 400
+
+
+def _counts_line(err: str) -> str:
+    return next(line for line in err.splitlines() if line.startswith("written: "))
+
+
+def test_every_path_reports_the_same_produced_counts(fhir, tmp_path, capsys):
+    """Issue 13 item 3: files, streamed, --server and bulk-export count the same grades and resources."""
+    b = crs_patient("p1")
+    src = tmp_path / "in.json"
+    src.write_bytes(orjson.dumps(b.bundle()))
+    out = tmp_path / "out.json"
+    assert main(["grade", str(src), "-o", str(out)]) == 0
+    n = len(orjson.loads(out.read_bytes())["entry"])
+    expected = f"written: 4 daily grades, {n} resources in all"
+    assert _counts_line(capsys.readouterr().err) == expected
+    assert main(["grade", str(src), "--out-dir", str(tmp_path / "streamed"), "--workers", "1"]) == 0
+    assert _counts_line(capsys.readouterr().err) == expected
+    seed(fhir, b)
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "-o", str(tmp_path / "s.json")]) == 0
+    assert _counts_line(capsys.readouterr().err) == expected
+    assert main(["bulk-export", "--server", fhir.base_url, "-o", str(tmp_path / "bulk")]) == 0
+    assert _counts_line(capsys.readouterr().err) == expected

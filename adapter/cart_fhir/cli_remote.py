@@ -191,7 +191,8 @@ def push_command(args: argparse.Namespace) -> WriteReport:
     settings = load_settings(server_flags(args), args.config)
     client = connect(settings)
     try:
-        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode)
+        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode,
+                              run=datetime.now(UTC).strftime("push %Y-%m-%dT%H:%M:%SZ"))
         if device is None:
             raise BadInput("the Bundle has no cart-fhir engine Device: not a cart-fhir output Bundle",
                            Location(args.bundle))

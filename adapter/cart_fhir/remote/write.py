@@ -1,12 +1,15 @@
-"""Write graded resources to a FHIR server: per patient, transactions of conditional updates, idempotently.
+"""Write graded resources to a FHIR server: per patient, idempotently, leaving clinicians' edits alone.
 
-Every resource carries a deterministic business identifier (output-contract.md), so each entry is
-`PUT [type]?identifier=system|value`: the first run creates, every later run updates in place. A patient's
-resources go in one transaction when they fit the chunk size, else in several, each all-or-nothing, in
-reference order (a chunk's references to earlier chunks are rewritten to the ids the server gave); the
-Provenance comes last, so a patient with a Provenance is completely written. Servers that refuse
-transactions get batches, one per reference level. A 412 (the identifier matches several resources) stops
-that patient and names the duplicates: retrying could only make it worse.
+Every resource carries a deterministic business identifier (output-contract.md) and, when written, its
+content hash as a meta.tag (remote/changes.py). Per patient, under that patient's lock: one batch of
+searches reads what of ours the server holds, a plan decides per resource (create by conditional update or
+stable id, update by id with If-Match, leave unchanged, retract what is no longer produced, keep what a
+clinician changed), and the plan goes in one transaction when it fits the chunk size, else in several,
+each all-or-nothing, in reference order (a chunk's references to earlier chunks are rewritten to the ids
+the server gave); the Provenance comes last, so a patient with a Provenance is completely written. A
+transaction refused as too big halves the chunk size for the rest of the run; servers that refuse
+transactions get batches, one per reference level. A 412 on If-Match (another writer was first) re-reads
+and re-plans; an identifier matching several resources stops that patient and names the duplicates.
 """
 
 from __future__ import annotations
