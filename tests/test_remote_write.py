@@ -17,7 +17,8 @@ from cart_fhir.pipeline import Engine
 from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
 from cart_fhir.remote.locks import PatientLocks
-from cart_fhir.remote.write import ResultWriter, _levels
+from cart_fhir.remote.plan import levels as _levels
+from cart_fhir.remote.write import ResultWriter
 
 BASE = "https://fhir.example.org/r4"
 FHIR = {"Content-Type": "application/fhir+json"}

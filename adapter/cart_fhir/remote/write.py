@@ -15,31 +15,20 @@ and re-plans; an identifier matching several resources stops that patient and na
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..constants import ID_EPISODE, ID_GRADE
 from ..ingest.index import ref_key
-from ..output.ids import full_url
 from ..output.requests import BY_ID_TYPES, stable_id
 from ..output.resources import PatientResources, Written
-from .changes import (
-    Kept,
-    business_key,
-    clinician_owned,
-    content_hash,
-    hash_tags,
-    retracted,
-    retraction,
-    summary,
-    version_of,
-    with_hash,
-)
-from .client import FhirClient, next_link, page_resources
+from .changes import content_hash, hash_tags, version_of, with_hash
+from .client import FhirClient
 from .errors import ServerError, outcome_text, status_code
 from .locks import PatientLocks
+from .outcome import Conflict, PatientWrite, WriteFailed, WriteReport
+from .plan import Op, levels, op_levels, plan, read_existing
 from .settings import CHUNK_SIZE, WriteMode
+
+__all__ = ["Conflict", "PatientWrite", "ResultWriter", "WriteFailed", "WriteReport", "levels"]
 
 log = logging.getLogger(__name__)
 
@@ -51,91 +40,6 @@ TOO_BIG_CODES = frozenset({"too-costly", "too-long"})
 TOO_BIG_TEXTS = ("requires strict isolation but has too many entries", "more update operations than allowed",
                  "transaction bundle too large")
 CONFLICT_RETRIES = 3  # re-read and re-plan this often when another writer's version is newer (If-Match)
-
-
-@dataclass(slots=True)
-class PatientWrite:
-    """One patient's write, every count taken from the server's answers (or the read before the write)."""
-
-    patient_key: str
-    resources: int = 0
-    created: int = 0
-    updated: int = 0
-    unchanged: int = 0  # same content hash on the server: not written again
-    retracted: int = 0  # ours, no longer produced: entered-in-error (AdverseEvent: deleted)
-    kept: list[Kept] = field(default_factory=list)  # changed by a clinician: never overwritten or retracted
-    requests: int = 0  # transaction or batch Bundles posted (retries not counted; see round_trips)
-    round_trips: int = 0
-    conflicts: int = 0  # 412 on If-Match: another writer was first; re-read and re-planned
-    complete: bool = True  # False: no Provenance of this run on the server (--verify)
-    error: str | None = None
-    duplicates: list[str] = field(default_factory=list)  # "Observation identifier sys|val: Observation/1, ..."
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def stale(self) -> bool:
-        """--verify: something would be created, updated or retracted."""
-        return bool(self.created or self.updated or self.retracted)
-
-    def counts(self) -> str:
-        return (f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
-                f"{self.retracted} retracted, {len(self.kept)} kept as edited on the server")
-
-
-@dataclass(slots=True)
-class WriteReport:
-    server: str
-    mode: str = "transaction"
-    patients: list[PatientWrite] = field(default_factory=list)
-    round_trips: int = 0
-
-    @property
-    def failed(self) -> list[PatientWrite]:
-        return [p for p in self.patients if not p.ok]
-
-    def total(self, name: str) -> int:
-        return sum(len(getattr(p, name)) if name == "kept" else getattr(p, name) for p in self.patients)
-
-    def lines(self) -> list[str]:
-        t = self.total
-        out = [(f"write-back to {self.server}: {len(self.patients) - len(self.failed)} of {len(self.patients)} "
-                f"patients written ({t('created')} created, {t('updated')} updated, {t('unchanged')} unchanged, "
-                f"{t('retracted')} retracted, {t('kept')} kept as edited on the server, {len(self.failed)} failed) "
-                f"in {self.round_trips} round trips, {self.mode} mode")]
-        for p in self.patients:
-            out.extend(f"warning: {p.patient_key}: {k.line()}" for k in p.kept)
-        for p in self.failed:
-            out.append(f"error: {p.patient_key}: not (completely) written: {p.error}")
-            out.extend(f"error: {p.patient_key}: duplicate on the server: {d}" for d in p.duplicates)
-        if self.failed:
-            out.append("error: patients not (completely) written, re-run to repair: "
-                       + ", ".join(p.patient_key for p in self.failed))
-        return out
-
-
-class WriteFailed(ServerError):
-    """One patient's write stopped (the report says which); other patients go on."""
-
-
-class Conflict(ServerError):
-    """412 on an If-Match: another writer changed the resource since we read it; re-read and re-plan."""
-
-
-@dataclass(slots=True)
-class Op:
-    """One entry of a patient's write: PUT (create or update) or DELETE (a retracted AdverseEvent)."""
-
-    full_url: str
-    body: dict[str, Any] | None  # before reference rewriting (urn:uuid references to our own resources)
-    url: str  # conditional key, Type/stable-id or Type/server-id
-    method: str = "PUT"
-    if_match: str | None = None
-    existed: bool = False
-    retract: bool = False
-    label: str = ""  # the business key, for messages
 
 
 class ResultWriter:
@@ -193,10 +97,15 @@ class ResultWriter:
                   "" if pw.ok else " (failed)")
         return pw
 
+    def _existing(self, group: PatientResources, pw: PatientWrite) -> dict[str, dict[str, Any]]:
+        """What of ours the server holds for this patient (a seam: tests race another writer here)."""
+        return read_existing(self.client, group, pw)
+
     def _write_once(self, group: PatientResources, pw: PatientWrite, dry_run: bool) -> None:
         pw.created = pw.updated = pw.unchanged = pw.retracted = 0  # a re-plan after a conflict starts over
         pw.kept = []
-        ops = self._plan(group, self._existing(group, pw), pw)
+        ops = plan(group, self._existing(group, pw), pw, resolved=self._resolved, url_of=self._url,
+                   run=self.run)
         if dry_run:
             pw.created = sum(1 for o in ops if not o.existed)
             pw.updated = sum(1 for o in ops if o.existed and not o.retract)
@@ -211,118 +120,6 @@ class ResultWriter:
         pw.complete = True
 
     # ---- what is on the server, and what to do --------------------------------------------------
-
-    def _existing(self, group: PatientResources, pw: PatientWrite) -> dict[str, dict[str, Any]]:
-        """Our results for this patient on the server, by business key (one batch of searches)."""
-        if not group.patient_key.startswith("Patient/"):
-            return {}
-        queries = [f"Observation?subject={group.patient_key}&identifier={ID_GRADE}|",
-                   f"Condition?subject={group.patient_key}&identifier={ID_EPISODE}|",
-                   f"AdverseEvent?subject={group.patient_key}"]
-        queries += [w.condition for w in group.resources if w.condition.startswith("Provenance?")]
-        found: dict[str, dict[str, Any]] = {}
-        dupes: dict[str, list[str]] = {}
-        for res in self._search_all(queries):
-            key = business_key(res)
-            if key is None or not isinstance(res.get("id"), str):
-                continue
-            ref = f"{res['resourceType']}/{res['id']}"
-            if key in found and f"{found[key]['resourceType']}/{found[key]['id']}" != ref:
-                dupes.setdefault(key, [f"{found[key]['resourceType']}/{found[key]['id']}"]).append(ref)
-            found[key] = res
-        if dupes:
-            pw.duplicates = [f"{k.partition('?')[0]} {k.partition('?')[2].replace('=', ' ', 1)}: {', '.join(v)}"
-                             for k, v in dupes.items()]
-            raise WriteFailed("GET", self.client.base_url, 412, detail="a business identifier matches several "
-                              "resources on the server; nothing was written for this patient")
-        return found
-
-    def _search_all(self, queries: list[str]) -> list[dict[str, Any]]:
-        sep = "&" if self.client.page_size else ""
-        entries = [{"request": {"method": "GET", "url": f"{q}{sep}_count={self.client.page_size}"}} for q in queries]
-        out: list[dict[str, Any]] = []
-        try:
-            answer = self.client.bundle({"resourceType": "Bundle", "type": "batch", "entry": entries})
-            replies = answer.get("entry") or []
-            if len(replies) != len(queries):
-                raise ServerError("POST", self.client.base_url, 200, detail="batch of searches: wrong entry count")
-            for q, reply in zip(queries, replies, strict=True):
-                page = reply.get("resource") if isinstance(reply, dict) else None
-                if not str((reply.get("response") or {}).get("status", "")).startswith("2") or \
-                        not isinstance(page, dict) or page.get("resourceType") != "Bundle":
-                    raise ServerError("POST", self.client.base_url, 200, detail=f"batch search {q.split('?')[0]}")
-                out.extend(page_resources(page))
-                nxt = next_link(page)
-                if nxt is not None:
-                    out.extend(self.client.pages(nxt, None))
-        except ServerError as exc:
-            if exc.status is None or exc.status in (401, 403) or (exc.status or 0) >= 500:
-                raise
-            log.info("no batch of searches (%s): searching one type at a time", exc.status)
-            out = []
-            for q in queries:
-                rtype, _, query = q.partition("?")
-                out.extend(self.client.pages(rtype, dict(p.split("=", 1) for p in query.split("&"))))
-        return out
-
-    def _plan(self, group: PatientResources, existing: dict[str, dict[str, Any]], pw: PatientWrite) -> list[Op]:
-        to_key = {v: k for k, v in self._resolved.items()}
-        for key, res in existing.items():
-            to_key[f"{res['resourceType']}/{res['id']}"] = _full_url_of(key)
-            self._resolved[_full_url_of(key)] = f"{res['resourceType']}/{res['id']}"
-        produced = {w.condition for w in group.resources}
-        writes: list[Op] = []
-        provenance: list[Op] = []
-        for w in _by_level(group.resources):
-            digest = content_hash(w.resource)
-            stored = existing.get(w.condition)
-            body = with_hash(w.resource, digest)
-            if stored is None:
-                writes.append(Op(w.full_url, body, self._url(w), label=w.condition))
-                self._resolved.pop(w.full_url, None)
-                continue
-            ref = f"{stored['resourceType']}/{stored['id']}"
-            if clinician_owned(stored, to_key):
-                if digest not in hash_tags(stored):
-                    pw.kept.append(Kept(ref, summary(stored), summary(w.resource)))
-                else:
-                    pw.kept.append(Kept(ref, summary(stored), "the same as before"))
-                continue
-            if digest in hash_tags(stored):
-                pw.unchanged += 1
-                continue
-            version = version_of(stored)
-            op = Op(w.full_url, body, ref, if_match=f'W/"{version}"' if version else None, existed=True,
-                    label=w.condition)
-            (provenance if w.condition.startswith("Provenance?") else writes).append(op)
-        for key, stored in existing.items():
-            if key in produced or key.startswith("Provenance?") or retracted(stored):
-                continue
-            ref = f"{stored['resourceType']}/{stored['id']}"
-            if clinician_owned(stored, to_key):
-                pw.kept.append(Kept(ref, summary(stored), "no such result any more (not retracted)"))
-                continue
-            version = version_of(stored)
-            void = retraction(stored, self.run)
-            if_match = f'W/"{version}"' if version else None
-            if void is None:
-                writes.append(Op(_full_url_of(key), None, ref, "DELETE", if_match, True, True, key))
-            else:
-                void = with_hash(void, content_hash(void, to_key))
-                writes.append(Op(_full_url_of(key), void, ref, "PUT", if_match, True, True, key))
-        # The Provenance records the run: written whenever anything else is (or it changed, or is missing).
-        prov = [w for w in group.resources if w.condition.startswith("Provenance?")]
-        if writes and prov and not provenance:
-            stored = existing.get(prov[0].condition)
-            if stored is not None:
-                version = version_of(stored)
-                pw.unchanged -= 1
-                provenance.append(Op(prov[0].full_url, with_hash(prov[0].resource, content_hash(prov[0].resource)),
-                                     f"Provenance/{stored['id']}", if_match=f'W/"{version}"' if version else None,
-                                     existed=True, label=prov[0].condition))
-        pw.complete = not prov or prov[0].condition in existing
-        tail = [o for o in writes if o.label.startswith("Provenance?")]
-        return [o for o in writes if o not in tail] + tail + provenance
 
     # ---- transactions ----------------------------------------------------------------------------
 
@@ -430,7 +227,7 @@ class ResultWriter:
 
     def _write_batches(self, ops: list[Op], pw: PatientWrite) -> None:
         """No transactions: one batch per reference level, so every reference points at a written resource."""
-        for level in _op_levels(ops):
+        for level in op_levels(ops):
             for i in range(0, len(level), self.chunk_size):
                 self._post_chunk(level[i:i + self.chunk_size], pw, "batch")
 
@@ -479,54 +276,6 @@ class ResultWriter:
                 continue
             out.extend(f"{rtype} {param} {k}: {', '.join(ids)}" for k, ids in seen.items() if len(ids) > 1)
         return out
-
-
-def _full_url_of(key: str) -> str:
-    """The fullUrl output/resources.py gives the resource with this business key."""
-    return full_url(*key.partition("=")[2].split("|", 1))
-
-
-def _op_levels(ops: list[Op]) -> list[list[Op]]:
-    """Ops grouped by reference depth among themselves (batches: referenced resources first)."""
-    as_written = [Written(o.full_url, o.body or {}, o.label) for o in ops]
-    by_url = {o.full_url: o for o in ops}
-    return [[by_url[w.full_url] for w in level] for level in _levels(as_written)]
-
-
-def _by_level(resources: list[Written]) -> list[Written]:
-    return [w for level in _levels(resources) for w in level]
-
-
-def _levels(resources: list[Written]) -> list[list[Written]]:
-    """Resources grouped by reference depth within the list (0: refers to none of the others), order kept."""
-    urls = {w.full_url for w in resources}
-    depth: dict[str, int] = {}
-
-    def level(w: Written, trail: frozenset[str]) -> int:
-        if w.full_url in depth:
-            return depth[w.full_url]
-        deps = [by_url[u] for u in _urn_refs(w.resource) if u in urls and u != w.full_url and u not in trail]
-        d = 1 + max((level(dep, trail | {w.full_url}) for dep in deps), default=-1)
-        depth[w.full_url] = d
-        return d
-
-    by_url = {w.full_url: w for w in resources}
-    out: dict[int, list[Written]] = {}
-    for w in resources:
-        out.setdefault(level(w, frozenset()), []).append(w)
-    return [out[k] for k in sorted(out)]
-
-
-def _urn_refs(obj: Any) -> Iterator[str]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k == "reference" and isinstance(v, str) and v.startswith("urn:uuid:"):
-                yield v
-            elif isinstance(v, (dict, list)):
-                yield from _urn_refs(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _urn_refs(v)
 
 
 def _rewrite(obj: Any, resolved: dict[str, str], local: set[str]) -> Any:
