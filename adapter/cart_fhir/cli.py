@@ -165,7 +165,7 @@ def grade_command(args: argparse.Namespace) -> int:
     if not nothing:
         write_all([(path, data) for path, data in ((args.registry_csv, registry), (args.summary_json, summary),
                                                      (args.output, payload)) if path and data is not None])
-    if not (args.output or nothing or args.write_back):  # written back: the results are on the server
+    if not (args.output or nothing or args.write_back or getattr(args, "verify", False)):  # results on the server
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
@@ -274,11 +274,11 @@ def _server_outcome(run: ServerRun, quiet: bool) -> int:
     """Patients with bad data (exit 2) and failed writes (exit 1) are reported after the others went on."""
     for err in run.input_errors[:MAX_ERROR_LINES]:
         print(f"cart-fhir: error: {err}", file=sys.stderr)
-    if run.write is not None:
-        for line in run.write.lines() if not quiet or run.write.failed else []:
-            print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
-        if run.write.failed:
-            return EXIT_FAILURE
+    lines, failed = run.lines(quiet)
+    for line in lines:
+        print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
+    if failed:
+        return EXIT_FAILURE
     return EXIT_BAD_INPUT if run.input_errors else EXIT_OK
 
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from ..constants import FHIR_ID, LOOPBACK
 from ..ingest.index import ref_key
@@ -18,6 +18,7 @@ from .app_launch import timeline_link
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
+from .feedback import FEEDBACK_SCHEMA, CardIndex, card_keys, check_feedback, record
 from .guard import json_body
 from .openapi import document
 
@@ -112,8 +113,38 @@ def patient_view() -> Response:
     cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
                            timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
                            criteria=criteria_of(svc.engine))
+    _card_index().remember(cards, card_keys(result, pid, lambda tox: svc.engine.codes.scale(tox)[0]))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")
+
+
+@cds.post(f"/cds-services/{SERVICE_ID}/feedback")
+@document("CDS Hooks feedback: accepted or overridden cards recorded as the clinician's review", tag="CDS Hooks",
+          request=FEEDBACK_SCHEMA, request_types=("application/json",), response_type="application/json",
+          secured=True, responses={200: ("acknowledged", {"type": "object"}),
+                                   502: ("the review could not be written upstream", "OperationOutcome")})
+def feedback() -> Response:
+    """CDS Hooks 2.0 "Feedback": each accepted/overridden card of ours sets its episode Condition's
+    verificationStatus (confirmed/refuted) on the upstream server, with the override reason in a note."""
+    svc = services()
+    if svc.cds_verifier is not None:
+        svc.cds_verifier.verify(request.headers.get("Authorization"), service_url=request.base_url)
+    items = check_feedback(json_body())
+    index = _card_index()
+    for item in items:
+        key = index.get(item["card"])
+        if key is None or svc.settings.server is None:
+            outcome = "not recorded: " + ("no result of ours behind this card (or issued by another process)"
+                                          if key is None else "no upstream FHIR server")
+        else:
+            outcome = record(svc.upstream(), key, item)
+        log.info("cds feedback card=%s outcome=%s: %s", item["card"], item["outcome"], outcome)
+    return fhir_response({}, mimetype="application/json")
+
+
+def _card_index() -> CardIndex:
+    """One per app (and process): which result each issued card is about."""
+    return current_app.extensions.setdefault("cart_fhir.cds_cards", CardIndex())  # type: ignore[no-any-return]
 
 
 # ---- request -----------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def _write_back(svc: Any, result: RunResult) -> list[dict[str, Any]]:
     device, groups = svc.engine.resources_by_patient(result, recorded)
     settings = svc.settings.server
     writer = ResultWriter(svc.upstream(), chunk_size=settings.chunk_size, mode=settings.write_mode,
-                          locks=svc.patient_locks())
+                          locks=svc.patient_locks(), run=recorded.strftime("%Y-%m-%dT%H:%M:%SZ"))
     writes: list[PatientWrite] = [writer.write_patient(device, g) for g in groups]
     for pw in writes:
         if pw.duplicates:
@@ -199,8 +199,9 @@ def _write_back(svc: Any, result: RunResult) -> list[dict[str, Any]]:
         if pw.error:
             raise ServiceError(502, f"{pw.patient_key}: not (completely) written: {pw.error}", code="transient")
     return [issue("information", "informational",
-                  f"written back to {svc.upstream().base_url}: {pw.patient_key}: {pw.created} created, "
-                  f"{pw.updated} updated, {pw.requests} transaction(s)") for pw in writes]
+                  f"written back to {svc.upstream().base_url}: {pw.patient_key}: {pw.counts()}, "
+                  f"{pw.requests} transaction(s)") for pw in writes] + \
+        [issue("warning", "business-rule", f"{pw.patient_key}: {k.line()}") for pw in writes for k in pw.kept]
 
 
 # ---- conformance ---------------------------------------------------------------------------------
