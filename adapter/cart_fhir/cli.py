@@ -229,6 +229,7 @@ def _registry_csv(result: Any) -> bytes:
 def _stream_command(args: argparse.Namespace) -> int:
     """The streamed path (adapter/cart_fhir/stream): partition by patient, grade buckets in worker processes."""
     from .stream.run import StreamJob, run_stream
+    from .stream.tally import Tally
 
     if not args.inputs:
         raise ConfigError("--out-dir, --workers and --buckets grade INPUT files, not patients on a server")
@@ -236,16 +237,24 @@ def _stream_command(args: argparse.Namespace) -> int:
         raise ConfigError("--validate is not available with --out-dir/--workers: validate the output files")
     if not (args.out_dir or args.output or args.summary_json or args.registry_csv):
         raise ConfigError("a streamed run writes files: give --out-dir DIR or -o OUT.json")
+    gate = CoverageGate(load_all(), GRADERS)
+    required = gate.resolve(_require_names(args.require))
+
+    def check(tally: Tally) -> None:  # before anything is assembled: an unmet --require leaves no file
+        if _coverage_failed(tally.report, gate, required, None):
+            raise _Unmet()
+
     job = StreamJob(inputs=args.inputs, out_dir=Path(args.out_dir) if args.out_dir else None,
                     bundle_out=Path(args.output) if args.output else None, bundle_type=args.bundle_type,
                     summary_json=Path(args.summary_json) if args.summary_json else None,
                     registry_csv=Path(args.registry_csv) if args.registry_csv else None,
                     workers=1 if args.workers is None else args.workers, buckets=args.buckets,
                     strict=not args.skip_invalid, concept_maps=_load_concept_maps(args.concept_map),
-                    progress=not args.quiet, dask=args.dask)
-    gate = CoverageGate(load_all(), GRADERS)
-    required = gate.resolve(_require_names(args.require))
-    t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
+                    progress=not args.quiet, dask=args.dask, check=check)
+    try:
+        t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
+    except _Unmet:
+        return EXIT_BAD_INPUT
     if not args.quiet:
         for line in t.report.summary_lines():
             print(line, file=sys.stderr)
@@ -255,9 +264,11 @@ def _stream_command(args: argparse.Namespace) -> int:
         print(f"issues: {t.errors_total} invalid (skipped), {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
         _print_coverage_warnings(t.report)
-    if _coverage_failed(t.report, gate, required, None):
-        return EXIT_BAD_INPUT  # a streamed run has written its files by now: the exit status says they fail
     return EXIT_OK
+
+
+class _Unmet(AdapterError):
+    """--require failed on a streamed run (the lines naming what is missing are already printed)."""
 
 
 def _print_issues(issues: list[Issue], total: int, show_values: bool) -> None:
