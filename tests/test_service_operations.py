@@ -167,8 +167,8 @@ def test_one_structured_log_line_per_request_without_patient_data(client, caplog
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "cart_fhir.access"]
     assert len(lines) == 1 and resp.headers["X-Request-Id"] == "abc-123"
     line = lines[0]
-    assert {k: line[k] for k in ("method", "path", "status", "request_id")} == {
-        "method": "POST", "path": "/fhir/$grade-toxicity", "status": 200, "request_id": "abc-123"}
+    assert {k: line[k] for k in ("method", "route", "status", "request_id")} == {
+        "method": "POST", "route": "/fhir/$grade-toxicity", "status": 200, "request_id": "abc-123"}
     assert "1970" not in caplog.text and "MRN" not in caplog.text
 
 

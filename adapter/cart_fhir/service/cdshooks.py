@@ -104,12 +104,13 @@ def patient_view() -> Response:
     pid = _check_request(body)
     items = _gather(svc, body, pid)
     # Not strict: an EHR record with one odd resource still gets its cards; the odd one is skipped (and logged).
-    result = svc.engine.grade(items, strict=False)
-    if result.report.errors:
-        log.info("cds: %d input resource(s) skipped as invalid", len(result.report.errors))
-    cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
-                           timeline_url=svc.settings.timeline_url, patient_id=pid,
-                           criteria=criteria_of(svc.engine))
+    with svc.grading_slot():
+        result = svc.engine.grade(items, strict=False)
+        if result.report.errors:
+            log.info("cds: %d input resource(s) skipped as invalid", len(result.report.errors))
+        cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
+                               timeline_url=svc.settings.timeline_url, patient_id=pid,
+                               criteria=criteria_of(svc.engine))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")
 
