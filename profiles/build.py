@@ -22,9 +22,10 @@ REPO = HERE.parent
 GENERATED = HERE / "fsh-generated"
 # Resources the project already ships as JSON (one source of truth): copied verbatim next to SUSHI's output,
 # because SUSHI with FSHOnly: true does not publish predefined resources (input/resources).
+DEFINITIONS = REPO / "adapter" / "cart_fhir" / "service" / "definitions"
 PREDEFINED = (REPO / "mappings" / "avpu-conceptmap.json",
-              REPO / "adapter" / "cart_fhir" / "service" / "definitions" / "OperationDefinition-grade-toxicity.json",
-              REPO / "adapter" / "cart_fhir" / "service" / "definitions" / "OperationDefinition-Patient-grade-toxicity.json")
+              DEFINITIONS / "OperationDefinition-grade-toxicity.json",
+              DEFINITIONS / "OperationDefinition-Patient-grade-toxicity.json")
 # npm does not serve hl7.fhir.r4.core; hl7.fhir.r4.examples@4.0.1 holds every R4 conformance resource
 # (shared/notes/profiles-toolchain.md section 1.3). Its tarball is pinned by the registry's sha512 integrity.
 EXAMPLES = "hl7.fhir.r4.examples@4.0.1"

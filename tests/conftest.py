@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import day_grade, run
+
 from cart_fhir.conformance import Checker, Package, default_package_dir
 from cart_fhir.conformance.validate import validate_bundle
 from cart_fhir.pipeline import Engine
-from helpers import day_grade, run
 
 # The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
 pytest_plugins = ["fhir_server_fixture"]

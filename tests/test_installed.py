@@ -6,8 +6,9 @@ import os
 import sysconfig
 from pathlib import Path
 
-import cart_fhir
 import pytest
+
+import cart_fhir
 from cart_fhir.tables import mappings_dir
 
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()

@@ -10,6 +10,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from fhirbuild import bundle_of
+from helpers import run
+
 from cart_fhir.cli_synth import check_command, synth_command
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.result import Toxicity
@@ -22,8 +25,6 @@ from cart_fhir.synth.late import QUICK_RECOVERY, Cytopenia, Infection
 from cart_fhir.synth.noise import Noise
 from cart_fhir.synth.scenario import Episode, Scenario
 from cart_fhir.synth.table import load_synth_table
-from fhirbuild import bundle_of
-from helpers import run
 
 
 def _files(folder: Path) -> dict[str, bytes]:

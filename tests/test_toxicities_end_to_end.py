@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cart_fhir.summary import episode_rows
-from cart_fhir.validate import validate_resources
 from fhirbuild import PatientBuilder
 from helpers import RECORDED, run
+
+from cart_fhir.summary import episode_rows
+from cart_fhir.validate import validate_resources
 
 SCT = "http://snomed.info/sct"
 

@@ -311,4 +311,5 @@ class _Run:
         if rtype is None or None in allowed:
             self.checker.skipped["reference target"] += 1
         elif rtype not in allowed:
-            self.error(path, f"reference to {rtype} not allowed (allowed: {', '.join(sorted(a for a in allowed if a))})")
+            names = ", ".join(sorted(a for a in allowed if a))
+            self.error(path, f"reference to {rtype} not allowed (allowed: {names})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..constants import CS_PRODUCT, RXNORM, NDC
+from ..constants import CS_PRODUCT, NDC, RXNORM
 from ..errors import ConfigError
 from ..tables import ConceptRow, ConditionFindingRow, DrugRow, InfectionRow, NeuroEventRow, Tables
 

@@ -62,7 +62,8 @@ REQUEST_SCHEMA: dict[str, Any] = {
         # https only; plain http is accepted to a loopback host, for local trials.
         "fhirServer": {"type": "string", "pattern": "^https://[A-Za-z0-9.\\-]+(:[0-9]{1,5})?(/[^\\s]*)?$"},
         "fhirAuthorization": {"type": "object", "required": ["access_token", "token_type"], "properties": {
-            "access_token": {"type": "string"}, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
             "expires_in": {"type": "integer"}, "scope": {"type": "string"}, "subject": {"type": "string"}}},
         "context": {"type": "object", "required": ["patientId"], "properties": {
             "patientId": {"type": "string", "pattern": f"^(Patient/)?{FHIR_ID}$"},

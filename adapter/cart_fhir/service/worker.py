@@ -136,10 +136,10 @@ class ServiceWorker(ThreadWorker):  # type: ignore[misc]
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """An OperationOutcome for what failed before (or outside) the application; the log names the error's
         kind and the peer, never the request line, path or query."""
-        for kind, status, reason, text in _CLIENT_ERRORS:
-            if isinstance(exc, kind):
-                self.log.warning("HTTP %d to %s: %s", status, (addr or ("-",))[0], type(exc).__name__)
-                break
+        known = next(((st, rs, tx) for kind, st, rs, tx in _CLIENT_ERRORS if isinstance(exc, kind)), None)
+        if known is not None:
+            status, reason, text = known
+            self.log.warning("HTTP %d to %s: %s", status, (addr or ("-",))[0], type(exc).__name__)
         else:
             status, reason, text = 500, "Internal Server Error", "internal error"
             self.log.error("internal error in the HTTP layer: %s", type(exc).__name__)

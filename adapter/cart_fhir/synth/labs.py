@@ -27,7 +27,8 @@ CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ROUTE_SCT = {"intravenous": "47625008", "oral": "26643006"}  # mappings/infection-grading.yaml routes
-CONDITION = {"bacteremia": ("5758002", "Bacteremia"), "cmv-infection": ("28944009", "Infection caused by Cytomegalovirus"),
+CONDITION = {"bacteremia": ("5758002", "Bacteremia"),
+             "cmv-infection": ("28944009", "Infection caused by Cytomegalovirus"),
              "pneumonia": ("233604007", "Pneumonia")}  # mappings/infections.yaml rows
 TREATMENT = {("bacteremia", "intravenous"): "vancomycin", ("bacteremia", "oral"): "ciprofloxacin",
              ("cmv-infection", "intravenous"): "ganciclovir", ("cmv-infection", "oral"): "valganciclovir",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from .late import QUICK_RECOVERY, Cytopenia, Infection, draw_cytopenia, draw_infections
-from .table import SynthProductRow, Spread, SynthTable, ToxicityRow
+from .table import Spread, SynthProductRow, SynthTable, ToxicityRow
 
 OFFSETS = ("+00:00", "+01:00", "+02:00", "-05:00", "-08:00")  # non-UTC offsets catch day-boundary bugs
 FIRST_DAY0 = date(2023, 1, 2)
