@@ -280,3 +280,45 @@ def test_serve_defaults():
     assert serve_defaults("0.0.0.0", {})[0] == {"upstream": False}  # auth stays on: start-up asks for it
     assert serve_defaults("127.0.0.1", {"CART_FHIR_SERVER": "https://x/fhir", "CART_FHIR_AUDIENCE": "a"})[0] == {}
     assert serve_defaults("127.0.0.1", {"CART_FHIR_AUTH": "on"})[0] == {"upstream": False}
+
+
+# ---- one schema: what /openapi.json says of a CDS call is what the handler accepts -------------------
+
+CDS_CALLS = [
+    pytest.param({"fhirServer": "https://ehr.example.org/fhir"}, id="https"),
+    pytest.param({"fhirServer": "http://127.0.0.1:8081/fhir"}, id="http-loopback"),
+    pytest.param({"fhirServer": "http://localhost/fhir"}, id="http-localhost"),
+    pytest.param({"fhirServer": "http://ehr.example.org/fhir"}, id="http-elsewhere"),
+    pytest.param({"fhirServer": "ftp://ehr.example.org"}, id="ftp"),
+    pytest.param({"fhirServer": 7}, id="not-a-string"),
+    pytest.param({"hookInstance": ""}, id="empty-hookInstance"),
+    pytest.param({"context": {"patientId": "Patient/p1"}}, id="patient-reference"),
+    pytest.param({"context": {"patientId": "p 1"}}, id="bad-patient-id"),
+    pytest.param({"fhirAuthorization": {"access_token": "t", "token_type": "Bearer"}}, id="auth-without-server"),
+    pytest.param({"fhirServer": "https://e/fhir", "fhirAuthorization": {"access_token": "t", "token_type": "MAC"}},
+                 id="not-bearer"),
+    pytest.param({"fhirServer": "https://e/fhir",
+                  "fhirAuthorization": {"access_token": "t", "token_type": "bearer", "expires_in": True}},
+                 id="expires-in-bool"),
+    pytest.param({"prefetch": {"patient": "Patient/p1"}}, id="prefetch-string"),
+]
+
+
+@pytest.mark.parametrize("change", CDS_CALLS)
+def test_cds_request_schema_in_openapi_is_what_the_handler_enforces(engine, change):
+    import jsonschema_rs
+
+    app = _app(engine, deadline=1.0)
+    client = app.test_client()
+    schema = client.get("/openapi.json").get_json()["paths"]["/cds-services/cart-toxicity"]["post"][
+        "requestBody"]["content"]["application/json"]["schema"]
+    from cart_fhir.service.cdshooks import PREFETCH
+
+    # Complete prefetch (null: the search found nothing): nothing is fetched from fhirServer, nothing leaves.
+    prefetch = {**dict.fromkeys(PREFETCH), "patient": {"resourceType": "Patient", "id": "p1"}}
+    call = {"hook": "patient-view", "hookInstance": "d1577c69", "context": {"patientId": "p1"},
+            "prefetch": prefetch, **change}
+    valid = jsonschema_rs.Draft202012Validator(schema).is_valid(call)
+    resp = client.post("/cds-services/cart-toxicity", data=orjson.dumps(call),
+                       headers={"Content-Type": "application/json"})
+    assert (resp.status_code != 400) == valid, resp.get_json(force=True)

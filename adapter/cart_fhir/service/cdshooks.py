@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
-from urllib.parse import urlsplit
 
+import jsonschema_rs
 from flask import Blueprint, Response, request
 
-from ..constants import FHIR_ID, LOOPBACK
+from ..constants import FHIR_ID
 from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
@@ -53,14 +52,15 @@ DISCOVERY = {"services": [{
 
 # What the request check enforces of a prefetch value; the rest of a resource is the grading's to judge
 # (invalid resources are skipped and logged, the card response still comes).
+FHIR_SERVER_PATTERN = r"^(https://[A-Za-z0-9.\-]+|http://(127\.0\.0\.1|localhost|\[::1\]))(:[0-9]{1,5})?(/[^\s]*)?$"
 _RESOURCE = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
 REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["hook", "hookInstance", "context"],
     "properties": {
         "hook": {"const": HOOK},
         "hookInstance": {"type": "string", "minLength": 1, "maxLength": 128},
-        # https only; plain http is accepted to a loopback host, for local trials.
-        "fhirServer": {"type": "string", "pattern": "^https://[A-Za-z0-9.\\-]+(:[0-9]{1,5})?(/[^\\s]*)?$"},
+        # https only (the EHR's access token travels to it); plain http to a loopback host, for local trials.
+        "fhirServer": {"type": "string", "pattern": FHIR_SERVER_PATTERN},
         "fhirAuthorization": {"type": "object", "required": ["access_token", "token_type"], "properties": {
             "access_token": {"type": "string"},
             "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
@@ -72,6 +72,7 @@ REQUEST_SCHEMA: dict[str, Any] = {
     },
     "dependentRequired": {"fhirAuthorization": ["fhirServer"]},  # CDS Hooks 2.0 cds-r-1
 }
+_VALIDATOR = jsonschema_rs.Draft202012Validator(REQUEST_SCHEMA)  # OpenAPI 3.1 schemas are JSON Schema 2020-12
 CARD = {"type": "object", "required": ["summary", "indicator", "source"], "properties": {
     "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 140}, "detail": {"type": "string"},
     "indicator": {"enum": ["info", "warning", "critical"]}, "source": {"type": "object"},
@@ -119,59 +120,23 @@ def patient_view() -> Response:
 # ---- request -----------------------------------------------------------------------------------
 
 def _check_request(body: Any) -> str:
-    """The fields CDS Hooks 2.0 requires of a patient-view call; returns context.patientId."""
-    if not isinstance(body, dict):
-        raise ServiceError(400, "expected a CDS Hooks request (a JSON object)")
-    if body.get("hook") != HOOK:
-        raise ServiceError(400, f"this service answers the {HOOK!r} hook, not {body.get('hook')!r}",
-                           expression="hook")
-    instance = body.get("hookInstance")
-    if not isinstance(instance, str) or not 0 < len(instance) <= 128:
-        raise ServiceError(400, "hookInstance (a UUID) is required", expression="hookInstance")
-    context = body.get("context")
-    pid = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(context, dict) or not isinstance(pid, str) or \
-            not re.fullmatch(FHIR_ID, pid.removeprefix("Patient/")):
-        raise ServiceError(400, "context.patientId (a FHIR id) is required", expression="context.patientId")
-    for name in ("userId", "encounterId"):
-        if name in context and not isinstance(context[name], str):
-            raise ServiceError(400, f"context.{name} must be a string", expression=f"context.{name}")
-    prefetch = body.get("prefetch")
-    if "prefetch" in body and not isinstance(prefetch, dict):
-        raise ServiceError(400, "prefetch must be an object of prefetch keys", expression="prefetch")
-    for key, value in (prefetch or {}).items():
-        if value is not None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
-            raise ServiceError(400, f"prefetch.{key} must be a FHIR resource or null", expression=f"prefetch.{key}")
-    auth = body.get("fhirAuthorization")
-    if auth is not None:
-        # cds-r-1: fhirAuthorization implies fhirServer.
-        if not isinstance(auth, dict) or not isinstance(auth.get("access_token"), str):
-            raise ServiceError(400, "fhirAuthorization.access_token is required", expression="fhirAuthorization")
-        if not isinstance(auth.get("token_type"), str) or auth["token_type"].lower() != "bearer":
-            raise ServiceError(400, "fhirAuthorization.token_type must be Bearer", expression="fhirAuthorization")
-        for name, kind in (("expires_in", int), ("scope", str), ("subject", str)):
-            if name in auth and (not isinstance(auth[name], kind) or isinstance(auth[name], bool)):
-                raise ServiceError(400, f"fhirAuthorization.{name} has the wrong type",
-                                   expression=f"fhirAuthorization.{name}")
-        if not body.get("fhirServer"):
-            raise ServiceError(400, "fhirAuthorization given without fhirServer", expression="fhirServer")
+    """The call checked against REQUEST_SCHEMA, the same document /openapi.json publishes (one source: they
+    cannot drift); then what no schema can say (this service's fhirServer allow-list). Returns the patient id."""
+    error = next(iter(_VALIDATOR.iter_errors(body)), None)
+    if error is not None:
+        path = [str(p) for p in error.instance_path]
+        kind = error.kind
+        if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+            path.append(str(kind.property))  # the missing member is what the client must add
+        where = ".".join(path) or None
+        # The schema's words, cut short; the values it quotes are the caller's own (no token is pattern-checked).
+        raise ServiceError(400, f"not a valid CDS Hooks {HOOK} call: {where or 'request'}: {error.message[:200]}",
+                           expression=where)
     server = body.get("fhirServer")
-    if "fhirServer" in body:
-        if not isinstance(server, str):
-            raise ServiceError(400, "fhirServer must be a URL string", expression="fhirServer")
-        _check_server(server)
-        if not services().settings.fhir_server_allowed(server):
-            raise ServiceError(400, "fhirServer is not one this service may call (CART_FHIR_CDS_FHIR_SERVERS)",
-                               expression="fhirServer")
-    return pid.removeprefix("Patient/")
-
-
-def _check_server(server: Any) -> None:
-    """https only (the EHR's access token travels to it), or plain http to this host for local trials."""
-    parts = urlsplit(server) if isinstance(server, str) else None
-    if parts is None or not parts.hostname or not (
-            parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK)):
-        raise ServiceError(400, "fhirServer must be an https URL", expression="fhirServer")
+    if server is not None and not services().settings.fhir_server_allowed(server):
+        raise ServiceError(400, "fhirServer is not one this service may call (CART_FHIR_CDS_FHIR_SERVERS)",
+                           expression="fhirServer")
+    return str(body["context"]["patientId"]).removeprefix("Patient/")
 
 
 # ---- data: prefetch first, then the EHR's FHIR server --------------------------------------------
