@@ -36,7 +36,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     what its switched-on features need refuses to start (ConfigError)."""
     settings = load_service_settings(overrides)
     app = Flask("cart_fhir")
-    app.config.update(TESTING=settings.testing, MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
+    # No automatic OPTIONS: Flask's is an empty text/html 200; without it OPTIONS is a 405 OperationOutcome
+    # with `Allow` like any other method a route does not take (this service sends no CORS headers).
+    app.config.update(TESTING=settings.testing, MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False,
+                      PROVIDE_AUTOMATIC_OPTIONS=False)
     if settings.proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import orjson
 from flask import g, request
+from gunicorn.http.errors import ParseException
 
 from .context import services
 from .errors import ClientTooSlow, ServiceError
@@ -47,6 +48,10 @@ def json_body() -> Any:
     except ClientTooSlow as exc:  # the server's body budget (worker.py) ran out
         raise ServiceError(408, "the request body was not received in time", headers={"Connection": "close"}) \
             from exc
+    except ParseException as exc:  # gunicorn reads the body as the app asks: a broken chunked encoding is here
+        raise ServiceError(400, f"malformed request body framing ({type(exc).__name__})", code="structure") from exc
+    except OSError as exc:  # the client went away mid-body (gunicorn's NoMoreData is an IOError)
+        raise ServiceError(400, "the request body ended early", code="incomplete") from exc
     if not data.strip():
         raise ServiceError(400, "the request body is empty: expected a FHIR resource")
     limit = services().settings.max_entries
