@@ -322,3 +322,35 @@ def test_cds_request_schema_in_openapi_is_what_the_handler_enforces(engine, chan
     resp = client.post("/cds-services/cart-toxicity", data=orjson.dumps(call),
                        headers={"Content-Type": "application/json"})
     assert (resp.status_code != 400) == valid, resp.get_json(force=True)
+
+
+PARAMETER_PARTS = [
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}], id="bundle"),
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}, {"name": "bundleType", "valueCode": "transaction"}],
+                 id="bundle-transaction"),
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}, {"name": "skipInvalid", "valueBoolean": True}],
+                 id="skip-invalid"),
+    pytest.param([{"name": "bundle", "resource": {"resourceType": "Patient"}}], id="bundle-not-a-bundle"),
+    pytest.param([{"name": "bundle"}], id="bundle-without-resource"),
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}, {"name": "skipInvalid", "valueString": "yes"}],
+                 id="flag-not-boolean"),
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}, {"name": "bundleType", "valueCode": "batch"}],
+                 id="bundle-type-batch"),
+    pytest.param([{"name": "bundle", "resource": "EXAMPLE"}, {"name": "colour", "valueString": "red"}],
+                 id="unknown-name"),
+    pytest.param([{"resource": "EXAMPLE"}], id="no-name"),
+]
+
+
+@pytest.mark.parametrize("parts", PARAMETER_PARTS)
+def test_parameters_schema_in_openapi_is_what_the_operation_enforces(engine, parts):
+    import jsonschema_rs
+
+    client = _app(engine).test_client()
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["Parameters"]
+    example = orjson.loads(EXAMPLE.read_bytes())
+    body = {"resourceType": "Parameters",
+            "parameter": [{**p, "resource": example} if p.get("resource") == "EXAMPLE" else p for p in parts]}
+    valid = jsonschema_rs.Draft202012Validator(schema).is_valid(body)
+    resp = client.post("/fhir/$grade-toxicity", data=orjson.dumps(body), headers={"Content-Type": FHIR})
+    assert (resp.status_code == 200) == valid and resp.status_code in (200, 400), resp.get_json(force=True)

@@ -80,7 +80,7 @@ def test_grade_parameters_with_a_bundle_part_and_transaction_output(client):
                  id="wrong-resource-type"),
     pytest.param([1, 2], FHIR, 400, "JSON object", id="json-array"),
     pytest.param({"resourceType": "Parameters", "parameter": [{"name": "colour", "valueString": "red"}]}, FHIR,
-                 400, "unknown parameter 'colour'", id="unknown-parameter"),
+                 400, "Parameters.parameter[0].name: \"colour\" is not one of", id="unknown-parameter"),
     pytest.param({"resourceType": "Parameters", "parameter": []}, FHIR, 400, "no 'bundle' part", id="no-bundle"),
     pytest.param({"resourceType": "Bundle", "type": "nonsense"}, FHIR, 400, "not a FHIR R4 Bundle type",
                  id="bad-bundle-type"),

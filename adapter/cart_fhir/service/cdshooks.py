@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import jsonschema_rs
 from flask import Blueprint, Response, request
 
 from ..constants import FHIR_ID
@@ -17,7 +16,7 @@ from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
 from .guard import json_body
-from .openapi import document
+from .openapi import check, document
 
 log = logging.getLogger("cart_fhir.cds")
 cds = Blueprint("cds", __name__)
@@ -72,7 +71,6 @@ REQUEST_SCHEMA: dict[str, Any] = {
     },
     "dependentRequired": {"fhirAuthorization": ["fhirServer"]},  # CDS Hooks 2.0 cds-r-1
 }
-_VALIDATOR = jsonschema_rs.Draft202012Validator(REQUEST_SCHEMA)  # OpenAPI 3.1 schemas are JSON Schema 2020-12
 CARD = {"type": "object", "required": ["summary", "indicator", "source"], "properties": {
     "uuid": {"type": "string"}, "summary": {"type": "string", "maxLength": 140}, "detail": {"type": "string"},
     "indicator": {"enum": ["info", "warning", "critical"]}, "source": {"type": "object"},
@@ -122,16 +120,7 @@ def patient_view() -> Response:
 def _check_request(body: Any) -> str:
     """The call checked against REQUEST_SCHEMA, the same document /openapi.json publishes (one source: they
     cannot drift); then what no schema can say (this service's fhirServer allow-list). Returns the patient id."""
-    error = next(iter(_VALIDATOR.iter_errors(body)), None)
-    if error is not None:
-        path = [str(p) for p in error.instance_path]
-        kind = error.kind
-        if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
-            path.append(str(kind.property))  # the missing member is what the client must add
-        where = ".".join(path) or None
-        # The schema's words, cut short; the values it quotes are the caller's own (no token is pattern-checked).
-        raise ServiceError(400, f"not a valid CDS Hooks {HOOK} call: {where or 'request'}: {error.message[:200]}",
-                           expression=where)
+    check(REQUEST_SCHEMA, body, "")
     server = body.get("fhirServer")
     if server is not None and not services().settings.fhir_server_allowed(server):
         raise ServiceError(400, "fhirServer is not one this service may call (CART_FHIR_CDS_FHIR_SERVERS)",

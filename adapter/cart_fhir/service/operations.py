@@ -23,7 +23,7 @@ from ..report import RunReport
 from .context import services
 from .errors import ServiceError, fhir_response, issue
 from .guard import json_body, requires
-from .openapi import document
+from .openapi import PARAMETERS, check, document
 
 fhir = Blueprint("fhir", __name__, url_prefix="/fhir")
 DEFINITIONS = Path(__file__).parent / "definitions"
@@ -50,29 +50,15 @@ def _parameters(body: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     if rtype != "Parameters":
         raise ServiceError(400, f"expected a Bundle or a Parameters resource, got resourceType {rtype!r}",
                            expression="resourceType")
+    check(PARAMETERS, body, "Parameters")  # the schema /openapi.json publishes: names, value types, bundle
     bundle = None
     values: dict[str, Any] = {}
-    parts = body.get("parameter", [])
-    if not isinstance(parts, list):
-        raise ServiceError(400, "Parameters.parameter must be a list", expression="Parameters.parameter")
-    for i, part in enumerate(parts):
-        name = part.get("name") if isinstance(part, dict) else None
-        where = f"Parameters.parameter[{i}]"
+    for part in body.get("parameter", []):
+        name = part["name"]
         if name == "bundle":
-            bundle = part.get("resource")
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise ServiceError(400, "the 'bundle' parameter must carry a Bundle resource",
-                                   expression=f"{where}.resource")
-        elif name in ("skipInvalid", "writeBack"):
-            if not isinstance(part.get("valueBoolean"), bool):
-                raise ServiceError(400, f"parameter {name} must be a valueBoolean", expression=f"{where}.value")
-            values[name] = part["valueBoolean"]
-        elif name == "bundleType":
-            if part.get("valueCode") not in ("collection", "transaction"):
-                raise ServiceError(400, "bundleType must be collection or transaction", expression=f"{where}.value")
-            values[name] = part["valueCode"]
+            bundle = part["resource"]
         else:
-            raise ServiceError(400, f"unknown parameter {name!r}", expression=f"{where}.name")
+            values[name] = part["valueCode" if name == "bundleType" else "valueBoolean"]
     return bundle, values
 
 
