@@ -12,7 +12,7 @@ from cart_fhir.conformance.validate import validate_bundle
 from cart_fhir.pipeline import Engine
 
 # The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
-pytest_plugins = ["fhir_server_fixture"]
+pytest_plugins = ["fhir_server_fixture", "browser_fixture"]  # browser: Debian chromium + Playwright
 
 
 class CheckingEngine(Engine):

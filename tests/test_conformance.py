@@ -221,7 +221,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_command(str(bad), str(pkg)) == 1
     err = capsys.readouterr().err.splitlines()
     where = f"cart-fhir: error: {bad}: entry[1]: AdverseEvent urn:uuid:a0: AdverseEvent.foo: "
-    assert err[0].endswith("0 issue(s): valid (base R4, and each cart-fhir profile a resource claims)")
+    assert err[0].endswith(
+        "0 issue(s): valid (base R4 with its invariants, and each cart-fhir profile a resource claims)")
     assert err[1:] == [where + "base R4: Extra inputs are not permitted",
                        where + "unknown element (not in the profile snapshot)",
                        f"cart-fhir: {bad}: 2 resource(s), 2 issue(s)"]

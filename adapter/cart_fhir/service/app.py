@@ -34,6 +34,10 @@ access_log = logging.getLogger("cart_fhir.access")
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Settings are layered defaults -> CART_FHIR_* environment -> overrides, and checked: a service missing
     what its switched-on features need refuses to start (ConfigError)."""
+    from .app_launch import init_app as init_smart_app
+    from .app_launch import split_overrides
+
+    overrides, app_overrides = split_overrides(overrides)  # CART_FHIR_APP_*: the SMART app's own settings
     settings = load_service_settings(overrides)
     app = Flask("cart_fhir")
     # No automatic OPTIONS: Flask's is an empty text/html 200; without it OPTIONS is a 405 OperationOutcome
@@ -72,6 +76,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(cds)
     app.register_blueprint(health)
     app.register_blueprint(discovery)
+    init_smart_app(app, app_overrides)  # /app/: the SMART timeline app, only when configured
 
     @app.get("/openapi.json")
     def openapi() -> Response:
@@ -99,6 +104,8 @@ def _register_negotiation(app: Flask) -> None:
 
     @app.before_request
     def _accept() -> None:
+        if request.blueprint == "smart_app":  # the SMART timeline app (/app/) answers HTML to browsers
+            return
         fmt = request.args.get("_format")
         if fmt is not None and fmt.lower() not in FORMAT_JSON:
             raise ServiceError(406, f"_format {fmt[:40]!r} is not served: this service answers JSON only",

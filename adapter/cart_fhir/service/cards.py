@@ -243,7 +243,7 @@ class _Context:
                 # appContext is an opaque string the SMART app receives at launch (CDS Hooks 2.0 Link).
                 "appContext": orjson.dumps({"patient": self.patient_id, "infusion": ref,
                                             "toxicity": tox.value}).decode(),
-            }],
+            }] if self.timeline_url else [],  # no timeline app configured: no link (never a placeholder)
         }
 
 
