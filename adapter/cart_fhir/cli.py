@@ -104,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     srv.add_argument("--workers", type=int, help="worker processes (default: one per core, 2 to 8)")
     srv.add_argument("--timeout", type=int, default=120, help="seconds before a silent worker is restarted")
+    srv.add_argument("--threads", type=int, default=32, help="threads per worker (default 32)")
+    srv.add_argument("--header-timeout", type=float, default=10.0,
+                     help="seconds a client has to send the request line and headers (default 10)")
+    srv.add_argument("--body-timeout", type=float, default=30.0,
+                     help="seconds a client has to send the whole request body (default 30)")
+    srv.add_argument("--allow-no-auth", action="store_true",
+                     help="listen on a non-loopback address with CART_FHIR_AUTH=off (something in front must "
+                          "authenticate every caller); logged as a warning")
+    srv.add_argument("--control-socket", metavar="PATH",
+                     help="gunicorn's control socket for this instance (default: none)")
     return p
 
 
@@ -335,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .service.serve import serve
 
-            serve(args.host, args.port, args.workers, args.timeout)
+            serve(args.host, args.port, args.workers, args.timeout, threads=args.threads,
+                  allow_no_auth=args.allow_no_auth, control_socket=args.control_socket,
+                  header_timeout=args.header_timeout, body_timeout=args.body_timeout)
             return EXIT_OK
     except InputErrors as exc:
         show = bool(getattr(args, "show_values", False))

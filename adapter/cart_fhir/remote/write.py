@@ -22,7 +22,7 @@ from ..output.requests import BY_ID_TYPES, stable_id
 from ..output.resources import PatientResources, Written
 from .changes import content_hash, hash_tags, version_of, with_hash
 from .client import FhirClient
-from .errors import ServerError, outcome_text, status_code
+from .errors import DeadlineExceeded, ServerError, outcome_text, status_code
 from .locks import PatientLocks
 from .outcome import Conflict, PatientWrite, WriteFailed, WriteReport
 from .plan import Op, levels, op_levels, plan, read_existing
@@ -88,6 +88,8 @@ class ResultWriter:
                                               detail="other writers kept changing this patient's results") from exc
         except WriteFailed as exc:
             pw.error = exc.message
+        except DeadlineExceeded:
+            raise  # the request's time budget is spent: no other patient would fare better; the caller says so
         except ServerError as exc:
             if exc.status in (401, 403):
                 raise  # the server refuses us: no other patient would fare better
