@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,6 +34,9 @@ from .summary import cohort_totals, episode_rows, render_table, table_rows
 log = logging.getLogger("cart_fhir")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 MAX_ERROR_LINES = 20
+# A graded file run's objects (readings, results, output dicts), kept alive past main() so that entry()
+# can end the process without freeing them one by one (measured: ~2x the parse time of the input, issue 18).
+_KEEP_UNTIL_EXIT: list[object] = []
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,6 +194,7 @@ def grade_command(args: argparse.Namespace) -> int:
                   "of a CAR-T product, or a Procedure CPT 38228); the output Bundle is empty", file=sys.stderr)
     if run is not None:
         return _server_outcome(run, args.quiet)
+    _KEEP_UNTIL_EXIT.append((result, written, bundle))
     return EXIT_OK
 
 
@@ -374,5 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_FAILURE
 
 
+def entry() -> None:
+    """The console script. After a graded file run, whose outputs are all written and closed, flush and end
+    the process with os._exit: the OS reclaims the memory at once instead of CPython deallocating every
+    object (1.9x the parse time, issue 18). Every other command exits normally (atexit, worker clean-up)."""
+    code = main()
+    if not _KEEP_UNTIL_EXIT:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
