@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Grade FHIR R4 Bundles and NDJSON files or folders; write the output Bundle.")
     g.add_argument("inputs", nargs="*", metavar="INPUT", help="Bundle .json, .ndjson file, or a folder of them")
     g.add_argument("-o", "--output", metavar="OUT.json", help="write the output Bundle here (default: stdout)")
+    g.add_argument("--pretty", action="store_true",
+                   help="indent the -o output Bundle (default: compact; stdout is always indented)")
     g.add_argument("--concept-map", action="append", default=[], metavar="MAP.json",
                    help="a FHIR ConceptMap from site-local codes to cart-fhir's concepts (repeatable)")
     g.add_argument("--bundle-type", choices=("collection", "transaction"), default="collection",
@@ -170,7 +172,10 @@ def grade_command(args: argparse.Namespace) -> int:
 
         validate_resources([w.resource for w in written])
     bundle = engine.bundle(written, args.bundle_type)
-    payload = orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    # A file is for programs: compact unless --pretty (indentation nearly doubles it: 65 vs 35 MB for 200
+    # synthetic patients, issue 18); stdout is for people and stays indented.
+    indent = orjson.OPT_INDENT_2 if args.pretty or not args.output else 0
+    payload = orjson.dumps(bundle, option=indent | orjson.OPT_APPEND_NEWLINE)
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     registry = _registry_csv(result) if args.registry_csv else None
     # `--patient nope`: nothing graded and exit 2 ahead, so no empty Bundle, file or stdout.
