@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..constants import CS_PRODUCT, RXNORM, NDC
+from ..constants import CS_PRODUCT, NDC, RXNORM
 from ..errors import ConfigError
-from ..tables import ConceptRow, ConditionFindingRow, DrugRow, InfectionRow, NeuroEventRow, Tables
+from ..tables import (
+    ConceptRow,
+    ConditionFindingRow,
+    DrugRow,
+    InfectionRow,
+    MalignancyRow,
+    NeuroEventRow,
+    Tables,
+)
 
 # ConceptMap equivalences (R4) / relationships (R5) that do not mean "this code stands for that one".
 _NOT_A_MATCH = frozenset({"unmatched", "disjoint", "not-related-to"})
@@ -164,6 +172,22 @@ class Terminology:
             hit = self._events.get(pair)
             if hit is not None:
                 return hit[0], hit[1], f"{pair[0]}|{pair[1]}"
+        return None
+
+    def malignancy(self, cc: Any) -> tuple[MalignancyRow, str] | None:
+        """(row, "system|code" or the matched text) of a new-malignancy Condition (second-malignancy.yaml):
+        a code row first (first match wins), else a name in its text or displays."""
+        pairs = self._pairs(cc)
+        for row in self.tables.malignancies.rows:
+            for system, code in pairs:
+                if row.matches_code(system, code):
+                    return row, f"{system}|{code}"
+        blob = " ".join(t.lower() for t in texts_of(cc))
+        if blob:
+            for row in self.tables.malignancies.rows:
+                for name in row.names:
+                    if name in blob:
+                        return row, next((f"{s}|{c}" for s, c in pairs), f"text|{name}")
         return None
 
     def condition_finding(self, cc: Any) -> ConditionFindingRow | None:
