@@ -100,7 +100,7 @@ LAYERS: list[set[str]] = [
     # points: it checks what output/ builds against the R4B models, and conformance/validate.py uses it.
     {"ingest", "timeline", "grading", "output", "remote", "validate"},
     # The engine and what drives it.
-    {"pipeline", "summary", "registry", "conformance", "synth", "stream"},
+    {"pipeline", "summary", "registry", "follow_up", "conformance", "synth", "stream"},
     # Entry points.
     {"service", "cli", "cli_*"},
 ]

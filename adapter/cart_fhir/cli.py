@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     g.add_argument("--registry-csv", metavar="FILE", help="write the registry summary: one row per infusion")
+    g.add_argument("--registry-follow-up-csv", metavar="FILE",
+                   help="write the registry follow-up CSV: one row per infusion and follow-up period (day 100, "
+                        "6 months, 1 year, then yearly) with its long-term effects")
     big = g.add_argument_group("large NDJSON inputs (streamed: memory stays flat as input grows)")
     big.add_argument("--out-dir", metavar="DIR",
                      help="write Bulk Data style <Type>.ndjson files and report.json here")
@@ -154,9 +157,12 @@ def grade_command(args: argparse.Namespace) -> int:
     payload = orjson.dumps(bundle, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     registry = _registry_csv(result) if args.registry_csv else None
+    follow_up = _follow_up_csv(result) if args.registry_follow_up_csv else None
     # Everything is built before anything is written: a failure above leaves no file behind.
     if registry is not None:
         _write_atomic(args.registry_csv, registry)
+    if follow_up is not None:
+        _write_atomic(args.registry_follow_up_csv, follow_up)
     if args.summary_json:
         _write_atomic(args.summary_json, summary)
     if args.output:
@@ -183,6 +189,14 @@ def _registry_csv(result: Any) -> bytes:
                     result.tables).encode()
 
 
+def _follow_up_csv(result: Any) -> bytes:
+    """Header and one row per infusion and follow-up period (adapter.follow_up, imported only when asked for)."""
+    from .follow_up import csv_text, follow_up_rows
+
+    return csv_text((row for pr in result.patients for row in follow_up_rows(pr, result.tables)),
+                    result.tables).encode()
+
+
 def _stream_command(args: argparse.Namespace) -> int:
     """The streamed path (adapter/cart_fhir/stream): partition by patient, grade buckets in worker processes."""
     from .stream.run import StreamJob, run_stream
@@ -191,6 +205,8 @@ def _stream_command(args: argparse.Namespace) -> int:
         raise ConfigError("--out-dir, --workers and --buckets grade INPUT files, not patients on a server")
     if args.validate:
         raise ConfigError("--validate is not available with --out-dir/--workers: validate the output files")
+    if args.registry_follow_up_csv:
+        raise ConfigError("--registry-follow-up-csv is not available with --out-dir/--workers yet: grade without them")
     if not (args.out_dir or args.output or args.summary_json or args.registry_csv):
         raise ConfigError("a streamed run writes files: give --out-dir DIR or -o OUT.json")
     job = StreamJob(inputs=args.inputs, out_dir=Path(args.out_dir) if args.out_dir else None,

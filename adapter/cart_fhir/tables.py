@@ -368,6 +368,7 @@ class RegistryColumnRow(Row):
 
 class RegistryColumnTable(Table):
     rows: tuple[RegistryColumnRow, ...]
+    follow_up: tuple[RegistryColumnRow, ...] = ()  # the follow-up CSV (follow_up.py): one row per period
 
 
 @dataclass(frozen=True, slots=True)
