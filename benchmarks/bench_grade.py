@@ -35,11 +35,13 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+import cart_fhir
 
 # ---- codes (shared/spec/input-contract.md) ------------------------------------------------------------
 
@@ -258,7 +260,7 @@ class PatientGen:
             crp = rng.uniform(40, 250) if inflamed else rng.uniform(1, 15)
             ferritin = rng.uniform(1500, 12000) if inflamed else rng.uniform(200, 900)
             anc = rng.uniform(0.0, 0.5) if 3 <= d <= 14 else rng.uniform(0.8, 4.0)
-            for (prefix, _, _, unit), v in zip(_LABS, (round(crp, 1), round(ferritin), round(anc, 2))):
+            for (prefix, _, _, unit), v in zip(_LABS, (round(crp, 1), round(ferritin), round(anc, 2)), strict=True):
                 self.obs(prefix, _LAB_CAT, _LAB_CODES[prefix], when, valueQuantity=self.qty(v, unit))
         return self.out
 
@@ -355,7 +357,7 @@ def baseline_parse(data: bytes, fmt: str) -> int:
     return n
 
 
-RECORDED = datetime(2025, 1, 1, tzinfo=timezone.utc)  # fixed run time: identical output bytes every run
+RECORDED = datetime(2025, 1, 1, tzinfo=UTC)  # fixed run time: identical output bytes every run
 
 
 def grading_pass(engine: Any, cohort: Cohort) -> dict[str, Any]:
@@ -380,11 +382,9 @@ def max_rss_mb() -> float:
 
 def source_fingerprint() -> str:
     """sha256 (12 hex) of the adapter's .py files and the mapping tables, as read now: ties figures to code."""
-    import cart_fhir
-
     pkg = Path(cart_fhir.__file__).resolve().parent
     files = sorted(pkg.rglob("*.py"))
-    for maps in (pkg.parent / "mappings", pkg / "_data" / "mappings"):
+    for maps in (pkg.parent.parent / "mappings", pkg / "_data" / "mappings"):
         if maps.is_dir():
             files += sorted(f for f in maps.rglob("*") if f.is_file())
             break
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "orjson": orjson.__version__, "cart_fhir": adapter.__version__,
+                    "orjson": orjson.__version__, "cart_fhir": cart_fhir.__version__,
                     "adapter_sources_sha256": fingerprint},
         "params": {"patients": args.patients, "days": args.days, "seed": args.seed, "repeat": args.repeat,
                    "format": args.format},
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     del last, result, written, payload
 
     rows = [
-        ("code", f"cart-fhir {adapter.__version__}, adapter+mappings sha256 {fingerprint}"),
+        ("code", f"cart-fhir {cart_fhir.__version__}, package+mappings sha256 {fingerprint}"),
         ("input", f"{mb:.1f} MB {args.format}, {cohort.resources:,} resources, {cohort.patients:,} patients"),
         ("engine start-up", f"{startup_s:.3f} s (not timed below)"),
         ("baseline parse (orjson)", f"{parse_s:.3f} s   (best of {args.repeat})"),

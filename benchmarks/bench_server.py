@@ -22,10 +22,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fhir_server_fixture import running_server
-from fhirbuild import PatientBuilder, bundle_of
+from fhir_server_fixture import running_server  # noqa: E402 - tests/ goes on the path first
+from fhirbuild import PatientBuilder, bundle_of  # noqa: E402
 
-from cart_fhir.cli import main
+from cart_fhir.cli import main  # noqa: E402
 
 OUR_TYPES = ("Observation", "Condition", "AdverseEvent", "Provenance", "Device")
 

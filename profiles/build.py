@@ -22,15 +22,23 @@ REPO = HERE.parent
 GENERATED = HERE / "fsh-generated"
 # Resources the project already ships as JSON (one source of truth): copied verbatim next to SUSHI's output,
 # because SUSHI with FSHOnly: true does not publish predefined resources (input/resources).
+DEFINITIONS = REPO / "adapter" / "cart_fhir" / "service" / "definitions"
 PREDEFINED = (REPO / "mappings" / "avpu-conceptmap.json",
-              REPO / "adapter" / "cart_fhir" / "service" / "definitions" / "OperationDefinition-grade-toxicity.json",
-              REPO / "adapter" / "cart_fhir" / "service" / "definitions" / "OperationDefinition-Patient-grade-toxicity.json")
+              DEFINITIONS / "OperationDefinition-grade-toxicity.json",
+              DEFINITIONS / "OperationDefinition-Patient-grade-toxicity.json")
 # npm does not serve hl7.fhir.r4.core; hl7.fhir.r4.examples@4.0.1 holds every R4 conformance resource
 # (shared/notes/profiles-toolchain.md section 1.3). Its tarball is pinned by the registry's sha512 integrity.
 EXAMPLES = "hl7.fhir.r4.examples@4.0.1"
 EXAMPLES_INTEGRITY = ("sha512-DXBdIZOeQaSKIgCU7w6HOC7sw/6BzylmipLkBW4f//pT+Bc94x+8LImwTdvaNThPJoOzpBzvxAzNqjeu3X/"
                       "zLw==")
 CORE = "hl7.fhir.r4.core#4.0.1"
+# The severity-error FHIRPath invariants of the R4 core resources and datatypes, extracted from the rebuilt core
+# package (80 MB, never shipped) into one small table the validator reads (adapter/cart_fhir/conformance).
+INVARIANTS = HERE / "r4-invariants.json"
+# Types the table does not fan out into: Element and BackboneElement have only ele-1; the resources inside
+# Bundle.entry and contained are validated as resources of their own; Extension (ext-1, and the datatype rules of
+# its value[x]) is found anywhere in the JSON by the validator itself, far cheaper than one path per element.
+NOT_FANNED = frozenset({"Element", "BackboneElement", "Resource", "DomainResource", "Extension"})
 CONFORMANCE_TYPES = frozenset({
     "StructureDefinition", "ValueSet", "CodeSystem", "ConceptMap", "SearchParameter", "OperationDefinition",
     "CapabilityStatement", "CompartmentDefinition", "NamingSystem", "StructureMap", "ImplementationGuide",
@@ -104,6 +112,78 @@ def convert_examples(tgz: Path, packages: Path) -> int:
                                        "fhirVersions": ["4.0.1"], "license": "CC0-1.0",
                                        "description": f"rebuilt offline from npm {EXAMPLES} by cart-fhir"})
     return len(index)
+
+
+def _own_constraints(sd: dict, el: dict) -> list[dict]:
+    """An element's severity-error constraints that this StructureDefinition defines (not inherited from its
+    base or from an element type, whose tables carry them), without ele-1 (every element: checked in Python)."""
+    return [c for c in el.get("constraint", []) if c["severity"] == "error" and c["key"] != "ele-1"
+            and c.get("source", sd["url"]) == sd["url"]]
+
+
+def _fanned_types(el: dict, names: dict[str, str]) -> list[str]:
+    """The complex types an element can hold, by table name: a core profile on a type (SimpleQuantity on
+    Quantity) names that profile, which has invariants of its own (sqty-1)."""
+    out = []
+    for t in el.get("type", []):
+        profiles = [names[p] for p in t.get("profile", []) if p in names]
+        out += profiles or ([t["code"]] if t["code"] in names.values() else [])
+    return sorted({n for n in out if n not in NOT_FANNED})
+
+
+def core_invariants(core: Path) -> dict:
+    """The R4 invariant table: per resource or complex type its base type, its own constraints (key -> human,
+    expression) and, per element path that has constraints or complex types, [path, keys, types]."""
+    sds = []
+    for path in sorted(core.glob("StructureDefinition-*.json")):
+        sd = json.loads(path.read_text(encoding="utf-8"))
+        # the base types, plus the core profiles on datatypes (SimpleQuantity); not the core extensions or the
+        # core profiles on resources (vitalsigns ...), which a resource must claim to be held to
+        if "snapshot" in sd and sd.get("kind") in ("resource", "complex-type") and (
+                sd.get("derivation") != "constraint" or sd["kind"] == "complex-type" and sd["type"] != "Extension"):
+            sds.append(sd)
+    names = {sd["url"]: sd["id"] for sd in sds}
+    types: dict[str, dict] = {}
+    for sd in sds:
+        constraints: dict[str, list[str]] = {}
+        elements = []
+        for el in sd["snapshot"]["element"]:
+            own = _own_constraints(sd, el)
+            fanned = _fanned_types(el, names)
+            constraints.update({c["key"]: [c["human"], c["expression"]] for c in own})
+            if own or fanned:
+                rel = el["path"].split(".", 1)[1] if "." in el["path"] else ""
+                elements.append([rel, [c["key"] for c in own], fanned])
+        types[sd["id"]] = {"type": sd["type"], "base": names.get(sd.get("baseDefinition", "")),
+                           "constraints": constraints, "elements": elements}
+    return {"source": f"{CORE} rebuilt from npm {EXAMPLES} by profiles/build.py: severity-error invariants of "
+                      "the resources and complex types, without ele-1 and ext-1", "types": _pruned(types)}
+
+
+def _pruned(types: dict[str, dict]) -> dict[str, dict]:
+    """Only types with an invariant somewhere below them (own, of the base type, or of an element's type)."""
+    live = {n for n, t in types.items() if t["constraints"]}
+    while True:
+        more = {n for n, t in types.items() if n not in live and (
+            t["base"] in live or any(tn in live for _, _, fanned in t["elements"] for tn in fanned))}
+        if not more:
+            break
+        live |= more
+    out = {}
+    for name in sorted(live):
+        t = types[name]
+        elements = [[rel, keys, [tn for tn in fanned if tn in live]] for rel, keys, fanned in t["elements"]]
+        out[name] = {**t, "base": t["base"] if t["base"] in live else None,
+                     "elements": [e for e in elements if e[1] or e[2]]}
+    return out
+
+
+def invariants_text(toolchain: Path) -> str:
+    """r4-invariants.json: one line per type, so a review diff shows which types changed."""
+    table = core_invariants(toolchain / "fhir-home" / ".fhir" / "packages" / CORE / "package")
+    lines = [f"{json.dumps(name)}: {json.dumps(t, ensure_ascii=False, sort_keys=True)}"
+             for name, t in table["types"].items()]
+    return f'{{"source": {json.dumps(table["source"])},\n"types": {{\n' + ",\n".join(lines) + "\n}}\n"
 
 
 def _install_into(work: Path) -> None:
@@ -182,11 +262,11 @@ def stale(built: Path, committed: Path = GENERATED) -> list[str]:
 
 
 @contextlib.contextmanager
-def built() -> Iterator[Path]:
-    """A fresh fsh-generated/ in a temporary folder."""
+def built() -> Iterator[tuple[Path, str]]:
+    """A fresh fsh-generated/ in a temporary folder, and the text of r4-invariants.json."""
     toolchain = install()
     with tempfile.TemporaryDirectory(prefix="cart-fhir-sushi-") as tmp:
-        yield sushi(toolchain, Path(tmp))
+        yield sushi(toolchain, Path(tmp)), invariants_text(toolchain)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,18 +275,23 @@ def main(argv: list[str] | None = None) -> int:
                                                              "listing stale files")
     args = parser.parse_args(argv)
     try:
-        with built() as fresh:
+        with built() as (fresh, invariants):
             if args.check:
                 problems = stale(fresh)
+                if not INVARIANTS.is_file() or INVARIANTS.read_text(encoding="utf-8") != invariants:
+                    problems.append(f"changed: {INVARIANTS.relative_to(REPO)}")
                 for line in problems:
                     print(f"stale {line}", file=sys.stderr)
                 if problems:
-                    print("profiles/fsh-generated is stale: run `python profiles/build.py`", file=sys.stderr)
+                    print("profiles/fsh-generated or r4-invariants.json is stale: run `python profiles/build.py`",
+                          file=sys.stderr)
                 return 1 if problems else 0
             if GENERATED.exists():
                 shutil.rmtree(GENERATED)
             shutil.copytree(fresh, GENERATED)
-            print(f"wrote {len(list((GENERATED / 'resources').glob('*.json')))} resources to {GENERATED}")
+            INVARIANTS.write_text(invariants, encoding="utf-8")
+            print(f"wrote {len(list((GENERATED / 'resources').glob('*.json')))} resources to {GENERATED} and "
+                  f"{INVARIANTS.name}")
             return 0
     except BuildError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import day_grade, run
+
 from cart_fhir.conformance import Checker, Package, default_package_dir
 from cart_fhir.conformance.validate import validate_bundle
 from cart_fhir.pipeline import Engine
-from helpers import day_grade, run
 
 # The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
-pytest_plugins = ["fhir_server_fixture"]
+pytest_plugins = ["fhir_server_fixture", "browser_fixture"]  # browser: Debian chromium + Playwright
 
 
 class CheckingEngine(Engine):

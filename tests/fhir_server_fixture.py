@@ -151,6 +151,14 @@ class FhirTestServer:
         """Invalidate every access token issued so far (SMART mode)."""
         self._control("POST", "expire-tokens")
 
+    def launch(self, patient: str, app_context: str | None = None) -> str:
+        """Record an EHR launch context (SMART App Launch); returns the opaque launch id for the app."""
+        return str(self._control("POST", "launch", {"patient": patient, "app_context": app_context})["launch"])
+
+    def tokens(self) -> list[str]:
+        """Every access token issued since the last reset (to prove none reached a page)."""
+        return list(self._control("GET", "tokens")["tokens"])
+
     def stats(self) -> dict[str, Any]:
         """Requests since the last reset: requests (FHIR API), by_method, by_kind, by_status,
         token_requests, discovery_requests, tokens_issued, faults_served. /$test calls are not counted."""

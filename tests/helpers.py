@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.ingest.read import read_bytes
 from cart_fhir.pipeline import Engine, RunResult

@@ -93,14 +93,14 @@ def test_http_only_in_the_client_and_web_layers() -> None:
 # in the package ("grading" for grading/crs.py, "cli_*" for cli_remote.py); "" is the package's __init__.
 LAYERS: list[set[str]] = [
     # Base: facts, tables, errors, settings machinery; no I/O beyond reading the shipped tables.
-    {"", "constants", "errors", "model", "tables", "table_ids", "report", "layering"},
+    {"", "constants", "errors", "files", "model", "tables", "table_ids", "report", "layering"},
     # Translation, pure grading, and the client layer. remote/ sits here, below the engine (issue 12): it
     # reads FHIR into ingest's items (remote/read.py uses ingest.codes/index/read) and writes output's
     # resources (remote/write.py), and knows nothing of grading. validate.py is here too, not with the entry
     # points: it checks what output/ builds against the R4B models, and conformance/validate.py uses it.
     {"ingest", "timeline", "grading", "output", "remote", "validate"},
     # The engine and what drives it.
-    {"pipeline", "summary", "registry", "follow_up", "conformance", "synth", "stream"},
+    {"pipeline", "summary", "registry", "follow_up", "conformance", "synth", "stream", "view"},
     # Entry points.
     {"service", "cli", "cli_*"},
 ]

@@ -12,6 +12,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+from pydantic import ValidationError
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable, Attributor, Suspect, lower
 from cart_fhir.grading.registry import GRADERS, check_registry, load_all
@@ -19,9 +23,6 @@ from cart_fhir.grading.result import Toxicity
 from cart_fhir.model import ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Reading
 from cart_fhir.tables import load_yaml_table
 from cart_fhir.timeline import Course
-from fhirbuild import PatientBuilder
-from helpers import run
-from pydantic import ValidationError
 
 TZ = timezone(timedelta(hours=1))
 DAY0 = datetime(2024, 5, 1, 10, 0, tzinfo=TZ)

@@ -12,6 +12,8 @@ import pytest
 import requests
 import responses
 import urllib3
+from fhirbuild import PatientBuilder, bundle_of
+
 from cart_fhir.cli_bulk import bulk_export_command
 from cart_fhir.errors import BadInput
 from cart_fhir.ingest.read import read_paths
@@ -20,7 +22,6 @@ from cart_fhir.remote.auth import BearerToken
 from cart_fhir.remote.bulk import BulkExport, PollPolicy
 from cart_fhir.remote.errors import ServerError
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
-from fhirbuild import PatientBuilder, bundle_of
 
 BASE = "https://fhir.example.org/fhir"
 KICK = f"{BASE}/Patient/$export"

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cart_fhir.grading.result import Toxicity
 from fhirbuild import PatientBuilder
 from helpers import daily, run
+
+from cart_fhir.grading.result import Toxicity
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cart_fhir.cli_validate import validate_command
 from cart_fhir.conformance import Checker, Package
 from cart_fhir.conformance.validate import validate_bundle
@@ -151,7 +152,8 @@ CASES = [
     pytest.param(_set("foo", 1), ["AdverseEvent.foo"], id="unknown-element"),
     pytest.param(_set("suspectEntity.0.causality.0.bar", 1), ["AdverseEvent.suspectEntity[0].causality[0].bar"],
                  id="unknown-nested-element"),
-    pytest.param(_set("category.0", {"text": "other"}), ["AdverseEvent.category:productUse"], id="category-slice-missing"),
+    pytest.param(_set("category.0", {"text": "other"}), ["AdverseEvent.category:productUse"],
+                 id="category-slice-missing"),
     pytest.param(_set("suspectEntity.0.instance", None), ["AdverseEvent.suspectEntity[0].instance"],
                  id="backbone-min-missing"),
     pytest.param(_set("identifier", [VALID["identifier"]]), ["AdverseEvent.identifier"], id="array-where-max-1"),
@@ -219,7 +221,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_command(str(bad), str(pkg)) == 1
     err = capsys.readouterr().err.splitlines()
     where = f"cart-fhir: error: {bad}: entry[1]: AdverseEvent urn:uuid:a0: AdverseEvent.foo: "
-    assert err[0].endswith("0 issue(s): valid (base R4, and each cart-fhir profile a resource claims)")
+    assert err[0].endswith(
+        "0 issue(s): valid (base R4 with its invariants, and each cart-fhir profile a resource claims)")
     assert err[1:] == [where + "base R4: Extra inputs are not permitted",
                        where + "unknown element (not in the profile snapshot)",
                        f"cart-fhir: {bad}: 2 resource(s), 2 issue(s)"]

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cart_fhir.tables import load_tables
 from fhirbuild import PatientBuilder
 from helpers import daily, episodes, run
+
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.tables import load_tables
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 
@@ -168,7 +170,7 @@ def test_episode_resolves_on_first_quiet_day_and_masking_keeps_it_open(engine) -
     res = run(engine, b.bundle())
     assert daily(res, "crs") == {1: (G, 1), 2: (G, 2), 3: (G, 2), 4: (G, 0), 5: (G, 1)}
     assert episodes(res, "crs") == [(1, 2, 4), (5, 1, None)]
-    ep = res.patients[0].courses[0].episodes[__import__("cart_fhir.grading.result", fromlist=["Toxicity"]).Toxicity.CRS][0]
+    ep = res.patients[0].courses[0].episodes[Toxicity.CRS][0]
     assert ep.onset.isoformat() == "2024-05-02T14:00:00+01:00"
     assert ep.abatement.isoformat() == "2024-05-05T00:00:00+01:00"
 

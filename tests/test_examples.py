@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from cart_fhir.ingest.read import read_paths
 from helpers import RECORDED, episodes
+
+from cart_fhir.ingest.read import read_paths
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"

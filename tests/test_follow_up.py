@@ -8,12 +8,13 @@ import io
 from pathlib import Path
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
 from cart_fhir.follow_up import Period, columns, csv_text, follow_up_rows, periods
 from cart_fhir.grading.registry import load_all
 from cart_fhir.registry import columns as course_columns
 from cart_fhir.tables import mappings_dir, read_yaml
-from fhirbuild import PatientBuilder
-from helpers import run
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 
@@ -81,6 +82,7 @@ def test_per_infusion_csv_is_unchanged_by_the_follow_up_columns() -> None:
 
 def test_cli_writes_the_follow_up_csv(tmp_path: Path) -> None:
     import orjson
+
     from cart_fhir.cli import main
 
     b = PatientBuilder()

@@ -13,6 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import RECORDED, run
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.registry import GRADERS, CourseResult, GraderSpec, OutputKind, check_registry, load_all
 from cart_fhir.grading.result import Assessment, DayGrade, Event, Findings, State, Toxicity
@@ -21,8 +24,6 @@ from cart_fhir.service.cards import criteria_of
 from cart_fhir.summary import episode_rows, table_rows
 from cart_fhir.tables import Row, Table, TableFile, mappings_dir
 from cart_fhir.timeline import Course
-from fhirbuild import PatientBuilder
-from helpers import RECORDED, run
 
 FEVER_DAYS = Toxicity("fever-days")
 HOT_DAY = Toxicity("hot-day")

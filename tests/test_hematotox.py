@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
 from cart_fhir.grading.hematotox import HematotoxScorer, HematotoxTable
 from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Assessment, State, Toxicity
 from cart_fhir.pipeline import Engine
 from cart_fhir.tables import load_yaml_table
-from fhirbuild import PatientBuilder
-from helpers import run
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 SCORER = HematotoxScorer(load_all().get(HematotoxTable))

@@ -11,14 +11,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
 from cart_fhir.grading.icaht import IcahtGrader, IcahtTable
 from cart_fhir.grading.icaht.series import cumulative, days_text
 from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.pipeline import Engine
 from cart_fhir.tables import load_yaml_table
-from fhirbuild import PatientBuilder
-from helpers import run
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 GRADER = IcahtGrader(load_all().get(IcahtTable))

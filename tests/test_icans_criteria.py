@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from cart_fhir.grading.result import Toxicity
-from cart_fhir.tables import load_tables
 from fhirbuild import PatientBuilder
 from helpers import daily, episodes, run
+
+from cart_fhir.grading.result import Toxicity
+from cart_fhir.tables import load_tables
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 CHILD_7 = {"birth": "2017-02-01"}   # 7 years old on 2024-05-01

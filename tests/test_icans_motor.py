@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import daily, run
+
 from cart_fhir.grading.icans import REVIEW_FLAG
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.summary import episode_rows
 from cart_fhir.tables import load_tables
-from fhirbuild import PatientBuilder
-from helpers import daily, run
 
 CHILD = {"birth": "2016-02-01"}  # 8 years old on day 25: CAPD
 
@@ -45,7 +46,8 @@ CASES = [
          lambda b: (b.ice(25, "08:00", 10), b.motor(25, "09:00")), [("isolated-motor", "unknown", 4)]),
     case("paraparesis-with-ice5-mixed", ["unknown"],
          lambda b: (b.ice(5, "08:00", 5), b.motor(5, "09:00")), [("mixed", "unknown", 4)]),
-    case("ice5-alone-encephalopathic", ["unknown"], lambda b: b.ice(5, "08:00", 5), [("encephalopathic", "unknown", 2)]),
+    case("ice5-alone-encephalopathic", ["unknown"], lambda b: b.ice(5, "08:00", 5),
+         [("encephalopathic", "unknown", 2)]),
     # --- inflammatory context: both sides of each row
     case("child-paraparesis-afebrile-crp-normal-non-inflammatory", ["non-inflammatory"],
          lambda b: (b.temp(25, "07:00", 36.9), crp(b, 25, "07:00", 0.3), b.capd(25, "08:30", 0), b.motor(25, "09:00")),

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
 from cart_fhir.constants import CS_OXYGEN
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading import iechs
@@ -22,8 +25,6 @@ from cart_fhir.grading.iechs.screen import ctcae_grade
 from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.model import Moment, Quantity, Reading
-from fhirbuild import PatientBuilder
-from helpers import run
 
 TABLES = load_all()
 OXYGEN = TABLES.concepts.values[CS_OXYGEN]

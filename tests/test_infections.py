@@ -12,6 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+from test_architecture import FORBIDDEN_IN_PURE, PKG, imports
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.infections import (
     MISSING_DEATH_CAUSE,
@@ -24,9 +28,6 @@ from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Event, State
 from cart_fhir.tables import InfectionRow, load_tables, load_yaml_table
 from cart_fhir.timeline import Course
-from fhirbuild import PatientBuilder
-from helpers import run
-from test_architecture import FORBIDDEN_IN_PURE, PKG, imports
 
 G, AL, NA = "graded", "at-least", "not-assessable"
 SCT = "http://snomed.info/sct"
@@ -461,7 +462,8 @@ def test_culture_within_14_days_of_a_diagnosed_infection_is_the_same_episode(eng
 
 @pytest.mark.parametrize(("loinc", "value", "positive"), [
     pytest.param("94500-6", {"valueCodeableConcept": {"text": "Detected"}}, True, id="micro-sars-cov-2-detected"),
-    pytest.param("94500-6", {"valueCodeableConcept": {"text": "Not detected"}}, False, id="micro-sars-cov-2-not-detected"),
+    pytest.param("94500-6", {"valueCodeableConcept": {"text": "Not detected"}}, False,
+                 id="micro-sars-cov-2-not-detected"),
     pytest.param("72493-0", {"valueQuantity": {"value": 1200, "unit": "[IU]/mL"}}, True, id="micro-cmv-load-positive"),
     pytest.param("72493-0", {"valueQuantity": {"value": 35, "comparator": "<", "unit": "[IU]/mL"}}, False,
                  id="micro-cmv-below-limit"),

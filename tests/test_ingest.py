@@ -14,13 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
+from fhirbuild import BASE, LOINC, RXNORM, UCUM, PatientBuilder, bundle_of
+from helpers import daily, run
+
 from cart_fhir.errors import BadInput, ConfigError, InputErrors
 from cart_fhir.ingest.read import read_bytes, read_paths
 from cart_fhir.ingest.units import UnitError
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.timeline import Course
-from fhirbuild import BASE, LOINC, RXNORM, UCUM, PatientBuilder, bundle_of
-from helpers import daily, run
 
 G = "graded"
 CS_OBS = f"{BASE}/CodeSystem/cart-observation"
@@ -201,7 +202,7 @@ def test_two_patients_in_ndjson_interleaved(engine: Engine) -> None:
     a, b = standard_patient(pid="pa"), PatientBuilder(pid="pb")
     b.temp(2, "08:00", 39.5)
     ra, rb = own_ids(a), own_ids(b)
-    mixed = [r for pair in zip(ra, rb) for r in pair] + ra[len(rb):]
+    mixed = [r for pair in zip(ra, rb, strict=False) for r in pair] + ra[len(rb):]  # ra may be longer
     res = engine.grade(read_bytes(ndjson(mixed), "mixed.ndjson"))
     ia = res.patients.index(by_id(res, "pa"))
     ib = res.patients.index(by_id(res, "pb"))

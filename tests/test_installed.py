@@ -6,8 +6,10 @@ import os
 import sysconfig
 from pathlib import Path
 
-import cart_fhir
 import pytest
+
+import cart_fhir
+from cart_fhir.conformance.invariants import table_path
 from cart_fhir.tables import mappings_dir
 
 SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
@@ -21,6 +23,7 @@ def test_package_and_tables_come_from_the_installed_wheel() -> None:
     assert FROM_WHEEL, f"CI must test the installed wheel, but adapter was imported from {cart_fhir.__file__}"
     assert not Path(cart_fhir.__file__).resolve().is_relative_to(SOURCE_TREE / "adapter")
     assert mappings_dir().resolve() == (SITE / "cart_fhir" / "_data" / "mappings").resolve()
+    assert table_path().resolve() == (SITE / "cart_fhir" / "_data" / "r4-invariants.json").resolve()
 
 
 def test_every_mapping_file_is_shipped() -> None:

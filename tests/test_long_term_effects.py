@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import RECORDED, run
+
 from cart_fhir.grading.bcell_aplasia import AplasiaTable
 from cart_fhir.grading.hypogamma import HypogammaTable
 from cart_fhir.grading.late_cytopenia import CytopeniaTable
@@ -17,8 +20,6 @@ from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.summary import episode_rows
 from cart_fhir.validate import validate_resources
-from fhirbuild import PatientBuilder
-from helpers import RECORDED, run
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 SCT = "http://snomed.info/sct"
@@ -85,7 +86,8 @@ CASES = [
          lambda b: (cd19(b, 30, 0), cd19(b, 90, 2), cd19(b, 180, 60)),
          [{"onset_day": 30, "duration_days": 150, "resolution_day": 180}]),
     case("cd19-aplasia-persists-one-year", ["follow-up"], B,
-         lambda b: (cd19(b, 30, 0), cd19(b, 365, 3)), [{"onset_day": 30, "duration_days": 335, "resolution_day": None}]),
+         lambda b: (cd19(b, 30, 0), cd19(b, 365, 3)),
+         [{"onset_day": 30, "duration_days": 335, "resolution_day": None}]),
     case("cd19-day0-baseline-not-counted", ["follow-up"], B, lambda b: cd19(b, 0, 5), []),
     # --- second primary malignancy
     case("vignette-t-cell-lymphoma-two-years-after", ["icd-c84-t-nk-lymphoma", "t-cell-fda-2024"], S,

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
 from cart_fhir.grading.neuro_other import ASSESSMENT_CODE, MISSING, NeuroGradingTable, NeuroOtherGrader
 from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.tables import NeuroEventTable, load_yaml_table
-from fhirbuild import PatientBuilder
-from helpers import run
 
 SCT = "http://snomed.info/sct"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"

@@ -6,11 +6,12 @@ from datetime import UTC
 from typing import Any
 
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import RECORDED, run
+
 from cart_fhir.constants import BASE
 from cart_fhir.pipeline import Engine
 from cart_fhir.validate import validate_resources
-from fhirbuild import PatientBuilder
-from helpers import RECORDED, run
 
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cart_fhir import __version__, constants
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhirbuild import RX, PatientBuilder
+from helpers import run
+
 from cart_fhir.grading.registry import load_all
 from cart_fhir.ingest.read import read_paths
 from cart_fhir.pipeline import Engine
@@ -22,8 +25,6 @@ from cart_fhir.registry import (
     write_csv,
 )
 from cart_fhir.tables import mappings_dir, read_yaml
-from fhirbuild import RX, PatientBuilder
-from helpers import run
 
 TABLES = load_all()
 COLUMNS = columns(TABLES)
@@ -73,7 +74,8 @@ CASES = [
                  id="no-observations-unknown-never-zero"),
     pytest.param([normal(1, 2, 3)], {}, {"f4100_q80_crs": "no", "crs_max_grade": "0",
                                          "f4100_q82_crs_diagnosis_date": NOT_APPLICABLE,
-                                         "crs_resolution_date": NOT_APPLICABLE, "crs_tocilizumab_doses": NOT_APPLICABLE},
+                                         "crs_resolution_date": NOT_APPLICABLE,
+                                         "crs_tocilizumab_doses": NOT_APPLICABLE},
                  id="crs-afebrile-grade0-dates-not-applicable"),
     pytest.param([fever(1), normal(2, 3)], {}, {"f4100_q80_crs": "yes", "crs_max_grade": "1",
                                                "f4100_q82_crs_diagnosis_date": "2024-05-02",
@@ -105,7 +107,8 @@ CASES = [
                  id="iechs-crs-without-ferritin-not-assessable"),
     pytest.param([normal(1, 2)], {}, {"iec_hs": "no", "iec_hs_max_grade": "0", "iec_hs_onset_date": NOT_APPLICABLE},
                  id="iechs-no-crs-no-screen-expected"),
-    pytest.param([infection(BACTEREMIA, 10)], {}, {"infections": "1", "infection_worst_grade": "2", "infection_kinds": "bacterial"},
+    pytest.param([infection(BACTEREMIA, 10)], {},
+                 {"infections": "1", "infection_worst_grade": "2", "infection_kinds": "bacterial"},
                  id="infection-bacteremia-counted-with-kind"),
     pytest.param([infection(BACTEREMIA, 10), infection(CMV, 20)], {},
                  {"infections": "2", "infection_kinds": "bacterial;viral"},

@@ -13,6 +13,9 @@ import orjson
 import pytest
 import requests
 import responses
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.remote.auth import (
     ASSERTION_TYPE,
@@ -26,8 +29,6 @@ from cart_fhir.remote.auth import (
 )
 from cart_fhir.remote.errors import AuthFailed, ServerError, ServerUnreachable
 from cart_fhir.remote.http import FhirHttp
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 BASE = "https://fhir.example.org/fhir"
 DISCOVERY = f"{BASE}/.well-known/smart-configuration"

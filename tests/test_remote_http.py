@@ -11,6 +11,7 @@ import orjson
 import pytest
 import requests
 import responses
+
 from cart_fhir import __version__
 from cart_fhir.errors import ConfigError
 from cart_fhir.remote.auth import BearerToken

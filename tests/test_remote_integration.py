@@ -10,11 +10,12 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from fhirbuild import PatientBuilder, bundle_of
+
 from cart_fhir.cli import main
 from cart_fhir.constants import ID_EPISODE, ID_GRADE
 from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp
-from fhirbuild import PatientBuilder, bundle_of
 
 OUR_TYPES = ("Observation", "Condition", "AdverseEvent", "Provenance", "Device")
 FAST = ["--retries", "4"]
@@ -249,9 +250,10 @@ def test_missing_patient_and_unreachable_server(fhir, capsys):
 # ---- SMART Backend Services against the test server's token endpoint ------------------------------
 
 def _key(tmp_path: Any, kind: str) -> tuple[str, dict[str, Any]]:
-    from cart_fhir.remote.auth import load_private_key, public_jwks
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from cart_fhir.remote.auth import load_private_key, public_jwks
 
     key = rsa.generate_private_key(65537, 2048) if kind == "RS384" else ec.generate_private_key(ec.SECP384R1())
     path = tmp_path / f"{kind}.pem"

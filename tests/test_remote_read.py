@@ -7,12 +7,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import responses
+from fhirbuild import PatientBuilder
+
 from cart_fhir.errors import BadInput
 from cart_fhir.pipeline import Engine
 from cart_fhir.remote.client import Capabilities, FhirClient
 from cart_fhir.remote.http import FhirHttp
 from cart_fhir.remote.read import OBSERVATION_LOOKBACK_DAYS, PatientReader
-from fhirbuild import PatientBuilder
 
 BASE = "https://ehr.example.org/fhir"
 

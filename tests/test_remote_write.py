@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 import pytest
 import responses
+from helpers import RECORDED
+
 from cart_fhir.cli_remote import written_from_bundle
 from cart_fhir.ingest.read import read_paths
 from cart_fhir.output.resources import PatientResources
@@ -16,7 +18,6 @@ from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
 from cart_fhir.remote.locks import PatientLocks
 from cart_fhir.remote.write import ResultWriter, _levels
-from helpers import RECORDED
 
 BASE = "https://fhir.example.org/r4"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -63,7 +64,8 @@ class FakeServer:
 
 
 def _oo(code: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "details": {"text": text}}]}
+    issue = {"severity": "error", "code": code, "details": {"text": text}}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 def _refs(obj: Any) -> list[str]:

@@ -10,9 +10,10 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.service import create_app
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 AUD = "https://cart-fhir.example.org"
 ISS = "https://ehr.example.org/auth"

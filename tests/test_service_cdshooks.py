@@ -13,15 +13,16 @@ import jwt
 import orjson
 import pytest
 import responses
+from cryptography.hazmat.primitives.asymmetric import ec
+from fhirbuild import PatientBuilder, bundle_of
+from helpers import run
+
 from cart_fhir.grading.registry import GRADERS
 from cart_fhir.grading.result import Toxicity
 from cart_fhir.pipeline import Engine
 from cart_fhir.service.app import create_app
 from cart_fhir.service.cards import SUMMARY_MAX, criteria_of, toxicity_cards, trend
 from cart_fhir.tables import load_tables, mappings_dir
-from cryptography.hazmat.primitives.asymmetric import ec
-from fhirbuild import PatientBuilder, bundle_of
-from helpers import run
 
 EHR = "https://ehr.example.org/fhir"
 TIMELINE = "https://apps.example.org/cart-timeline/launch"

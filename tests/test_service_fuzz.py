@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 
 import schemathesis
-from cart_fhir.service import create_app
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from cart_fhir.service import create_app
 
 # No fhirServer is allowed: generated CDS calls must never reach out of the sandbox.
 APP = create_app({"testing": True, "auth": False, "upstream": False, "max_body_bytes": 256 * 1024,

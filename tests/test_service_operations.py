@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 import pytest
-from cart_fhir.ingest.read import read_paths
-from cart_fhir.service import create_app
 from fhirbuild import PatientBuilder, bundle_of
 from helpers import RECORDED
+
+from cart_fhir.ingest.read import read_paths
+from cart_fhir.service import create_app
 
 EXAMPLE = Path("examples/crs-grade2-tocilizumab.json")
 FHIR = "application/fhir+json"

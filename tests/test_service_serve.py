@@ -98,8 +98,8 @@ def test_malformed_payloads_and_still_healthy(service, data, content_type, statu
 def test_refuses_to_start_without_auth_material():
     env = {k: v for k, v in os.environ.items() if not k.startswith("CART_FHIR_")}
     env["CART_FHIR_UPSTREAM"] = "off"
-    done = subprocess.run([*_cart_fhir(), "serve", "--port", str(_free_port())], env=env, capture_output=True, check=False,
-                          timeout=60)
+    done = subprocess.run([*_cart_fhir(), "serve", "--port", str(_free_port())], env=env, capture_output=True,
+                          check=False, timeout=60)
     assert done.returncode == 2
     err = done.stderr.decode()
     assert "CART_FHIR_AUDIENCE" in err and "CART_FHIR_JWKS" in err and "CART_FHIR_ISSUERS" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from cart_fhir.errors import BadInput
 from cart_fhir.ingest.codes import Terminology
 from cart_fhir.ingest.extract import Extractor

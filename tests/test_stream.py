@@ -1,4 +1,4 @@
-"""Streamed, parallel grading (adapter/cart_fhir/stream): same results as the in-memory path, deterministic, all or nothing."""
+"""Streamed, parallel grading (cart_fhir/stream): same results as the in-memory path, deterministic, all or nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from cart_fhir.cli import main
 from cart_fhir.ingest.read import expand_paths, read_paths
 from cart_fhir.pipeline import Engine
@@ -92,7 +93,7 @@ def test_workers_do_not_change_the_bytes_and_the_parent_never_grades(cohort: Pat
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
 def test_dask_local_mode_gives_the_same_bytes_as_the_local_run(cohort: Path, tmp_path: Path, scheduler: str) -> None:
-    """The registry-scale path (adapter/cart_fhir/stream/dask.py) maps the same bucket tasks over Dask: same files, same bytes."""
+    """The registry-scale path (cart_fhir/stream/dask.py) maps the same bucket tasks over Dask: same files and bytes."""
     local = _run([cohort], tmp_path / "local", workers=1, buckets=3)
     on_dask = _run([cohort], tmp_path / "dask", workers=1, buckets=3, dask=scheduler)
     assert on_dask.report.patients == local.report.patients == 6

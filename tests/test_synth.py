@@ -8,8 +8,13 @@ import json
 import random
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+from fhirbuild import bundle_of
+from helpers import run
+
 from cart_fhir.cli_synth import check_command, synth_command
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.result import Toxicity
@@ -22,8 +27,6 @@ from cart_fhir.synth.late import QUICK_RECOVERY, Cytopenia, Infection
 from cart_fhir.synth.noise import Noise
 from cart_fhir.synth.scenario import Episode, Scenario
 from cart_fhir.synth.table import load_synth_table
-from fhirbuild import bundle_of
-from helpers import run
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -211,6 +214,31 @@ def test_an_infection_row_outside_its_window_stops_start_up(tmp_path: Path) -> N
     (tmp_path / "synth-cohort.yaml").write_text(bad)
     with pytest.raises(ConfigError, match="onset range"):
         load_synth_table(str(tmp_path))
+
+
+def test_transaction_format_seeds_a_server_as_is(tmp_path: Path, fhir: Any) -> None:
+    """`--format transaction`: one transaction per patient, PUT Type/id, posted unchanged to the real test server
+    (tests/fhirserver); the resources read back have the generated ids and content. Noise's superseded versions
+    go in as the current version only (a transaction touches a resource once)."""
+    write_cohort(tmp_path, patients=1, seed=12, days=30, fmt=Format.TRANSACTION, options=Options(True, Noise.HEAVY))
+    bundle = json.loads((tmp_path / "fhir" / "synth-00001.json").read_text())
+    assert bundle["type"] == "transaction"
+    assert all(e["request"] == {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"}
+               for e in bundle["entry"])
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert len(urls) == len(set(urls))
+    reply = fhir.load(bundle)
+    assert reply["type"] == "transaction-response" and len(reply["entry"]) == len(bundle["entry"])
+    assert all(e["response"]["status"].startswith(("200", "201")) for e in reply["entry"])
+    by_type: dict[str, int] = {}
+    for e in bundle["entry"]:
+        by_type[e["resource"]["resourceType"]] = by_type.get(e["resource"]["resourceType"], 0) + 1
+    assert {t: fhir.count(t) for t in by_type} == by_type
+    for e in bundle["entry"][:: max(1, len(bundle["entry"]) // 25)]:  # every 25th resource, read back by id
+        sent = e["resource"]
+        got = requests.get(f"{fhir.base_url}/{e['request']['url']}", timeout=30,
+                           headers={"Accept": "application/fhir+json"}).json()
+        assert {k: v for k, v in got.items() if k != "meta"} == {k: v for k, v in sent.items() if k != "meta"}
 
 
 # ---- IAGO long-term effects (issue 16) ---------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
+
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable
 from cart_fhir.grading.bcell_aplasia import AplasiaTable
@@ -32,7 +34,6 @@ from cart_fhir.tables import (
     load_yaml_table,
     mappings_dir,
 )
-from pydantic import BaseModel
 
 # The tables the grader registry declares (load_all loads them after the core ones), and the synth's own.
 OWN_LOADER: dict[str, type[Table]] = {
@@ -78,7 +79,7 @@ def test_every_table_file_has_a_loader() -> None:
 def test_every_list_row_has_a_unique_kebab_id_first(name: str) -> None:
     rows = list_rows(yaml.safe_load((mappings_dir() / name).read_text(encoding="utf-8")))
     ids = [row.get("id") for _, row in rows]
-    for (where, row), row_id in zip(rows, ids):
+    for (where, row), row_id in zip(rows, ids, strict=True):
         assert isinstance(row_id, str) and KEBAB.fullmatch(row_id), f"{name}: {where}: id {row_id!r}"
         assert next(iter(row)) == "id", f"{name}: {where}: id is not the first key"
     assert len(set(ids)) == len(ids), f"{name}: repeated ids {sorted({i for i in ids if ids.count(i) > 1})}"

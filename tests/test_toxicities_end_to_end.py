@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cart_fhir.summary import episode_rows
-from cart_fhir.validate import validate_resources
 from fhirbuild import PatientBuilder
 from helpers import RECORDED, run
+
+from cart_fhir.summary import episode_rows
+from cart_fhir.validate import validate_resources
 
 SCT = "http://snomed.info/sct"
 
@@ -52,7 +53,8 @@ def rich_patient() -> PatientBuilder:
     # (grading.md decision 7, revised: without that diagnosis it would be ICANS grade 4, isolated-motor)
     b.ice(40, "08:00", 10)
     b.motor(40, "10:00")
-    b.coded_condition("http://hl7.org/fhir/sid/icd-10-cm", "G95.20", 40, "16:00", display="Unspecified cord compression")
+    b.coded_condition("http://hl7.org/fhir/sid/icd-10-cm", "G95.20", 40, "16:00",
+                      display="Unspecified cord compression")
     return b
 
 

@@ -12,16 +12,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import cart_fhir
 import pytest
+from fhirbuild import PatientBuilder
+from helpers import run
+
+import cart_fhir
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.registry import load_all
 from cart_fhir.grading.result import State, Toxicity
 from cart_fhir.grading.treatments import TreatmentAnalyzer, TreatmentResponse
 from cart_fhir.grading.treatments.table import AgentRow, TreatmentTable
 from cart_fhir.pipeline import Engine
-from fhirbuild import PatientBuilder
-from helpers import run
 
 CRS, ICANS = Toxicity.CRS, Toxicity.ICANS
 IT = "72607000"  # SNOMED CT intrathecal route

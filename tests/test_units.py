@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cart_fhir.ingest.units import UnitConverter, UnitError
 from cart_fhir.tables import load_tables
 

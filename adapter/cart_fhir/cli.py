@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,12 @@ from . import __version__
 from .cli_bulk import add_parser as add_bulk_parser
 from .cli_bulk import run as bulk_run
 from .cli_remote import ServerRun, add_server_args, grade_from_server, push_command
+from .cli_report import add_parser as add_report_parser
+from .cli_report import run as report_run
 from .cli_synth import add_parser as add_synth_parser
 from .cli_synth import run as synth_run
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
+from .files import write_atomic as _write_atomic
 from .ingest.read import read_paths
 from .pipeline import Engine
 from .summary import episode_rows, render_table, table_rows
@@ -75,13 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     add_server_args(push)
     val = sub.add_parser("validate", help="check a Bundle (or resource, or NDJSON) against cart-fhir's profiles",
-                         description="Validate FHIR R4 resources: base R4, then each meta.profile of cart-fhir's "
-                                     "published package (cardinality, fixed/pattern values, required bindings, "
-                                     "reference targets, extensions). Exit 0 clean, 1 issues, 2 unreadable.")
+                         description="Validate FHIR R4 resources: base R4 with its FHIRPath invariants (mad-1, "
+                                     "cmd-1, ...), then each meta.profile of cart-fhir's published package "
+                                     "(cardinality, fixed/pattern values, required bindings, reference targets, "
+                                     "extensions, invariants). Exit 0 clean, 1 issues, 2 unreadable.")
     val.add_argument("file", metavar="FILE", help="a Bundle .json, a single resource, or .ndjson")
     val.add_argument("--package", metavar="DIR", help="a folder of conformance resources (default: the shipped one)")
     add_bulk_parser(sub)
     add_synth_parser(sub)
+    add_report_parser(sub)
     srv = sub.add_parser("serve", help="run the FHIR service (gunicorn); settings from CART_FHIR_* variables",
                          description="Run cart-fhir's FHIR operations and CDS Hooks under gunicorn. Settings "
                                      "come from CART_FHIR_* environment variables (see the README).")
@@ -90,23 +93,6 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, help="worker processes (default: one per core, 2 to 8)")
     srv.add_argument("--timeout", type=int, default=120, help="seconds before a silent worker is restarted")
     return p
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write next to the target and rename: a failed run never leaves a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_concept_maps(paths: list[str]) -> list[tuple[str, Any]]:
@@ -262,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             return bulk_run(args)
         if args.command == "synth":
             return synth_run(args)
+        if args.command == "report":
+            return report_run(args)
         if args.command == "validate":
             from .cli_validate import validate_command
 

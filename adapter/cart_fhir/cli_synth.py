@@ -27,8 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     syn.add_argument("--patients", type=int, default=200, help="number of patients (default 200)")
     syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     syn.add_argument("-o", "--out", metavar="DIR", help="output folder")
-    syn.add_argument("--format", choices=("bundle", "ndjson"), default="bundle",
-                     help="one Bundle per patient (default) or NDJSON per resource type")
+    syn.add_argument("--format", choices=[f.value for f in Format], default="bundle",
+                     help="one collection Bundle per patient (default), NDJSON per resource type, or one "
+                          "transaction Bundle per patient whose entries PUT Type/id (seeds a sandbox server: "
+                          "POST each file to its base URL)")
     syn.add_argument("--days", type=int, default=30, help="days of vital signs after the infusion (default 30)")
     syn.add_argument("--local-codes", action="store_true",
                      help="site-local codes for some observations, mapped by DIR/conceptmap.json")

@@ -1,4 +1,4 @@
-"""`cart-fhir validate FILE`: base R4 and profile conformance of a Bundle, resource or NDJSON file."""
+"""`cart-fhir validate FILE`: base R4, FHIRPath invariants and profile conformance of a Bundle, resource or NDJSON."""
 
 from __future__ import annotations
 
@@ -40,6 +40,6 @@ def validate_command(path: str, package_dir: str | None) -> int:
         where = ": ".join(x for x in (f"entry[{i.entry}]" if i.entry is not None else None, i.resource) if x)
         sys.stderr.write(f"cart-fhir: {i.severity}: {path}: {where + ': ' if where else ''}{i.path}: {i.message}\n")
     count = len(data.get("entry") or []) if data.get("resourceType") == "Bundle" else 1
-    sys.stderr.write(f"cart-fhir: {path}: {count} resource(s), {len(issues)} issue(s)"
-                     f"{'' if issues else ': valid (base R4, and each cart-fhir profile a resource claims)'}\n")
+    valid = ": valid (base R4 with its invariants, and each cart-fhir profile a resource claims)"
+    sys.stderr.write(f"cart-fhir: {path}: {count} resource(s), {len(issues)} issue(s){'' if issues else valid}\n")
     return 1 if issues else 0

@@ -133,5 +133,5 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
     head = ("patient", "infusion", "toxicity", "max grade", "onset day", "resolution day", "days assessed",
             "treatments")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
     return "\n".join(lines)

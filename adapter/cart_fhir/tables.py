@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -22,7 +23,8 @@ def mappings_dir() -> Path:
     for candidate in (here / "_data" / "mappings", here.parent.parent / "mappings"):
         if (candidate / "concepts.yaml").is_file():
             return candidate
-    raise ConfigError(f"mapping tables not found (looked in {here / '_data' / 'mappings'} and {here.parent.parent / 'mappings'})")
+    raise ConfigError(f"mapping tables not found (looked in {here / '_data' / 'mappings'} and "
+                      f"{here.parent.parent / 'mappings'})")
 
 
 class Row(BaseModel):
@@ -57,7 +59,7 @@ class ConceptRow(Row):
     source: str
 
     @model_validator(mode="after")
-    def _kind_fields(self) -> "ConceptRow":
+    def _kind_fields(self) -> ConceptRow:
         if self.kind == "quantity" and not self.unit:
             raise ValueError(f"quantity concept {self.concept} needs a unit")
         if self.kind == "code" and not self.value_system:
@@ -239,7 +241,7 @@ class DeviceRow(Row):
     source: str
 
     @model_validator(mode="after")
-    def _shape(self) -> "DeviceRow":
+    def _shape(self) -> DeviceRow:
         if self.by_flow:
             if self.grade_low is None or self.grade_high is None or self.unknown_flow is None:
                 raise ValueError(f"device {self.device}: by_flow needs grade_low, grade_high, unknown_flow")
@@ -463,7 +465,7 @@ def _check(t: Tables) -> None:
         if covered != list(range(0, top + 1)):
             raise ConfigError(f"astct-icans-2019.yaml: {name} must cover 0..{top} exactly once")
     ages = sorted(t.crs.hypotension, key=lambda r: r.from_age)
-    for a, b in zip(ages, ages[1:]):
+    for a, b in itertools.pairwise(ages):
         if a.to_age != b.from_age:
             raise ConfigError("astct-crs-2019.yaml: hypotension age rows must be contiguous")
     for f in t.condition_findings.rows:  # a finding's concept is the ICANS domain of the same name

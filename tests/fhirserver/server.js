@@ -30,6 +30,8 @@ const DEFAULT_COUNT = 20; // R4 leaves the page size to the server; HAPI also de
 const MAX_COUNT = 1000;
 const FHIR_PREFIX = '/fhir';
 const TOKEN_PATH = '/auth/token';
+const AUTHORIZE_PATH = '/auth/authorize';
+const CODE_LIFETIME_S = 60; // authorization codes: short-lived and single use (RFC 6749 4.1.2)
 // Search parameter types the engine's matcher evaluates (core matchesSearchRequest: `default: return false`)
 const SUPPORTED_PARAM_TYPES = new Set(['token', 'string', 'uri', 'reference', 'date']);
 // Modifiers whose meaning the engine implements for each type; others would silently act as equality
@@ -480,6 +482,10 @@ const DEFAULT_SETTINGS = Object.freeze({
   transactions: true,
   everything: true,
   smart: null,
+  // SMART App Launch 2.x (authorization code + PKCE) for a registered app: {client_id, redirect_uris: [...],
+  // client_secret?: string (confidential-symmetric), patient?: id picked for a standalone launch,
+  // scopes_supported?: [...] (v1-only servers: ['launch', 'patient/*.read', ...]), token_lifetime?: s}
+  smart_app: null,
   // true: keep Medplum's own 400s for >8 conditional entries / >50 updates in one transaction
   medplum_limits: process.env.FHIR_MEDPLUM_STRICT === '1',
   // Bulk Data $export: status polls answered 202 before the manifest, the Retry-After they carry, and the
@@ -494,7 +500,9 @@ const state = {
   settings: { ...DEFAULT_SETTINGS },
   faults: [],
   stats: newStats(),
-  tokens: new Map(), // access token -> {expires: epoch seconds, scope}
+  tokens: new Map(), // access token -> {expires: epoch seconds, scope, patient?}
+  launches: new Map(), // EHR launch id -> {patient, app_context}
+  codes: new Map(), // authorization code -> {client_id, redirect_uri, challenge, scope, patient, app_context, expires}
   seenJti: new Set(),
   exports: new Map(), // $export job id -> {polls, manifest, files: Map name -> Buffer}
 };
@@ -502,7 +510,7 @@ const state = {
 function newStats() {
   return {
     requests: 0, by_method: {}, by_kind: {}, by_status: {},
-    token_requests: 0, discovery_requests: 0, tokens_issued: 0, faults_served: 0,
+    token_requests: 0, discovery_requests: 0, tokens_issued: 0, faults_served: 0, authorize_requests: 0,
   };
 }
 
@@ -512,6 +520,8 @@ function resetState() {
   state.faults = [];
   state.stats = newStats();
   state.tokens.clear();
+  state.launches.clear();
+  state.codes.clear();
   state.seenJti.clear();
   state.exports.clear();
 }
@@ -911,7 +921,7 @@ function capabilityStatement(ctx) {
 // SMART Backend Services (client_credentials + private_key_jwt)
 
 function smartConfiguration(ctx) {
-  return {
+  const backend = {
     token_endpoint: `${ctx.origin}${TOKEN_PATH}`,
     token_endpoint_auth_methods_supported: ['private_key_jwt'],
     token_endpoint_auth_signing_alg_values_supported: ['RS384', 'ES384'],
@@ -919,6 +929,141 @@ function smartConfiguration(ctx) {
     scopes_supported: ['system/*.read', 'system/*.write', 'system/*.*'],
     capabilities: ['client-confidential-asymmetric'],
   };
+  const app = state.settings.smart_app;
+  if (!app) {
+    return backend;
+  }
+  // SMART App Launch 2.x, "Conformance": the fields an app needs for the EHR and standalone launches.
+  const scopes = app.scopes_supported ?? ['openid', 'fhirUser', 'launch', 'launch/patient', 'patient/*.rs',
+    'patient/*.read', 'offline_access'];
+  const v2 = scopes.some((s) => /\.[cruds]+$/.test(s));
+  return {
+    issuer: ctx.origin,
+    authorization_endpoint: `${ctx.origin}${AUTHORIZE_PATH}`,
+    token_endpoint: backend.token_endpoint,
+    token_endpoint_auth_methods_supported: ['private_key_jwt', 'client_secret_basic', 'client_secret_post'],
+    token_endpoint_auth_signing_alg_values_supported: backend.token_endpoint_auth_signing_alg_values_supported,
+    grant_types_supported: [...(state.settings.smart ? backend.grant_types_supported : []), 'authorization_code'],
+    scopes_supported: [...(state.settings.smart ? backend.scopes_supported : []), ...scopes],
+    response_types_supported: ['code'],
+    code_challenge_methods_supported: ['S256'],
+    capabilities: [...(state.settings.smart ? backend.capabilities : []), 'launch-ehr', 'launch-standalone',
+      'client-public', 'client-confidential-symmetric', 'context-ehr-patient', 'context-standalone-patient',
+      'sso-openid-connect', 'permission-patient', v2 ? 'permission-v2' : 'permission-v1'],
+  };
+}
+
+function redirectTo(url, params) {
+  const target = new URL(url);
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null) {
+      target.searchParams.set(k, v);
+    }
+  }
+  return reply(302, undefined, { Location: target.toString(), 'Cache-Control': 'no-store' });
+}
+
+/** GET /auth/authorize: checks the request as SMART App Launch 2.x asks, then consents at once (no login
+ * page: the tests drive it in a browser) and redirects back with code and state. */
+function authorizeRequest(ctx) {
+  const app = state.settings.smart_app;
+  if (!app) {
+    return oauthError('invalid_request', 'SMART App Launch is not enabled on this server', 404);
+  }
+  const q = Object.fromEntries(ctx.pairs);
+  if (q.client_id !== app.client_id) {
+    return oauthError('unauthorized_client', 'unknown client_id');
+  }
+  if (!(app.redirect_uris ?? []).includes(q.redirect_uri)) {
+    return oauthError('invalid_request', 'redirect_uri is not registered for this client');
+  }
+  const back = (error, description) => redirectTo(q.redirect_uri, { error, error_description: description, state: q.state });
+  if (q.response_type !== 'code') {
+    return back('unsupported_response_type', 'response_type must be code');
+  }
+  if (!q.state) {
+    return back('invalid_request', 'state is required');
+  }
+  if (q.code_challenge_method !== 'S256' || !/^[A-Za-z0-9_-]{43}$/.test(q.code_challenge ?? '')) {
+    return back('invalid_request', 'PKCE with code_challenge_method S256 is required');
+  }
+  if (q.aud !== ctx.base) {
+    return back('invalid_request', `aud must be this FHIR server's base URL ${ctx.base}`);
+  }
+  const scopes = (q.scope ?? '').split(/\s+/).filter(Boolean);
+  let patient;
+  let appContext;
+  if (scopes.includes('launch')) {
+    const launch = state.launches.get(q.launch);
+    if (!launch) {
+      return back('invalid_request', 'launch is missing or unknown');
+    }
+    ({ patient } = launch);
+    appContext = launch.app_context;
+  } else if (scopes.includes('launch/patient')) {
+    patient = app.patient; // the patient picker, answered by the test set-up
+    if (!patient) {
+      return back('invalid_request', 'no patient to pick for a standalone launch');
+    }
+  }
+  const allowed = app.scopes_supported;
+  if (allowed && scopes.some((s) => !allowed.includes(s))) {
+    return back('invalid_scope', `scope must be within: ${allowed.join(' ')}`);
+  }
+  const code = crypto.randomBytes(24).toString('base64url');
+  state.codes.set(code, {
+    client_id: q.client_id, redirect_uri: q.redirect_uri, challenge: q.code_challenge, scope: scopes.join(' '),
+    patient, app_context: appContext, expires: Date.now() / 1000 + CODE_LIFETIME_S,
+  });
+  return redirectTo(q.redirect_uri, { code, state: q.state });
+}
+
+function clientAuthenticated(ctx, form, app) {
+  if (!app.client_secret) {
+    return form.get('client_id') === app.client_id; // public client: PKCE is the proof
+  }
+  const basic = /^Basic\s+(\S+)$/i.exec(ctx.headers.authorization ?? '');
+  if (basic) {
+    const [id, secret] = Buffer.from(basic[1], 'base64').toString('utf8').split(':');
+    return decodeURIComponent(id) === app.client_id && decodeURIComponent(secret ?? '') === app.client_secret;
+  }
+  return form.get('client_id') === app.client_id && form.get('client_secret') === app.client_secret;
+}
+
+function authorizationCodeToken(ctx, form) {
+  const app = state.settings.smart_app;
+  if (!app) {
+    return oauthError('unsupported_grant_type', 'SMART App Launch is not enabled on this server');
+  }
+  if (!clientAuthenticated(ctx, form, app)) {
+    return oauthError('invalid_client', 'client authentication failed', 401);
+  }
+  const grant = state.codes.get(form.get('code') ?? '');
+  state.codes.delete(form.get('code') ?? ''); // single use, also when the rest is wrong
+  if (!grant || grant.expires < Date.now() / 1000) {
+    return oauthError('invalid_grant', 'code is unknown, used or expired');
+  }
+  if (grant.redirect_uri !== form.get('redirect_uri') || grant.client_id !== app.client_id) {
+    return oauthError('invalid_grant', 'redirect_uri does not match the authorization request');
+  }
+  const verifier = form.get('code_verifier') ?? '';
+  const challenge = crypto.createHash('sha256').update(verifier).digest('base64url');
+  if (!/^[A-Za-z0-9\-._~]{43,128}$/.test(verifier) || challenge !== grant.challenge) {
+    return oauthError('invalid_grant', 'code_verifier does not match the code_challenge (PKCE S256)');
+  }
+  const lifetime = Number(app.token_lifetime ?? 300);
+  const token = crypto.randomBytes(32).toString('base64url');
+  state.tokens.set(token, { expires: Date.now() / 1000 + lifetime, scope: grant.scope, patient: grant.patient });
+  state.stats.tokens_issued++;
+  const answer = { access_token: token, token_type: 'Bearer', expires_in: lifetime, scope: grant.scope };
+  if (grant.patient) {
+    answer.patient = grant.patient;
+    answer.need_patient_banner = true;
+  }
+  if (grant.app_context) {
+    answer.appContext = grant.app_context;
+  }
+  return reply(200, answer, { 'Cache-Control': 'no-store', Pragma: 'no-cache' });
 }
 
 function oauthError(error, description, status = 400) {
@@ -995,11 +1140,14 @@ function verifyAssertion(assertion, smart, audience) {
 
 function tokenRequest(ctx) {
   const smart = state.settings.smart;
-  if (!smart) {
+  if (!smart && !state.settings.smart_app) {
     return oauthError('invalid_request', 'SMART Backend Services is not enabled on this server', 404);
   }
   const form = new URLSearchParams(ctx.rawBody.toString('utf8'));
-  if (form.get('grant_type') !== 'client_credentials') {
+  if (form.get('grant_type') === 'authorization_code') {
+    return authorizationCodeToken(ctx, form);
+  }
+  if (form.get('grant_type') !== 'client_credentials' || !smart) {
     return oauthError('unsupported_grant_type', 'grant_type must be client_credentials');
   }
   if (form.get('client_assertion_type') !== JWT_BEARER) {
@@ -1031,6 +1179,11 @@ function checkBearer(ctx) {
   const match = /^Bearer\s+(\S+)$/i.exec(header);
   const grant = match ? state.tokens.get(match[1]) : undefined;
   if (grant && grant.expires > Date.now() / 1000) {
+    // A patient-context token (SMART app) reads its own patient only: another Patient id is refused.
+    const [type, id] = ctx.segments;
+    if (grant.patient && type === 'Patient' && id && !id.startsWith('$') && id !== grant.patient) {
+      return reply(403, outcome('forbidden', 'this token is for another patient'));
+    }
     return null;
   }
   const text = !match ? 'Authorization: Bearer token required' : 'Bearer token is invalid or expired';
@@ -1057,11 +1210,15 @@ function control(ctx) {
         return reply(400, { error: `unknown setting ${key}; known: ${[...CONFIG_KEYS].join(', ')}` });
       }
     }
+    if (body.smart_app && (typeof body.smart_app.client_id !== 'string'
+        || !Array.isArray(body.smart_app.redirect_uris))) {
+      return reply(400, { error: 'smart_app needs client_id (string) and redirect_uris ([...])' });
+    }
     if (body.smart && (typeof body.smart.client_id !== 'string' || !Array.isArray(body.smart.jwks?.keys))) {
       return reply(400, { error: 'smart needs client_id (string) and jwks ({"keys": [...]})' });
     }
     Object.assign(state.settings, body);
-    if ('smart' in body) {
+    if ('smart' in body || 'smart_app' in body) {
       state.tokens.clear();
     }
     return reply(200, { settings: state.settings });
@@ -1078,6 +1235,16 @@ function control(ctx) {
   if (ctx.method === 'POST' && action === 'clear-faults') {
     state.faults = [];
     return reply(200, { faults: [] });
+  }
+  if (ctx.method === 'POST' && action === 'launch') {
+    // An EHR launch: the EHR records the context and gives the app an opaque launch id.
+    const launch = crypto.randomBytes(12).toString('base64url');
+    state.launches.set(launch, { patient: body.patient, app_context: body.app_context ?? null });
+    return reply(200, { launch });
+  }
+  if (ctx.method === 'GET' && action === 'tokens') {
+    // Every access token issued so far: lets a test prove none of them reached a page.
+    return reply(200, { tokens: [...state.tokens.keys()] });
   }
   if (ctx.method === 'POST' && action === 'expire-tokens') {
     state.tokens.clear();
@@ -1347,7 +1514,8 @@ async function dispatchFhir(ctx) {
     return reply(200, capabilityStatement(ctx));
   }
   if (type === '.well-known' && id === 'smart-configuration' && method === 'GET') {
-    return state.settings.smart ? reply(200, smartConfiguration(ctx)) : reply(404, outcome('not-found', 'SMART is not enabled'));
+    return state.settings.smart || state.settings.smart_app ? reply(200, smartConfiguration(ctx))
+      : reply(404, outcome('not-found', 'SMART is not enabled'));
   }
   if (segments.length === 0) {
     if (method === 'POST') {
@@ -1489,9 +1657,12 @@ async function handle(req, res) {
   }
 
   const stats = state.stats;
-  const kind = isFhir ? requestKind(ctx.method, ctx.segments) : pathname === TOKEN_PATH ? 'token' : 'other';
+  const kind = isFhir ? requestKind(ctx.method, ctx.segments)
+    : pathname === TOKEN_PATH ? 'token' : pathname === AUTHORIZE_PATH ? 'authorize' : 'other';
   if (kind === 'token') {
     stats.token_requests++;
+  } else if (kind === 'authorize') {
+    stats.authorize_requests++;
   } else if (kind === 'smart-configuration') {
     stats.discovery_requests++;
   } else if (isFhir) {
@@ -1515,11 +1686,13 @@ async function handle(req, res) {
       `Injected fault: HTTP ${fault.status}`), headers);
   } else if (kind === 'token' && ctx.method === 'POST') {
     result = await serialized(() => tokenRequest(ctx));
+  } else if (kind === 'authorize' && ctx.method === 'GET') {
+    result = await serialized(() => authorizeRequest(ctx));
   } else if (!isFhir) {
     result = reply(404, outcome('not-found', `Nothing at ${pathname} (the FHIR base is ${FHIR_PREFIX})`));
   } else {
     const open = kind === 'metadata' || kind === 'smart-configuration';
-    const denied = state.settings.smart && !open ? checkBearer(ctx) : null;
+    const denied = (state.settings.smart || state.settings.smart_app) && !open ? checkBearer(ctx) : null;
     result = denied ?? await serialized(async () => {
       try {
         return await dispatchFhir(ctx);

@@ -11,21 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .invariants import Invariants
+from .issue import Issue
 from .package import Package
 
 CORE_SD = "http://hl7.org/fhir/StructureDefinition/"
 _SUPPORTED_DISCRIMINATORS = frozenset({"value", "pattern"})
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One conformance problem; entry and resource are filled in when the resource sits in a Bundle."""
-
-    path: str  # FHIRPath-like: AdverseEvent.extension[0].valueCodeableConcept
-    message: str
-    severity: str = "error"
-    entry: int | None = None
-    resource: str | None = None  # "Observation/o1", or the entry's fullUrl when there is no id
 
 
 @dataclass(slots=True)
@@ -113,6 +104,14 @@ class Checker:
         self.package = package
         self.skipped: Counter[str] = Counter()
         self._indexes: dict[str, _Index] = {}
+        self._invariants: Invariants | None = None
+
+    @property
+    def invariants(self) -> Invariants:
+        """The FHIRPath invariants of R4 and of this package's profiles, compiled as they are first used."""
+        if self._invariants is None:
+            self._invariants = Invariants(self.package)
+        return self._invariants
 
     def index(self, url: str) -> _Index | None:
         if url not in self._indexes:
@@ -311,4 +310,5 @@ class _Run:
         if rtype is None or None in allowed:
             self.checker.skipped["reference target"] += 1
         elif rtype not in allowed:
-            self.error(path, f"reference to {rtype} not allowed (allowed: {', '.join(sorted(a for a in allowed if a))})")
+            names = ", ".join(sorted(a for a in allowed if a))
+            self.error(path, f"reference to {rtype} not allowed (allowed: {names})")

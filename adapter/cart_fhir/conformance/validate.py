@@ -1,4 +1,5 @@
-"""Validate a Bundle: base R4 (the R4B models) plus each entry's meta.profile against the package."""
+"""Validate a Bundle: base R4 (the R4B models and the R4 FHIRPath invariants) plus each entry's meta.profile
+against the package (its structure and its invariants)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from ..validate import InvalidOutput, validate_resources
-from .checker import Checker, Issue
+from .checker import Checker
+from .issue import Issue
 from .package import Package
 
 
@@ -33,11 +35,11 @@ def _label(resource: dict[str, Any], full_url: str | None) -> str:
 
 def validate_resource(resource: dict[str, Any], checker: Checker,
                       full_urls: dict[str, str] | None = None) -> list[Issue]:
-    """Base validation, then every meta.profile the resource claims."""
+    """Base validation, then every meta.profile the resource claims, then the invariants of both."""
     issues = _base_issues(resource)
     for profile in resource.get("meta", {}).get("profile", []):
         issues += checker.check(resource, profile, full_urls)
-    return issues
+    return issues + checker.invariants.check(resource)
 
 
 def validate_bundle(bundle: dict[str, Any], package: Package, checker: Checker | None = None) -> list[Issue]:
@@ -48,7 +50,9 @@ def validate_bundle(bundle: dict[str, Any], package: Package, checker: Checker |
     entries = bundle.get("entry", [])
     full_urls = {e["fullUrl"]: e["resource"].get("resourceType", "?")
                  for e in entries if "fullUrl" in e and isinstance(e.get("resource"), dict)}
-    issues: list[Issue] = []
+    # the Bundle's own invariants (bdl-*: fullUrl unique, request only in a transaction ...); its entries'
+    # resources are checked one by one below
+    issues = [replace(i, resource="Bundle") for i in checker.invariants.check(bundle)]
     for i, entry in enumerate(entries):
         resource = entry.get("resource")
         if not isinstance(resource, dict):

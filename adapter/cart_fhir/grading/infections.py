@@ -15,6 +15,7 @@ Combining rules:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -93,7 +94,7 @@ class InfectionGradingTable(Table):
             rows = sorted((w for w in self.windows if w.profile == profile), key=lambda w: w.from_day)
             ends = [r.to_day for r in rows]
             if rows[0].from_day != 0 or ends[-1] is not None or None in ends[:-1] or \
-                    any(a.to_day is not None and a.to_day + 1 != b.from_day for a, b in zip(rows, rows[1:])):
+                    any(a.to_day is not None and a.to_day + 1 != b.from_day for a, b in itertools.pairwise(rows)):
                 raise ValueError(f"windows of profile {profile} must run contiguously from day 0 to open end")
         if self.settings.window_profile not in {w.profile for w in self.windows}:
             raise ValueError(f"settings.window_profile {self.settings.window_profile} has no windows")

@@ -467,7 +467,8 @@ class Extractor:
         out: list[float | None] = []
         for end in ("low", "high"):
             q = ranges[0].get(end)
-            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) or isinstance(q.get("value"), bool):
+            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) \
+                    or isinstance(q.get("value"), bool):
                 out.append(None)
                 continue
             unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
@@ -514,7 +515,8 @@ class Extractor:
             q = dosage.get("dose")
             if statement and isinstance(dosage.get("doseAndRate"), list) and dosage["doseAndRate"]:
                 q = dosage["doseAndRate"][0].get("doseQuantity") if isinstance(dosage["doseAndRate"][0], dict) else None
-            if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+            if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) \
+                    and not isinstance(q.get("value"), bool):
                 dose = float(q["value"])
                 dose_unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
         reasons = tuple(idx.key_of(r["reference"]) for r in res.get("reasonReference") or []

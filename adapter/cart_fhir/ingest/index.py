@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadInput, Location
@@ -31,7 +31,7 @@ def ref_key(ref: str) -> str:
     return ref
 
 
-_NO_TIME = datetime.min.replace(tzinfo=timezone.utc)
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 def _version(res: dict[str, Any]) -> tuple[datetime, int]:
@@ -45,7 +45,7 @@ def _version(res: dict[str, Any]) -> tuple[datetime, int]:
         try:
             when = datetime.fromisoformat(last)
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
         except ValueError:
             when = _NO_TIME
     try:

@@ -60,7 +60,7 @@ class UnitConverter:
         # reported clinical precision.
         return float(f"{value * scale + offset:.10g}")
 
-    @functools.lru_cache(maxsize=1024)
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one converter per engine, alive for the process
     def _line(self, src: str, target: str) -> tuple[float, float]:
         """Every UCUM conversion we meet is affine (degF -> Cel has an offset): find it from two points."""
         import pint  # noqa: PLC0415 (only reached when a conversion is really needed)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..constants import (CS_CONSCIOUSNESS, CS_EDEMA, CS_GRADE, CS_HYPOTENSION_TIER, CS_MOTOR, CS_OXYGEN_TIER,
-                         CS_SEIZURE, CS_TOXICITY, ICD10CM, NCIT)
+from ..constants import (
+    CS_CONSCIOUSNESS,
+    CS_EDEMA,
+    CS_GRADE,
+    CS_HYPOTENSION_TIER,
+    CS_MOTOR,
+    CS_OXYGEN_TIER,
+    CS_SEIZURE,
+    CS_TOXICITY,
+    ICD10CM,
+    NCIT,
+)
 from ..tables import Tables
 
 ANSWER_SYSTEMS = {

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
-from collections.abc import Sequence
 
 from .. import __version__
-from ..constants import (cs, AE_CAUSALITY_ASSESS, AE_CAUSALITY_METHOD, AE_OUTCOME, AE_SERIOUSNESS, AE_SEVERITY,
-                         COND_CATEGORY, COND_CLINICAL, COND_VERIFICATION, CS_GRADE_QUALIFIER, CS_RISK, CS_TOXICITY,
-                         DATA_ABSENT, EXT_AE_GRADE, EXT_RELATIVE_DATETIME, EXT_SUPPORTING_INFO, ID_AE, ID_DEVICE,
-                         ID_EPISODE, ID_GRADE, ID_RUN, OBS_CATEGORY, PROFILE_AE, PROFILE_EPISODE, PROFILE_GRADE,
-                         PROFILE_PROVENANCE, PROV_PARTICIPANT, UCUM, V3_DATA_OPERATION)
+from ..constants import (
+    AE_CAUSALITY_ASSESS,
+    AE_CAUSALITY_METHOD,
+    AE_OUTCOME,
+    AE_SERIOUSNESS,
+    AE_SEVERITY,
+    COND_CATEGORY,
+    COND_CLINICAL,
+    COND_VERIFICATION,
+    CS_GRADE_QUALIFIER,
+    CS_RISK,
+    CS_TOXICITY,
+    DATA_ABSENT,
+    EXT_AE_GRADE,
+    EXT_RELATIVE_DATETIME,
+    EXT_SUPPORTING_INFO,
+    ID_AE,
+    ID_DEVICE,
+    ID_EPISODE,
+    ID_GRADE,
+    ID_RUN,
+    OBS_CATEGORY,
+    PROFILE_AE,
+    PROFILE_EPISODE,
+    PROFILE_GRADE,
+    PROFILE_PROVENANCE,
+    PROV_PARTICIPANT,
+    UCUM,
+    V3_DATA_OPERATION,
+    cs,
+)
 from ..grading.result import Assessment, Component, DayGrade, Episode, Event, State
 from ..model import Moment
 from ..timeline import Course

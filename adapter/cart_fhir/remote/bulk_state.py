@@ -26,7 +26,8 @@ class ExportParams:
 
     def describe(self) -> str:
         shown = [f"server {self.base_url}"] + [f"{k} {v}" for k, v in
-                                               (("group", self.group), ("since", self.since), ("type", self.types)) if v]
+                                               (("group", self.group), ("since", self.since),
+                                                ("type", self.types)) if v]
         return ", ".join(shown)
 
 

@@ -84,7 +84,8 @@ class PatientReader:
             return _used(self.client.pages(f"Patient/{pid}/$everything", {"_count": [self.client.page_size]}))
         except ServerError as exc:
             if exc.status == 404:
-                raise PatientNotFound(f"Patient/{pid} was not found on the server", Location(self.client.base_url)) from exc
+                raise PatientNotFound(f"Patient/{pid} was not found on the server",
+                                      Location(self.client.base_url)) from exc
             if exc.status not in (400, 405, 501):
                 raise
             log.warning("Patient/$everything refused (HTTP %s): reading by searches instead", exc.status)

@@ -30,6 +30,10 @@ access_log = logging.getLogger("cart_fhir.access")
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Settings are layered defaults -> CART_FHIR_* environment -> overrides, and checked: a service missing
     what its switched-on features need refuses to start (ConfigError)."""
+    from .app_launch import init_app as init_smart_app
+    from .app_launch import split_overrides
+
+    overrides, app_overrides = split_overrides(overrides)  # CART_FHIR_APP_*: the SMART app's own settings
     settings = load_service_settings(overrides)
     app = Flask("cart_fhir")
     app.config.update(TESTING=settings.testing, MAX_CONTENT_LENGTH=settings.max_body_bytes, JSON_SORT_KEYS=False)
@@ -56,6 +60,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(artefacts)
     app.register_blueprint(cds)
     app.register_blueprint(health)
+    init_smart_app(app, app_overrides)  # /app/: the SMART timeline app, only when configured
 
     @app.get("/openapi.json")
     def openapi() -> Response:

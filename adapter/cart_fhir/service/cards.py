@@ -127,7 +127,8 @@ class _Context:
         peak = max(graded, key=lambda d: d.grade or 0) if graded else None
         if resolved is not None:
             peak_text = f"max grade {_grade(peak)}" if peak else "no graded day"
-            summary = f"{self.criteria[tox].name} resolved day {resolved} ({peak_text}, {crit.short}), onset day {ep.onset_day}"
+            summary = (f"{self.criteria[tox].name} resolved day {resolved} ({peak_text}, {crit.short}), "
+                       f"onset day {ep.onset_day}")
             level = Indicator.INFO
         elif graded:
             now = graded[-1]
@@ -242,7 +243,7 @@ class _Context:
                 # appContext is an opaque string the SMART app receives at launch (CDS Hooks 2.0 Link).
                 "appContext": orjson.dumps({"patient": self.patient_id, "infusion": ref,
                                             "toxicity": tox.value}).decode(),
-            }],
+            }] if self.timeline_url else [],  # no timeline app configured: no link (never a placeholder)
         }
 
 

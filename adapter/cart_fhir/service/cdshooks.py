@@ -14,6 +14,7 @@ from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
+from .app_launch import timeline_link
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
@@ -62,7 +63,8 @@ REQUEST_SCHEMA: dict[str, Any] = {
         # https only; plain http is accepted to a loopback host, for local trials.
         "fhirServer": {"type": "string", "pattern": "^https://[A-Za-z0-9.\\-]+(:[0-9]{1,5})?(/[^\\s]*)?$"},
         "fhirAuthorization": {"type": "object", "required": ["access_token", "token_type"], "properties": {
-            "access_token": {"type": "string"}, "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
+            "access_token": {"type": "string"},
+            "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
             "expires_in": {"type": "integer"}, "scope": {"type": "string"}, "subject": {"type": "string"}}},
         "context": {"type": "object", "required": ["patientId"], "properties": {
             "patientId": {"type": "string", "pattern": f"^(Patient/)?{FHIR_ID}$"},
@@ -108,7 +110,7 @@ def patient_view() -> Response:
     if result.report.errors:
         log.info("cds: %d input resource(s) skipped as invalid", len(result.report.errors))
     cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
-                           timeline_url=svc.settings.timeline_url, patient_id=pid,
+                           timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
                            criteria=criteria_of(svc.engine))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")

@@ -32,6 +32,7 @@ CONCEPT_MAP = "conceptmap.json"
 class Format(str, Enum):
     BUNDLE = "bundle"
     NDJSON = "ndjson"
+    TRANSACTION = "transaction"  # one transaction Bundle per patient, PUT Type/id: seeds a sandbox server as is
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +88,27 @@ def expected_row(s: Scenario, days: int = 30) -> dict[str, Any]:
             "long_term": long_term_expected(s, s.late, days)}
 
 
-def _bundle(s: Scenario, resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"resourceType": "Bundle", "id": s.pid, "type": "collection",
-            "entry": [{"fullUrl": f"https://cart-fhir.org/synthetic/{r['resourceType']}/{r['id']}",
-                       "resource": r} for r in resources]}
+def _unversioned(r: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (r.get("meta") or {}).items() if k != "versionId"}
+    return r if "meta" not in r else {k: v for k, v in r.items() if k != "meta"} | ({"meta": meta} if meta else {})
+
+
+def _bundle(s: Scenario, resources: list[dict[str, Any]], fmt: Format = Format.BUNDLE) -> dict[str, Any]:
+    """A collection Bundle, or a transaction whose entries PUT each resource at its generated id (update as
+    create, R4 http.html#upsert: the server keeps our ids, so references between the resources hold). A
+    transaction may touch a resource once (R4 http.html#trules), so of noise's superseded versions (same id,
+    meta.versionId 1 and 2) only the current one is put, without its versionId: servers number versions."""
+    if fmt == Format.TRANSACTION:
+        current = {(r["resourceType"], r["id"]): r for r in resources}  # the later version wins
+        resources = [_unversioned(r) for r in resources if current[r["resourceType"], r["id"]] is r]
+    entries: list[dict[str, Any]] = [
+        {"fullUrl": f"https://cart-fhir.org/synthetic/{r['resourceType']}/{r['id']}", "resource": r}
+        for r in resources]
+    if fmt == Format.TRANSACTION:
+        for e in entries:
+            e["request"] = {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"}
+    return {"resourceType": "Bundle", "id": s.pid, "type": "transaction" if fmt == Format.TRANSACTION
+            else "collection", "entry": entries}
 
 
 def write_cohort(out_dir: str | Path, patients: int, seed: int, days: int = 30,
@@ -106,8 +124,8 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int, days: int = 30,
         files: dict[str, BinaryIO] = {}
         for s, resources in cohort(patients, seed, days, table, options):
             rows.append(expected_row(s, days))
-            if fmt == Format.BUNDLE:
-                (fhir / f"{s.pid}.json").write_bytes(dumps(_bundle(s, resources)) + b"\n")
+            if fmt != Format.NDJSON:
+                (fhir / f"{s.pid}.json").write_bytes(dumps(_bundle(s, resources, fmt)) + b"\n")
                 continue
             for r in resources:
                 rtype = r["resourceType"]

@@ -22,18 +22,25 @@ ANC_LOW, ANC_VERY_LOW, ANC_RECOVERED = 0.3, 0.05, 1.8  # 10*3/uL: <= 500, <= 100
 ANC_LATE = {0: 2.4, 1: 1.3, 2: 0.8, 3: 0.35, 4: 0.06}  # a level inside each late ICAHT row (4.2)
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 ROUTE_SCT = {"intravenous": "47625008", "oral": "26643006"}  # mappings/infection-grading.yaml routes
-CONDITION = {"bacteremia": ("5758002", "Bacteremia"), "cmv-infection": ("28944009", "Infection caused by Cytomegalovirus"),
+CONDITION = {"bacteremia": ("5758002", "Bacteremia"),
+             "cmv-infection": ("28944009", "Infection caused by Cytomegalovirus"),
              "pneumonia": ("233604007", "Pneumonia")}  # mappings/infections.yaml rows
 TREATMENT = {("bacteremia", "intravenous"): "vancomycin", ("bacteremia", "oral"): "ciprofloxacin",
              ("cmv-infection", "intravenous"): "ganciclovir", ("cmv-infection", "oral"): "valganciclovir",
              ("pneumonia", "intravenous"): "piperacillin-tazobactam", ("pneumonia", "oral"): "ciprofloxacin"}
 RXNORM_ANTI_INFECTIVE = {"vancomycin": "11124", "ciprofloxacin": "2551", "valacyclovir": "73645"}  # drugs.yaml
 E_COLI = ("112283007", "Escherichia coli")
+# One dose in mg (adult; half below 16 years, the builder's BSA cut-off): usual label doses (vancomycin 15 mg/kg,
+# ganciclovir 5 mg/kg IV, valganciclovir 900 mg, ciprofloxacin 500 mg PO, piperacillin-tazobactam 4.5 g). Only
+# the route is graded; the dose is there because R4 mad-1 requires dosage.dose or rate once dosage is given.
+DOSE_MG = {"vancomycin": 1000, "ciprofloxacin": 500, "ganciclovir": 350, "valganciclovir": 900,
+           "piperacillin-tazobactam": 4500}
 
 
 def anc(w: PatientWriter, day: int) -> float:
@@ -105,5 +112,7 @@ def infection(w: PatientWriter, inf: Infection) -> None:
     w.add(agent, {"resourceType": "MedicationAdministration", "status": "completed",
                   "medicationCodeableConcept": {"coding": [coding], "text": agent}, "subject": w.subject(),
                   "reasonReference": [{"reference": f"Condition/{cond['id']}"}],
-                  "dosage": {"route": {"coding": [{"system": SCT, "code": ROUTE_SCT[inf.route]}]}},
+                  "dosage": {"route": {"coding": [{"system": SCT, "code": ROUTE_SCT[inf.route]}]},
+                             "dose": {"value": DOSE_MG[agent] if w.s.age >= 16 else DOSE_MG[agent] // 2,
+                                      "unit": "mg", "system": UCUM, "code": "mg"}},
                   "effectivePeriod": {"start": w.at(inf.onset_day, "14:00"), "end": w.at(end, "10:00")}})
