@@ -144,3 +144,36 @@ def test_vignette_paraparesis_with_clinician_cord_compression_is_not_icans(engin
     assert res.patients[0].courses[0].episodes[Toxicity.ICANS] == []
     day = res.patients[0].courses[0].days[Toxicity.ICANS][0]
     assert "Condition/sccc" in day.evidence and any("Spinal cord compression" in r for r in day.reasons)
+
+
+def _text_condition(b: PatientBuilder, text: str, day: int, hhmm: str) -> dict[str, Any]:
+    res = {"resourceType": "Condition", "id": b._id("txt"), "subject": b.subject(), "code": {"text": text},
+           "onsetDateTime": b.at(day, hhmm)}
+    b.resources.append(res)
+    return res
+
+
+def test_paraparesis_condition_by_name_is_icans_grade4(engine) -> None:
+    """No verified SNOMED CT code for paraparesis: a Condition naming it is the motor finding (verified: false)."""
+    b = PatientBuilder()
+    b.ice(25, "08:00", 10)
+    _text_condition(b, "Acute paraparesis", 25, "09:00")
+    res = run(engine, b.bundle())
+    assert labels(res) == [("isolated-motor", "unknown", 4)]
+    assert "condition-findings:motor-weakness-by-name" in res.report.unverified_rows
+
+
+@pytest.mark.parametrize(("text", "icans"), [
+    pytest.param("Spinal cord compression", 0, id="cord-compression-by-name-not-icans"),
+    pytest.param("Transverse myelitis", 0, id="myelitis-by-name-not-icans"),
+    pytest.param("Guillain-Barre syndrome (AIDP)", 0, id="gbs-by-name-not-icans"),
+    pytest.param("Osteomyelitis of the tibia", 1, id="osteomyelitis-is-not-myelitis"),
+])
+def test_clinician_diagnosis_by_name_takes_the_motor_finding_out(engine, text: str, icans: int) -> None:
+    b = PatientBuilder()
+    b.ice(25, "08:00", 10)
+    b.motor(25, "09:00")
+    _text_condition(b, text, 25, "15:00")
+    cr = run(engine, b.bundle()).patients[0].courses[0]
+    assert len(cr.episodes[Toxicity.ICANS]) == icans
+    assert len([e for e in cr.events if e.toxicity == Toxicity.NEURO_OTHER]) == 1 - icans

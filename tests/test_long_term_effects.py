@@ -225,3 +225,13 @@ def test_every_effect_validates_against_the_profiles(engine) -> None:
     b.lab("hemoglobin", 150, "08:00", 7.5, "g/dL")  # type: ignore[attr-defined]
     written = [w.resource for w in engine.resources(run(engine, b.bundle()), RECORDED)]
     assert validate_resources(written) == len(written)
+
+
+def test_service_run_report_keeps_notices_as_information(engine) -> None:
+    from cart_fhir.service.operations import _report_outcome
+
+    b = PatientBuilder()
+    malignancy(b, 730, "C84.40", "Peripheral T-cell lymphoma")
+    outcome = _report_outcome(run(engine, b.bundle()).report)
+    notices = [i for i in outcome["issue"] if "CAR transgene" in i["details"]["text"]]
+    assert notices and all(i["severity"] == "information" for i in notices)

@@ -134,6 +134,7 @@ class ConditionFindingRow(Row):
     display: str
     concept: Literal["seizure", "cerebral-edema", "motor"]
     value: str
+    names: tuple[str, ...] = ()  # whole words matched in the Condition's text and displays when no code matches
     verified: bool
     source: str
 
@@ -171,6 +172,7 @@ class NeuroEventRow(CodedEventRow):
 
     category: Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
                       "myelopathy-paraparesis", "other"]
+    names: tuple[str, ...] = ()  # whole words matched in the Condition's text and displays when no code matches
 
 
 class NeuroEventTable(Table):

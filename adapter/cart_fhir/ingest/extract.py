@@ -582,6 +582,10 @@ class Extractor:
         event = None if finding is not None else self.term.event(res.get("code"))
         malignancy = self.term.malignancy(res.get("code")) if finding is None and event is None else None
         if finding is None and event is None and malignancy is None:
+            finding = self.term.condition_finding_by_name(res.get("code"))  # e.g. "Paraparesis" (unverified)
+            if finding is not None:
+                self.report.unverified_rows.add(f"condition-findings:{finding.id}")
+        if finding is None and event is None and malignancy is None:
             if ent.key not in self._attributing:
                 self.report.ignored["Condition (code not used)"] += 1
             return
