@@ -197,6 +197,7 @@ def test_infections_in_the_low_igg_period_are_linked(engine) -> None:
     (ev,) = [e for e in cr.events if e.toxicity == Toxicity(H)]
     assert ev.detail("infections") == [f"Condition/{pneu['id']}", f"Condition/{zoster['id']}"]
     assert ev.assessment is not None and "recurrent-infections" in ev.assessment.flags
+    assert "serious-infection" not in ev.assessment.flags  # neither treated IV nor with organ support
 
 
 def test_t_cell_malignancy_actions_reach_report_card_and_adverse_event(engine) -> None:
@@ -235,3 +236,15 @@ def test_service_run_report_keeps_notices_as_information(engine) -> None:
     outcome = _report_outcome(run(engine, b.bundle()).report)
     notices = [i for i in outcome["issue"] if "CAR transgene" in i["details"]["text"]]
     assert notices and all(i["severity"] == "information" for i in notices)
+
+
+def test_serious_infection_in_the_low_igg_period_is_flagged(engine) -> None:
+    b = PatientBuilder()
+    igg(b, 60, 300)
+    pneu = b.coded_condition(SCT, "233604007", 75, "10:00", abatement=(85, "10:00"))  # type: ignore[attr-defined]
+    b.medication("vancomycin", 75, "12:00", end=(84, "12:00"), rxnorm="11124",  # type: ignore[attr-defined]
+                 route="47625008", reason_ref=f"Condition/{pneu['id']}")
+    cr = run(engine, b.bundle()).patients[0].courses[0]
+    (ev,) = [e for e in cr.events if e.toxicity == Toxicity(H)]
+    assert ev.assessment is not None and "serious-infection" in ev.assessment.flags
+    assert ev.detail("infections") == [f"Condition/{pneu['id']}"]

@@ -8,12 +8,14 @@ Combining rules (threshold and conventions are rows of mappings/hypogammaglobuli
   threshold that no immunoglobulin dose in the `replacement_masks_days` before explains (then resolved).
   A later low IgG opens a new period. A bound that straddles the threshold (e.g. "<500") decides nothing.
 - Replacement: any immune-globulin administration from day 0 to the end of the period (or of follow-up).
-- Infections (infections.yaml Conditions, positive cultures) with onset inside the period are linked.
+- Infections (the infection grader's events: Conditions, positive cultures) with onset inside the period are
+  linked; two or more are flagged recurrent-infections, one of CTCAE grade >= 3 serious-infection.
 - No grade applies (IAGO reports the effect, not a CTCAE grade): the Observation carries its components.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -56,7 +58,8 @@ class HypogammaGrader:
         self.t = table
         self.label = f"{table.table} v{table.version}"
 
-    def grade(self, course: Course) -> Findings:
+    def grade(self, course: Course, infections: Sequence[Event] = ()) -> Findings:
+        """`infections`: the infection grader's events of the course (linked by onset within a period)."""
         s, limit = self.t.settings, self.t.severe.max_mg_dl
         masks = timedelta(days=s.replacement_masks_days)
         doses = [d for d in course.drugs if d.agent in s.replacement_agents and course.day_of(d.start) >= 0]
@@ -75,10 +78,11 @@ class HypogammaGrader:
                 low = []
         if low:
             periods.append(_Period(low, None))
-        events = [self._event(course, n, p, doses) for n, p in enumerate(periods, 1)]
+        events = [self._event(course, n, p, doses, infections) for n, p in enumerate(periods, 1)]
         return Findings(tuple(e.assessment for e in events if e.assessment is not None), tuple(events))
 
-    def _event(self, course: Course, n: int, p: _Period, doses: list[DrugAdmin]) -> Event:
+    def _event(self, course: Course, n: int, p: _Period, doses: list[DrugAdmin], all_infections: Sequence[Event]
+               ) -> Event:
         limit = self.t.severe.max_mg_dl
         (day0, first), (last_day, _) = p.low[0], p.low[-1]
         nadir_day, nadir = min(p.low, key=lambda dr: dr[1].value.value if isinstance(dr[1].value, Quantity) else 0)
@@ -86,8 +90,7 @@ class HypogammaGrader:
         end_day = p.end[0] if p.end else None
         end_at = p.end[1].when.at if p.end else None
         given = [d for d in doses if end_at is None or d.start.at <= end_at]
-        infections = [(day, f) for day, f in course.conditions if f.table == "infections"
-                      and day >= day0 and (end_day is None or day <= end_day)]
+        infections = [e for e in all_infections if e.onset_day >= day0 and (end_day is None or e.onset_day <= end_day)]
         duration = (end_day if end_day is not None else last_day) - day0
         reasons = [(f"IgG {nadir_value:g} mg/dL on day {nadir_day} (nadir); IgG <= {limit:g} mg/dL from day {day0} "
                    f"(row {self.t.severe.id}: {self.t.severe.source})")]
@@ -97,23 +100,31 @@ class HypogammaGrader:
             reasons.append(f"immunoglobulin replacement: {len(given)} administration(s) from day "
                            f"{course.day_of(given[0].start)}")
         if infections:
-            reasons.append("infections in the same period: " + ", ".join(f"{f.display} day {d} ({f.ref})"
-                                                                         for d, f in infections))
+            reasons.append("infections in the same period: " + ", ".join(
+                f"{_infection_name(e)} day {e.onset_day}, grade {e.max_grade if e.max_grade is not None else 'n/a'}"
+                f" ({e.condition_ref or e.key})" for e in infections))
         flags = ["attribution-unconfirmed"]
         if len(infections) >= 2:
             flags.append("recurrent-infections")
+        if any((e.max_grade or 0) >= 3 for e in infections):
+            flags.append("serious-infection")  # CTCAE grade >= 3 (IV treatment, organ support)
         comps = (Component("igg-nadir", "decimal", round(nadir_value, 1)),
                  Component("igg-replacement", "boolean", bool(given)),
                  Component("duration-days", "integer", duration),
                  Component("linked-infections", "integer", len(infections)))
         refs = tuple(dict.fromkeys([r.ref for _, r in p.low] + ([p.end[1].ref] if p.end else [])))
+        linked = tuple(dict.fromkeys(e.condition_ref or e.key for e in infections))
         a = Assessment(HYPOGAMMA, CODE, State.GRADED, None, first.when.at, end_at, components=comps,
-                       evidence=refs + tuple(f.ref for _, f in infections),
+                       evidence=refs + tuple(r for r in linked if r not in refs),
                        supporting=tuple(d.ref for d in given), reasons=tuple(reasons), flags=tuple(flags),
                        table=self.label)
         return Event(HYPOGAMMA, f"period-{n}", State.GRADED, None, first.when.at, day0, abatement=end_at,
                      resolved_day=end_day, assessment=a,
                      details=(("nadir_igg_mg_dl", round(nadir_value, 1)), ("replacement", bool(given)),
                               ("duration_days", duration),
-                              ("infections", [f.ref for _, f in infections])),
+                              ("infections", list(linked))),
                      evidence=refs)
+
+
+def _infection_name(e: Event) -> str:
+    return e.term[2] if e.term else str(e.detail("type") or "infection")

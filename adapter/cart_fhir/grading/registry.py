@@ -186,9 +186,10 @@ GRADERS: list[GraderSpec] = [
                build=lambda t: HematotoxScorer(t.get(HematotoxTable)), run=lambda g, course, cr: g.score(course),
                unverified=_hematotox_rows),
     # IAGO long-term effects (Rejeski et al., Nat Med 2025; issue 16): one module and one table each.
-    GraderSpec("hypogammaglobulinemia", OutputKind.FINDINGS, (HYPOGAMMA,), concepts=("igg",),
+    GraderSpec("hypogammaglobulinemia", OutputKind.FINDINGS, (HYPOGAMMA,), concepts=("igg",), reads=("infection",),
                tables=(TableFile("hypogammaglobulinemia.yaml", HypogammaTable),),
-               build=lambda t: HypogammaGrader(t.get(HypogammaTable)), run=lambda g, course, cr: g.grade(course)),
+               build=lambda t: HypogammaGrader(t.get(HypogammaTable)),
+               run=lambda g, course, cr: g.grade(course, [e for e in cr.events if e.toxicity == Toxicity.INFECTION])),
     GraderSpec("b-cell-aplasia", OutputKind.FINDINGS, (B_CELL_APLASIA,), concepts=("cd19-b-cells",),
                tables=(TableFile("b-cell-aplasia.yaml", AplasiaTable),),
                build=lambda t: BCellAplasiaGrader(t.get(AplasiaTable)), run=lambda g, course, cr: g.grade(course),
