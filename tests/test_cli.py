@@ -41,7 +41,7 @@ def test_grades_the_shipped_examples(tmp_path: Path) -> None:
                             for r in episodes)
     scores = [r for r in rows if r["toxicity"] == "car-hematotox"]
     assert len(scores) == 3 and all(set(r) >= {"patient", "score", "risk"} for r in scores)
-    assert "max grade" in p.stderr and "onset day" in p.stderr  # the summary table
+    assert "result" in p.stderr and "onset day" in p.stderr and "cohort: 3 patients" in p.stderr  # the table
 
 
 def test_stdout_when_no_output_file(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def _missing_patient() -> dict:
                  id="broken-json"),
     pytest.param({"resourceType": "Patient", "id": "x"}, ["bad.json", "expected resourceType 'Bundle'"],
                  id="not-a-bundle"),
-    pytest.param(_wrong_type(), ["bad.json", "Observation/temp-", "must be a number", "'hot'"], id="wrong-type"),
+    pytest.param(_wrong_type(), ["bad.json", "Observation/temp-", "must be a number, got a string"], id="wrong-type"),
     pytest.param(_bad_unit(), ["bad.json", "Observation/temp-", "unit 'xyz'"], id="unknown-unit"),
     pytest.param(_missing_patient(), ["bad.json", "Observation/temp-", "Patient/nobody", "not in the input"],
                  id="missing-patient"),
@@ -134,7 +134,31 @@ def test_skip_invalid_reports_and_continues(tmp_path: Path) -> None:
     p = cli("grade", str(bad), "-o", str(out), "--skip-invalid")
     assert p.returncode == 0
     assert "error: bad.json" not in p.stderr and "unit 'xyz'" in p.stderr
+    assert "warning: skipped: " in p.stderr and "\nerror:" not in p.stderr  # skipped, so a warning
     assert out.exists()
+
+
+def test_error_lines_carry_no_values_unless_asked(tmp_path: Path) -> None:
+    """Issue 13: `Patient.birthDate '1961-07-32'` and `got '39.71'` printed resource contents (PHI)."""
+    b = PatientBuilder(birth="1961-07-32")
+    b2 = PatientBuilder(pid="p2")
+    b2.temp_raw(1, "08:00", {"value": "39.71", "unit": "Cel", "code": "Cel"})
+    bad = write(tmp_path / "bad.json", {**b.bundle(), "entry": b.bundle()["entry"] + b2.bundle()["entry"]})
+    p = cli("grade", str(bad), "-o", str(tmp_path / "out.json"))
+    assert p.returncode == 2 and "Patient.birthDate is not a valid FHIR date" in p.stderr
+    assert "must be a number, got a string" in p.stderr
+    assert "1961" not in p.stderr and "39.71" not in p.stderr
+    p = cli("grade", str(bad), "-o", str(tmp_path / "out.json"), "--show-values")
+    assert p.returncode == 2 and "(value: '1961-07-32')" in p.stderr and "(value: '39.71')" in p.stderr
+
+
+def test_fahrenheit_labelled_celsius_exits_2_naming_the_mixup(tmp_path: Path) -> None:
+    b = PatientBuilder()
+    b.temp(1, "06:00", 101.1)
+    bad = write(tmp_path / "bad.json", b.bundle())
+    p = cli("grade", str(bad), "-o", str(tmp_path / "out.json"))
+    assert p.returncode == 2 and "plausible range 25-45 Cel" in p.stderr and "Fahrenheit" in p.stderr
+    assert "101.1" not in p.stderr and not (tmp_path / "out.json").exists()
 
 
 def test_ndjson_folder_input(tmp_path: Path) -> None:

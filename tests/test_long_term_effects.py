@@ -179,7 +179,7 @@ def test_summary_rows_have_exactly_the_issue_fields(engine) -> None:
     b.lab("anc", 150, "08:00", 400, "/uL")  # type: ignore[attr-defined]
     rows = {r["toxicity"]: r for r in episode_rows(run(engine, b.bundle()))}
     base = {"patient", "toxicity", "max_grade", "max_grade_is_lower_bound", "onset_day", "onset", "resolved",
-            "resolution_day", "infusion", "infusion_number"}
+            "resolution_day", "infusion", "infusion_number", "missing_inputs"}
     assert set(rows[H]) == base | {"nadir_igg_mg_dl", "replacement"}
     assert set(rows[B]) == base | {"duration_days"}
     assert set(rows[S]) == base | {"lineage"}

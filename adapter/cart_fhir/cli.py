@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,14 @@ from .cli_report import add_parser as add_report_parser
 from .cli_report import run as report_run
 from .cli_synth import add_parser as add_synth_parser
 from .cli_synth import run as synth_run
+from .coverage import CoverageGate, Need
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
-from .files import write_atomic as _write_atomic
-from .ingest.read import read_paths
-from .pipeline import Engine
-from .summary import episode_rows, render_table, table_rows
+from .files import check_targets, write_all
+from .grading.registry import GRADERS, load_all
+from .ingest.read import read_all
+from .pipeline import Engine, PatientResult
+from .report import Issue, RunReport
+from .summary import cohort_totals, episode_rows, render_table, table_rows
 
 log = logging.getLogger("cart_fhir")
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -45,9 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--summary-json", metavar="FILE", help="write the per-episode summary as JSON")
     g.add_argument("--skip-invalid", action="store_true",
                    help="report invalid resources as warnings and grade the rest (default: fail on any)")
+    g.add_argument("--require", action="append", default=[], metavar="INPUT[,INPUT...]",
+                   help="exit 2 (writing nothing) when a graded infusion has no usable reading of one of these "
+                        "inputs in days 0-14: temperature, bp, oxygenation, ice, anc, platelets, crp, ... "
+                        "(mappings/coverage.yaml names and aliases, or concept names)")
+    g.add_argument("--show-values", action="store_true",
+                   help="print the offending input value in error lines (they hold PHI: off by default)")
     g.add_argument("--validate", action="store_true",
                    help="validate every emitted resource with the fhir.resources R4B models before writing")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary table or run report on stderr")
+    g.add_argument("--table", choices=("none", "brief", "full"), default="full",
+                   help="the summary table on stderr: every assessed toxicity per infusion (full, default), only "
+                        "grades >= 1 and results the data cannot decide (brief), or none; both end with cohort "
+                        "totals")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     g.add_argument("--registry-csv", metavar="FILE", help="write the registry summary: one row per infusion")
     g.add_argument("--registry-follow-up-csv", metavar="FILE",
@@ -123,18 +138,22 @@ def _check_sources(args: argparse.Namespace) -> None:
 
 def grade_command(args: argparse.Namespace) -> int:
     _check_sources(args)
+    check_targets([args.output, args.summary_json, args.registry_csv])
     if args.out_dir or args.workers is not None or args.buckets is not None or args.dask:
         return _stream_command(args)
     engine = Engine(concept_maps=_load_concept_maps(args.concept_map), strict=not args.skip_invalid)
+    required = engine.coverage.resolve(_require_names(args.require))
     recorded = datetime.now(UTC).replace(microsecond=0)
     run = None
     if args.inputs:
-        result = engine.grade(read_paths(args.inputs))
+        result = engine.grade(read_all(args.inputs))
         written = engine.resources(result, recorded)
     else:
         run = grade_from_server(args, engine)
         result = run.result
         written = [run.device, *(w for g in run.groups for w in g.resources)] if run.groups and run.device else []
+    if _coverage_failed(result.report, engine.coverage, required, result.patients):
+        return EXIT_BAD_INPUT  # before anything is written: a pipeline must not take this run for a pass
     if args.validate:
         from .validate import validate_resources
 
@@ -144,27 +163,65 @@ def grade_command(args: argparse.Namespace) -> int:
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     registry = _registry_csv(result) if args.registry_csv else None
     follow_up = _follow_up_csv(result) if args.registry_follow_up_csv else None
+    # `--patient nope`: nothing graded and exit 2 ahead, so no empty Bundle, file or stdout.
+    nothing = run is not None and bool(run.input_errors) and not written
     # Everything is built before anything is written: a failure above leaves no file behind.
-    if registry is not None:
-        _write_atomic(args.registry_csv, registry)
-    if follow_up is not None:
-        _write_atomic(args.registry_follow_up_csv, follow_up)
-    if args.summary_json:
-        _write_atomic(args.summary_json, summary)
-    if args.output:
-        _write_atomic(args.output, payload)
-    elif not args.write_back:  # written back: the results are on the server, stdout stays quiet
+    if not nothing:
+        write_all([(path, data) for path, data in ((args.registry_csv, registry),
+                                                     (args.registry_follow_up_csv, follow_up),
+                                                     (args.summary_json, summary), (args.output, payload))
+                   if path and data is not None])
+    if not (args.output or nothing or args.write_back):  # written back: the results are on the server
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
-        print(render_table(table_rows(result)), file=sys.stderr)
+        if args.table != "none":
+            print(render_table(table_rows(result, args.table), cohort_totals(result)), file=sys.stderr)
         for line in result.report.summary_lines():
             print(line, file=sys.stderr)
-        for issue in result.report.issues:
-            print(f"{issue.severity}: {issue}", file=sys.stderr)
+        _print_issues(result.report.issues, len(result.report.issues), args.show_values)
+        _print_coverage_warnings(result.report)
+        if not result.report.patients_graded and not nothing:
+            print("warning: nothing graded: no patient in the input has a CAR-T infusion (a MedicationAdministration "
+                  "of a CAR-T product, or a Procedure CPT 38228); the output Bundle is empty", file=sys.stderr)
     if run is not None:
         return _server_outcome(run, args.quiet)
     return EXIT_OK
+
+
+def _print_coverage_warnings(report: RunReport) -> None:
+    """An input most graded infusions lack: likely unmapped site codes (issue 13 item 1). Not with -q:
+    pipelines that must not pass silently use --require."""
+    for line in report.coverage_warnings():
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def _require_names(values: list[str]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name.strip()]
+
+
+def _coverage_failed(report: RunReport, gate: CoverageGate, required: tuple[Need, ...],
+                     patients: list[PatientResult] | None) -> bool:
+    """With --require: one error per graded infusion without a required input, and a total (exit 2)."""
+    failed = [(need, report.infusions_missing(need.name, gate.is_group(need))) for need in required]
+    failed = [(need, n) for need, n in failed if n]
+    if not failed:
+        return False
+    lines = []
+    for pr in patients or []:
+        for cr in pr.courses:
+            unmet = gate.unmet(cr.course, required)
+            if unmet:
+                lines.append(f"{pr.patient.key} infusion {cr.course.number}: no usable reading of "
+                             f"{', '.join(n.name for n in unmet)} in {gate.window} (--require)")
+    for line in lines[:MAX_ERROR_LINES]:
+        print(f"cart-fhir: error: {line}", file=sys.stderr)
+    if len(lines) > MAX_ERROR_LINES:
+        print(f"cart-fhir: ... and {len(lines) - MAX_ERROR_LINES} more infusions", file=sys.stderr)
+    summary = ", ".join(f"{need.name} missing for {n} of {report.infusions_graded}" for need, n in failed)
+    print(f"cart-fhir: error: required inputs missing in graded infusions: {summary}; map site codes with "
+          "--concept-map, or drop --require to grade anyway", file=sys.stderr)
+    return True
 
 
 def _registry_csv(result: Any) -> bytes:
@@ -202,16 +259,31 @@ def _stream_command(args: argparse.Namespace) -> int:
                     workers=1 if args.workers is None else args.workers, buckets=args.buckets,
                     strict=not args.skip_invalid, concept_maps=_load_concept_maps(args.concept_map),
                     progress=not args.quiet, dask=args.dask)
+    gate = CoverageGate(load_all(), GRADERS)
+    required = gate.resolve(_require_names(args.require))
     t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
     if not args.quiet:
         for line in t.report.summary_lines():
             print(line, file=sys.stderr)
-        for issue in t.errors[:MAX_ERROR_LINES] + t.warnings[:MAX_ERROR_LINES]:
-            print(f"{issue.severity}: {issue}", file=sys.stderr)
+        _print_issues(t.errors[:MAX_ERROR_LINES], t.errors_total, args.show_values)
+        _print_issues(t.warnings[:MAX_ERROR_LINES], t.warnings_total, args.show_values)
         seconds = t.timings["total"]
-        print(f"issues: {t.errors_total} errors, {t.warnings_total} warnings; {seconds:.1f} s, "
+        print(f"issues: {t.errors_total} invalid (skipped), {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
+        _print_coverage_warnings(t.report)
+    if _coverage_failed(t.report, gate, required, None):
+        return EXIT_BAD_INPUT  # a streamed run has written its files by now: the exit status says they fail
     return EXIT_OK
+
+
+def _print_issues(issues: list[Issue], total: int, show_values: bool) -> None:
+    """Warnings, and the bad input --skip-invalid skipped (a warning too: the run went on without it);
+    at most MAX_ERROR_LINES lines, then how many more there were."""
+    for issue in issues[:MAX_ERROR_LINES]:
+        what = "warning: skipped" if issue.severity == "error" else issue.severity
+        print(f"{what}: {issue.describe(show_values)}", file=sys.stderr)
+    if total > MAX_ERROR_LINES:
+        print(f"... and {total - MAX_ERROR_LINES} more", file=sys.stderr)
 
 
 def _server_outcome(run: ServerRun, quiet: bool) -> int:
@@ -233,8 +305,19 @@ def push_cmd(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if report.failed else EXIT_OK
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every `finally` runs (a streamed run removes its
+    hidden staging folder; no temporary output file stays behind)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "grade" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # urllib3 logs every request line with its query (search values) at DEBUG: keep it out of our logs.
@@ -260,19 +343,27 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.host, args.port, args.workers, args.timeout)
             return EXIT_OK
     except InputErrors as exc:
+        show = bool(getattr(args, "show_values", False))
         for err in exc.errors[:MAX_ERROR_LINES]:
-            print(f"cart-fhir: error: {err}", file=sys.stderr)
+            print(f"cart-fhir: error: {err.describe(show)}", file=sys.stderr)
         if exc.total > MAX_ERROR_LINES:
             print(f"cart-fhir: ... and {exc.total - MAX_ERROR_LINES} more errors", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (BadInput, ConfigError) as exc:
+    except BadInput as exc:
+        print(f"cart-fhir: error: {exc.describe(bool(getattr(args, 'show_values', False)))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigError as exc:
         print(f"cart-fhir: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AdapterError as exc:
         print(f"cart-fhir: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        print("cart-fhir: error: interrupted: nothing written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cart-fhir: error: terminated (SIGTERM): nothing written", file=sys.stderr)
+        return 143
     return EXIT_FAILURE
 
 

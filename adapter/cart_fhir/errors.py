@@ -34,12 +34,44 @@ class ConfigError(AdapterError):
 
 
 class BadInput(AdapterError):
-    """The input data is malformed or inconsistent; carries where and what."""
+    """The input data is malformed or inconsistent; carries where and what.
 
-    def __init__(self, message: str, location: Location | None = None) -> None:
+    `value` is the offending input value, kept out of the message: resource contents are PHI, so logs and
+    OperationOutcomes name the resource, element and problem only; the CLI shows it with --show-values.
+    """
+
+    def __init__(self, message: str, location: Location | None = None, value: str | None = None) -> None:
         self.message = message
         self.location = location or Location()
+        self.value = value
         super().__init__(f"{self.location}: {message}")
+
+    def describe(self, show_values: bool = False) -> str:
+        """The one-line message, with the offending value appended only when asked for."""
+        return with_value(str(self), self.value, show_values)
+
+
+def with_value(text: str, value: str | None, show_values: bool) -> str:
+    return f"{text} (value: {value})" if show_values and value is not None else text
+
+
+def json_type(value: object) -> str:
+    """What kind of JSON value was found (said instead of the value itself)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def shown(value: object) -> str:
+    """A value as --show-values prints it (bounded: a malformed element can be a whole resource)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class InputErrors(AdapterError):

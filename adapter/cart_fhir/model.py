@@ -151,6 +151,8 @@ class PatientData:
     conditions: list[ConditionFact] = field(default_factory=list)
     horizon: datetime | None = None  # the latest time seen in the patient's data (open infusions end here)
     source: str = ""  # where the Patient was read (file, entry/line), for the run report
+    file: str = ""  # the input file the Patient was read from
+    label: str | None = None  # how the terminal table names the patient: the MRN, else the first identifier
     deceased: Moment | None = None  # Patient.deceasedDateTime
     # Every Condition of the patient (key -> its "system|code" codings), used or not: lets a treatment's
     # reasonReference be matched to the toxicity it treated (a site's own CRS/ICANS Condition).

@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from .conformance.tables_check import check_shipped
+from .coverage import CoverageGate
 from .errors import BadInput, InputErrors, Location
 from .grading.attribution import AttributionRulesTable, Attributor
 from .grading.registry import GRADERS, CourseResult, GraderSpec, OutputKind, build_all, grade_course, load_all
@@ -55,6 +56,9 @@ def _no_cyclic_gc() -> Iterator[None]:
 class PatientResult:
     patient: PatientData
     courses: list[CourseResult]
+    # Per course: the inputs without a usable reading in the coverage window (coverage.yaml), or None when
+    # the course has no reading in the window at all (coverage.py).
+    missing: list[tuple[str, ...] | None] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -62,6 +66,10 @@ class RunResult:
     patients: list[PatientResult]
     report: RunReport
     tables: Tables  # what the results were graded with: the summaries read each toxicity's facts from it
+    # The toxicities the registered graders assess, in registry order (the terminal table gives each a row,
+    # "none" too), and per toxicity the coverage groups its graders read (a "none" says what it lacked).
+    toxicities: tuple[Toxicity, ...] = ()
+    needs: dict[Toxicity, frozenset[str]] = field(default_factory=dict)
 
 
 class Engine:
@@ -83,16 +91,22 @@ class Engine:
         self.codes = OutputCodes(self.tables)
         self.strict = strict
         self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
+        self.coverage = CoverageGate(self.tables, self.specs)
+        self.toxicities = tuple(dict.fromkeys(t for spec in self.specs for t in spec.toxicities))
+        self.needs = {tox: frozenset(n.name for n in self.coverage.needs
+                                     for spec in self.specs if tox in spec.toxicities and spec.name in n.graders
+                                     and spec.output != OutputKind.TREATMENTS)
+                      for tox in self.toxicities}
 
     # ---- grading -----------------------------------------------------------------------------
 
-    def grade(self, items: Iterable[Item], strict: bool | None = None) -> RunResult:
+    def grade(self, items: Iterable[Item | BadInput], strict: bool | None = None) -> RunResult:
         """Grade every patient in the input. Strict mode (the engine's, unless given) raises InputErrors on
         any bad input."""
         with _no_cyclic_gc():
             return self._grade(items, self.strict if strict is None else strict)
 
-    def _grade(self, items: Iterable[Item], strict: bool) -> RunResult:
+    def _grade(self, items: Iterable[Item | BadInput], strict: bool) -> RunResult:
         report = RunReport()
         idx = build_index(items, report)
         extractor = Extractor(self.terminology, self.units, report)
@@ -111,8 +125,8 @@ class Engine:
         if len(medications) > used:
             report.ignored["Medication (not referenced)"] += len(medications) - used
         if strict and report.errors:
-            raise InputErrors([BadInput(i.message, i.location) for i in report.errors])
-        return RunResult(results, report, self.tables)
+            raise InputErrors([i.bad_input() for i in report.errors])
+        return RunResult(results, report, self.tables, self.toxicities, self.needs)
 
     def grade_patient(self, data: PatientData, report: RunReport | None = None) -> PatientResult:
         """Pure: one patient's facts in, their courses with daily grades and episodes out."""
@@ -124,7 +138,14 @@ class Engine:
                 report.patients_graded += 1
             if before:
                 report.ignored["events before day 0"] += before
-        return PatientResult(data, [self._grade_course(course, report) for course in course_list])
+        missing = [self.coverage.missing(course) for course in course_list]
+        if report is not None:
+            report.coverage_window = self.coverage.window
+            report.coverage_routine |= self.coverage.routine
+            for course, gaps in zip(course_list, missing, strict=True):
+                report.record_coverage(gaps, self.coverage.missing_concepts(course) if gaps is not None else (),
+                                       f"{data.key} infusion {course.number}")
+        return PatientResult(data, [self._grade_course(course, report) for course in course_list], missing)
 
     def _grade_course(self, course: Course, report: RunReport | None) -> CourseResult:
         """Every registered grader over one infusion course, in registry order (grading/registry.py)."""

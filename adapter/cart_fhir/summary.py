@@ -7,7 +7,10 @@ from typing import Any
 from .grading.result import State
 from .grading.treatments import TreatmentResponse
 from .output.resources import iso
-from .pipeline import RunResult
+from .pipeline import PatientResult, RunResult
+from .summary_table import cohort_totals, render_table, table_rows
+
+__all__ = ["cohort_totals", "episode_rows", "missing_inputs", "render_table", "table_rows"]
 
 
 def episode_rows(result: RunResult) -> list[dict[str, Any]]:
@@ -16,8 +19,9 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     facts = result.tables.output.toxicities
     for pr in result.patients:
-        for cr in pr.courses:
-            base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number}
+        for n, cr in enumerate(pr.courses):
+            base = {"infusion": cr.course.infusion.ref, "infusion_number": cr.course.number,
+                    "missing_inputs": missing_inputs(pr, n)}
             for tox in cr.days:  # the daily-graded toxicities, in registry order
                 responses = cr.treatments.get(tox)
                 for i, ep in enumerate(cr.episodes[tox]):
@@ -63,6 +67,15 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
+def missing_inputs(pr: PatientResult, course: int) -> list[str]:
+    """The inputs the graders read that course `course` had no usable reading of in days 0-14
+    (mappings/coverage.yaml groups; every one when the course has no reading in the window at all)."""
+    if course >= len(pr.missing):
+        return []
+    gaps = pr.missing[course]
+    return ["no reading in the window"] if gaps is None else list(gaps)
+
+
 def _treatment_fields(tr: TreatmentResponse) -> dict[str, Any]:
     """What a daily-graded episode's row says of its treatment and response (grading.md section 8)."""
     return {
@@ -78,60 +91,3 @@ def _treatment_fields(tr: TreatmentResponse) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
-
-
-def table_rows(result: RunResult) -> list[tuple[str, ...]]:
-    """Per patient, infusion and toxicity: max grade, onset day, resolution day, days assessed."""
-    out: list[tuple[str, ...]] = []
-    facts = result.tables.output.toxicities
-    for pr in result.patients:
-        for cr in pr.courses:
-            for tox in cr.days:
-                days = cr.days[tox]
-                assessed = sum(1 for d in days if d.state != State.NOT_ASSESSABLE)
-                eps = cr.episodes[tox]
-                if not eps:
-                    graded = [d.grade for d in days if d.grade is not None]
-                    shown = "0" if graded else ("n/a" if days else "no data")
-                    out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", str(assessed), "-"))
-                responses = cr.treatments.get(tox)
-                for i, ep in enumerate(eps):
-                    grade = f">={ep.max_grade}" if ep.max_is_lower_bound else str(ep.max_grade)
-                    treated = _treated(responses[i]) if responses is not None else "-"
-                    out.append((pr.patient.id, str(cr.course.number), tox.value, grade, str(ep.onset_day),
-                                str(ep.resolved_day) if ep.resolved_day is not None else "ongoing", str(assessed),
-                                treated))
-            for ev in cr.events:
-                label = ev.toxicity.value
-                detail = facts[ev.toxicity].label_detail
-                extra = ev.detail(detail) if detail else None
-                if extra:
-                    label += f" ({extra})"
-                grade = "n/a" if ev.max_grade is None else (f">={ev.max_grade}" if ev.state == State.AT_LEAST
-                                                            else str(ev.max_grade))
-                out.append((pr.patient.id, str(cr.course.number), label, grade, str(ev.onset_day),
-                            str(ev.resolved_day) if ev.resolved_day is not None else "ongoing", "-", "-"))
-            for tox, score in cr.scores.items():
-                shown = (f"score {score.value} ({score.interpretation})" if score.state != State.NOT_ASSESSABLE
-                         and score.value is not None else "n/a")
-                out.append((pr.patient.id, str(cr.course.number), tox.value, shown, "-", "-", "-", "-"))
-    return out
-
-
-def _treated(tr: TreatmentResponse) -> str:
-    treated = ", ".join(tr.treatments) or "-"
-    if tr.first_treatment_day is not None:
-        treated += f" (day {tr.first_treatment_day})"
-    if tr.steroid_refractory:
-        treated += ", steroid-refractory"
-    if tr.remission_day is not None:
-        treated += f", IDM remission day {tr.remission_day}"
-    return treated
-
-
-def render_table(rows: list[tuple[str, ...]]) -> str:
-    head = ("patient", "infusion", "toxicity", "max grade", "onset day", "resolution day", "days assessed",
-            "treatments")
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
-    return "\n".join(lines)

@@ -72,6 +72,59 @@ class ConceptTable(Table):
     values: dict[str, tuple[str, ...]]
 
 
+# ---- plausibility -------------------------------------------------------------------------------
+
+class PlausibilityRow(Row):
+    """Inclusive limits of a quantity concept, in its canonical unit (checked after unit conversion)."""
+
+    concept: str
+    min: float | None = None
+    max: float | None = None
+    unit: str
+    verified: bool
+    source: str
+
+    def allowed(self) -> str:
+        lo, hi = (None if b is None else f"{b:g}" for b in (self.min, self.max))
+        rng = f"{lo}-{hi}" if lo is not None and hi is not None else f">= {lo}" if lo is not None else f"<= {hi}"
+        return f"{rng} {self.unit}"
+
+
+class UnitMixupRow(Row):
+    """A number, as written with `unit`, in [min, max] that is probably another unit: said in the message."""
+
+    concept: str
+    unit: str
+    min: float
+    max: float
+    hint: str
+    source: str
+
+
+class PlausibilityTable(Table):
+    rows: tuple[PlausibilityRow, ...]
+    mixups: tuple[UnitMixupRow, ...] = ()
+
+
+# ---- coverage ------------------------------------------------------------------------------------
+
+class CoverageRow(Row):
+    """Concepts any one of which is a usable reading of an input the graders need (e.g. blood pressure)."""
+
+    id: str  # the group's name (`--require` takes it)
+    concepts: tuple[str, ...]
+    aliases: tuple[str, ...] = ()
+    routine: bool  # charted for every patient in the window: most infusions without it is a warning
+    source: str
+
+
+class CoverageTable(Table):
+    from_day: int
+    to_day: int
+    rows: tuple[CoverageRow, ...]
+    events: tuple[str, ...]  # concepts charted only when present: their absence is no gap
+
+
 class UnitAliasRow(Row):
     alias: str
     ucum: str
@@ -399,6 +452,8 @@ class Tables(BaseModel):
     icans: IcansTable
     output: OutputCodeTable
     registry_columns: RegistryColumnTable
+    plausibility: PlausibilityTable
+    coverage: CoverageTable
     avpu_map: dict[str, Any]
     # The criteria tables the registered graders bring (grading/registry.py), by model: Tables.get(Model).
     extra: dict[type[Table], Table] = {}
@@ -431,6 +486,8 @@ _FILES: dict[str, tuple[str, type[Table]]] = {
     "icans": ("astct-icans-2019.yaml", IcansTable),
     "output": ("output-codes.yaml", OutputCodeTable),
     "registry_columns": ("registry-columns.yaml", RegistryColumnTable),
+    "plausibility": ("plausibility.yaml", PlausibilityTable),
+    "coverage": ("coverage.yaml", CoverageTable),
 }
 
 
@@ -464,15 +521,60 @@ def _check(t: Tables) -> None:
             raise ConfigError(f"astct-icans-2019.yaml: {domain} codes {sorted(codes)} != value set {sorted(expected)}")
     for name, bands, top in (("ice_bands", t.icans.ice_bands, 10), ("capd_bands", t.icans.capd_bands, 32)):
         covered = sorted(v for b in bands for v in range(b.min, b.max + 1))
-        if covered != list(range(0, top + 1)):
+        if covered != list(range(top + 1)):
             raise ConfigError(f"astct-icans-2019.yaml: {name} must cover 0..{top} exactly once")
     ages = sorted(t.crs.hypotension, key=lambda r: r.from_age)
     for a, b in itertools.pairwise(ages):
         if a.to_age != b.from_age:
             raise ConfigError("astct-crs-2019.yaml: hypotension age rows must be contiguous")
+    _check_plausibility(t)
+    _check_coverage(t)
     for f in t.condition_findings.rows:  # a finding's concept is the ICANS domain of the same name
         if f.value not in {r.code for r in t.icans.domains[f.concept]}:
             raise ConfigError(f"condition-findings.yaml: {f.code}: unknown {f.concept} value {f.value}")
+
+
+def _check_plausibility(t: Tables) -> None:
+    """Each limit names a quantity concept once, in that concept's canonical unit; mix-ups name known concepts."""
+    units = {r.concept: r.unit for r in t.concepts.rows if r.kind == "quantity"}
+    seen: set[str] = set()
+    for r in t.plausibility.rows:
+        if r.concept not in units:
+            raise ConfigError(f"plausibility.yaml: {r.id}: {r.concept} is not a quantity concept of concepts.yaml")
+        if r.unit != units[r.concept]:
+            raise ConfigError(f"plausibility.yaml: {r.id}: unit {r.unit} is not {r.concept}'s canonical unit "
+                              f"{units[r.concept]}")
+        if r.concept in seen:
+            raise ConfigError(f"plausibility.yaml: {r.id}: {r.concept} has two rows")
+        if r.min is not None and r.max is not None and r.min > r.max:
+            raise ConfigError(f"plausibility.yaml: {r.id}: min is above max")
+        seen.add(r.concept)
+    for m in t.plausibility.mixups:
+        if m.concept not in seen:
+            raise ConfigError(f"plausibility.yaml: mixups {m.id}: {m.concept} has no limits row")
+
+
+def _check_coverage(t: Tables) -> None:
+    """Every concept named is in concepts.yaml, in one group at most; names (ids, aliases) are unique."""
+    known = {r.concept for r in t.concepts.rows}
+    grouped: dict[str, str] = {}
+    names: set[str] = set()
+    for r in t.coverage.rows:
+        for c in r.concepts:
+            if c not in known:
+                raise ConfigError(f"coverage.yaml: {r.id}: unknown concept {c} (concepts.yaml)")
+            if c in grouped:
+                raise ConfigError(f"coverage.yaml: {r.id}: concept {c} is already in {grouped[c]}")
+            grouped[c] = r.id
+        for name in (r.id, *r.aliases):
+            if name in names or (name in known and name not in r.concepts):
+                raise ConfigError(f"coverage.yaml: {r.id}: name {name} is used twice (or is another concept)")
+            names.add(name)
+    for c in t.coverage.events:
+        if c not in known or c in grouped:
+            raise ConfigError(f"coverage.yaml: events: {c} is unknown or also in a group")
+    if t.coverage.from_day > t.coverage.to_day:
+        raise ConfigError("coverage.yaml: from_day is after to_day")
 
 
 def read_yaml(path: Path) -> Any:

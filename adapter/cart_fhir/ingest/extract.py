@@ -7,7 +7,7 @@ from datetime import UTC, date, timezone
 from typing import Any, TypeGuard
 
 from ..constants import CS_TOXICITY, ICD10CM
-from ..errors import BadInput, Location
+from ..errors import BadInput, Location, json_type, shown
 from ..model import (
     ClinicianAttribution,
     Comparator,
@@ -20,7 +20,8 @@ from ..model import (
     Reading,
 )
 from ..report import RunReport
-from ..tables import ConceptRow, DrugRow
+from ..tables import ConceptRow, DrugRow, PlausibilityRow, UnitMixupRow
+from . import shape
 from .codes import Terminology, codings, texts_of
 from .index import Indexed, InputIndex
 from .timeparse import TimeError, has_offset, parse_moment
@@ -62,6 +63,11 @@ class Extractor:
         self._attributing: set[str] = set()  # Conditions read as a clinician's attribution (not "unused")
         self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
         self._quantities: dict[tuple[Any, ...], Quantity] = {}  # see _quantity()
+        plaus = terminology.tables.plausibility
+        self._limits: dict[str, PlausibilityRow] = {r.concept: r for r in plaus.rows}
+        self._mixups: dict[tuple[str, str], list[UnitMixupRow]] = {}
+        for m in plaus.mixups:
+            self._mixups.setdefault((m.concept, m.unit), []).append(m)
 
     # ---- entry point ---------------------------------------------------------------------------
 
@@ -70,10 +76,12 @@ class Extractor:
         res = pat.resource
         self._moments.clear()  # timestamps rarely repeat across patients: keep the caches small
         self._quantities.clear()
+        shape.objects(res.get("identifier"), "Patient.identifier", pat)
         birth = self._birth_date(res, pat.loc)
         pid = res.get("id") or pkey
         data = PatientData(key=pkey, id=pid, reference=self._patient_reference(res, pkey, pat.loc),
-                           birth_date=birth, source=str(pat.loc))
+                           birth_date=birth, source=str(pat.loc), file=pat.item.file, label=_label(res))
+        shape.string(res.get("deceasedDateTime"), "Patient.deceasedDateTime", pat)
         if isinstance(res.get("deceasedDateTime"), str):
             data.deceased = self._moment(res["deceasedDateTime"], "Patient.deceasedDateTime", pat, UTC)
         entries = idx.by_patient.get(pkey, [])
@@ -136,14 +144,14 @@ class Extractor:
         if b is None:
             return None
         if not isinstance(b, str):
-            raise BadInput(f"Patient.birthDate must be a date string, got {b!r}", loc)
+            raise BadInput(f"Patient.birthDate must be a date string, got {json_type(b)}", loc, shown(b))
         try:
             return date.fromisoformat(b)
         except ValueError:
             if len(b) in (4, 7):  # a partial birth date: the age is uncertain, ICE/CAPD choice by instrument
-                self.report.warn(f"Patient.birthDate {b!r} is partial: age-based rules use what was recorded", loc)
+                self.report.warn("Patient.birthDate is partial: age-based rules use what was recorded", loc, shown(b))
                 return None
-            raise BadInput(f"Patient.birthDate {b!r} is not a valid FHIR date", loc) from None
+            raise BadInput("Patient.birthDate is not a valid FHIR date", loc, shown(b)) from None
 
     def _moment(self, value: Any, path: str, at: Indexed, tz: timezone) -> Moment:
         """`path` names the element in messages; `at` is the resource (its Location is built only for one)."""
@@ -155,12 +163,12 @@ class Extractor:
             try:
                 m = parse_moment(value, tz)
             except TimeError as exc:
-                raise BadInput(f"{path}: {exc}", at.loc) from exc
+                raise BadInput(f"{path} {exc}", at.loc, shown(exc.value)) from exc
             hit = (m, not isinstance(value, str) or has_offset(value))
             if key is not None:
                 self._moments[key] = hit
         if not hit[1]:
-            self.report.warn(f"{path} {value!r} has no UTC offset: taken in the infusion's offset", at.loc)
+            self.report.warn(f"{path} has no UTC offset: taken in the infusion's offset", at.loc, shown(value))
         return hit[0]
 
     def _effective(self, res: dict[str, Any], at: Indexed, tz: timezone, prefix: str = "effective"
@@ -187,18 +195,20 @@ class Extractor:
             return s, end, False
         return None
 
-    def _medication(self, res: dict[str, Any], idx: InputIndex, loc: Location) -> tuple[Any, list[str]]:
+    def _medication(self, res: dict[str, Any], idx: InputIndex, at: Indexed) -> tuple[Any, list[str]]:
         """The medication's CodeableConcept and its texts, following medicationReference (also contained)."""
+        rtype = res["resourceType"]
         cc = res.get("medicationCodeableConcept")
         if cc is not None:
-            if not isinstance(cc, dict):
-                raise BadInput("medicationCodeableConcept must be a CodeableConcept object", loc)
+            shape.codeable(cc, f"{rtype}.medicationCodeableConcept", at)
             return cc, texts_of(cc)
         ref = res.get("medicationReference")
+        shape.obj(ref, f"{rtype}.medicationReference", at, "a Reference object")
         if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
             target = ref["reference"]
             med: Any = None
             if target.startswith("#"):
+                shape.objects(res.get("contained"), f"{rtype}.contained", at)
                 med = next((c for c in res.get("contained") or [] if isinstance(c, dict)
                             and c.get("id") == target[1:]), None)
             else:
@@ -207,8 +217,9 @@ class Extractor:
                 if found is not None:
                     self.medications_used.add(found.key)
             if not isinstance(med, dict):
-                raise BadInput(f"medicationReference {target} is not in the input", loc)
+                raise BadInput(f"medicationReference {target} is not in the input", at.loc)
             code = med.get("code")
+            shape.codeable(code, "Medication.code", at)
             return code, texts_of(code) + ([ref["display"]] if isinstance(ref.get("display"), str) else [])
         if isinstance(ref, dict) and isinstance(ref.get("display"), str):
             return None, [ref["display"]]
@@ -217,11 +228,11 @@ class Extractor:
     def _infusion(self, ent: Indexed, idx: InputIndex, data: PatientData) -> None:
         res, loc = ent.resource, ent.loc
         try:
-            if res["resourceType"] == "MedicationAdministration":
+            if res["resourceType"] == "MedicationAdministration":  # shapes checked once, when read as a drug
                 if res.get("status") not in ("completed", "in-progress"):
                     return
                 try:
-                    cc, texts = self._medication(res, idx, loc)
+                    cc, texts = self._medication(res, idx, ent)
                 except BadInput:
                     return  # reported once, when the administration is read as a drug
 
@@ -230,6 +241,8 @@ class Extractor:
                     return
                 eff = self._effective(res, ent, UTC)
             else:
+                shape.string(res.get("status"), "Procedure.status", ent)
+                shape.codeable(res.get("code"), "Procedure.code", ent)
                 if res.get("status") != "completed" or not self.term.is_cart_procedure(res.get("code")):
                     return
                 product = self.term.cart_product(res.get("code"), texts_of(res.get("code"))) or "CAR-T cell product"
@@ -264,20 +277,23 @@ class Extractor:
         # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
         res = ent.resource
         status = res.get("status")
-        if status not in OBS_USABLE:
+        if type(status) is not str or status not in OBS_USABLE:
+            shape.string(status, "Observation.status", ent)
             self.report.ignored[f"Observation status {status}"] += 1
             return
         concept = self.term.concept(res.get("code"))
+        if concept is None:  # a known code passed the fast lookup: only an unknown one can be malformed
+            shape.codeable(res.get("code"), "Observation.code", ent)
         components = res.get("component")
         sub: list[tuple[ConceptRow, dict[str, Any]]] = []
         if components is not None:
-            if not isinstance(components, list):
-                raise BadInput("Observation.component must be a list", ent.loc)
-            for c in components:
-                if isinstance(c, dict):
-                    row = self.term.concept(c.get("code"))
-                    if row is not None and row.kind != "panel":
-                        sub.append((row, c))
+            shape.objects(components, "Observation.component", ent)
+            for i, c in enumerate(components):
+                row = self.term.concept(c.get("code"))
+                if row is None:
+                    shape.codeable(c.get("code"), f"Observation.component[{i}].code", ent)
+                elif row.kind != "panel":
+                    sub.append((row, c))
         own = concept is not None and concept.kind != "panel"
         if not own and not sub:
             event = self.term.event(res.get("code")) if concept is None else None
@@ -285,6 +301,9 @@ class Extractor:
                 self._microbiology(ent, data, tz, event)
                 return
             self.report.ignored["Observation (code not used)"] += 1
+            first = codings(res.get("code"))[:1]  # the shape was checked above
+            self.report.unmapped_codes[f"{first[0].get('system')}|{first[0].get('code')}" if first
+                                       else "(no coding)"] += 1
             return
         # Fast path: an effectiveDateTime already parsed for this patient, with its offset (vital signs share
         # timestamps): one dict lookup instead of _effective -> _moment (saves two calls per Observation).
@@ -336,6 +355,8 @@ class Extractor:
         """A positive culture or PCR is an infection fact at the specimen time (grading.md 6.1); a negative
         or undecidable result is counted and ignored."""
         res, loc = ent.resource, ent.loc
+        shape.codeables(res.get("interpretation"), "Observation.interpretation", ent)
+        shape.codeable(res.get("valueCodeableConcept"), "Observation.valueCodeableConcept", ent)
         positive = microbiology_positive(res)
         if not positive:
             self.report.ignored["microbiology result negative or undecided"] += 1
@@ -376,9 +397,9 @@ class Extractor:
                     raise BadInput(f"{path}: {row.concept} must be a valueInteger, got {other}", at.loc)
                 return None
             if not isinstance(v, int) or isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be an integer, got {v!r}", at.loc)
+                raise BadInput(f"{path}: {row.concept} must be an integer, got {json_type(v)}", at.loc, shown(v))
             if (row.min is not None and v < row.min) or (row.max is not None and v > row.max):
-                raise BadInput(f"{path}: {row.concept} {v} is outside {row.min}-{row.max}", at.loc)
+                raise BadInput(f"{path}: {row.concept} is outside {row.min}-{row.max}", at.loc, shown(v))
             return v
         if kind == "code":
             cc = holder.get("valueCodeableConcept")
@@ -392,9 +413,9 @@ class Extractor:
             assert row.value_system is not None
             code = self.term.answer(cc, row.value_system)
             if code is None or not self.term.is_answer(row.value_system, code):
-                shown: list[str | None] = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)]
-                shown = shown or [cc.get("text")]
-                raise BadInput(f"{path}: {row.concept} answer {shown} is not in {row.value_system} "
+                answer: list[Any] = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)] or [cc.get("text")]
+                # Codes, not values: the unmapped system|code is what a site needs to write its ConceptMap.
+                raise BadInput(f"{path}: {row.concept} answer {answer} is not in {row.value_system} "
                                "(map site codes with --concept-map)", at.loc)
             return code
         if kind == "boolean":
@@ -402,7 +423,7 @@ class Extractor:
             if v is None:
                 return None
             if not isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {v!r}", at.loc)
+                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {json_type(v)}", at.loc, shown(v))
             return v
         return None
 
@@ -414,7 +435,7 @@ class Extractor:
         if type(q) is dict:
             value = q.get("value")
             if value and value.__class__ is not bool:
-                key = (value, q.get("comparator"), q.get("code"), q.get("unit"), row.unit)
+                key = (value, q.get("comparator"), q.get("code"), q.get("unit"), row.unit, row.concept)
                 try:
                     found = self._quantities.get(key)
                 except TypeError:
@@ -429,10 +450,10 @@ class Extractor:
             raise BadInput(f"{path}.valueQuantity must be an object", at.loc)
         value = q.get("value")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadInput(f"{path}.valueQuantity.value must be a number, got {value!r}", at.loc)
+            raise BadInput(f"{path}.valueQuantity.value must be a number, got {json_type(value)}", at.loc, shown(value))
         comparator = q.get("comparator")
         if not _is_comparator(comparator):
-            raise BadInput(f"{path}.valueQuantity.comparator {comparator!r} is not one of < <= >= >", at.loc)
+            raise BadInput(f"{path}.valueQuantity.comparator is not one of < <= >= >", at.loc, shown(comparator))
         code = q.get("code")
         if not isinstance(code, str):
             code = None
@@ -456,13 +477,30 @@ class Extractor:
                     raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
             else:
                 raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
+        limits = self._limits.get(row.concept)
+        if limits is not None and ((limits.min is not None and v < limits.min)
+                                   or (limits.max is not None and v > limits.max)):
+            raise self._implausible(limits, float(value), unit, path, at)
         return Quantity(v, comparator)
+
+    def _implausible(self, limits: PlausibilityRow, raw: float, unit: str, path: str, at: Indexed) -> BadInput:
+        """Bad input for a value outside the concept's plausible range, naming a likely unit mix-up."""
+        written = self.units.canonical_code(unit)
+        hint = next((m.hint for m in self._mixups.get((limits.concept, written), ())
+                     if m.min <= raw <= m.max), None)
+        converted = f" after conversion from {written}" if written != limits.unit else ""
+        message = (f"{path}.valueQuantity: {limits.concept}{converted} is outside the plausible range "
+                   f"{limits.allowed()} (mappings/plausibility.yaml row {limits.id})")
+        if hint:
+            message += f": {hint}"
+        return BadInput(message, at.loc, f"{raw} {unit}")
 
     def _range(self, res: dict[str, Any], row: ConceptRow, at: Indexed) -> tuple[float | None, float | None]:
         """referenceRange[0] low/high in the concept's unit (labs judge ULN/LLN from the result's own range,
         grading.md 0.4). A range whose unit cannot be converted is dropped with a warning, not guessed."""
         ranges = res.get("referenceRange")
-        if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], dict):
+        shape.objects(ranges, "Observation.referenceRange", at)
+        if not ranges:
             return None, None
         out: list[float | None] = []
         for end in ("low", "high"):
@@ -488,11 +526,12 @@ class Extractor:
             self.report.resources_used += 1
             return
         status = res.get("status")
+        shape.string(status, f"{rtype}.status", ent)
         statement = rtype == "MedicationStatement"
         if status not in (MS_USABLE if statement else MA_USABLE):
             self.report.ignored[f"{rtype} status {status}"] += 1
             return
-        cc, texts = self._medication(res, idx, loc)
+        cc, texts = self._medication(res, idx, ent)
         row = self.term.drug(cc, texts)
         if row is None:
             self.report.ignored[f"{rtype} (drug not used)"] += 1
@@ -504,6 +543,15 @@ class Extractor:
         if end is None and not instant and status == "completed":
             end = start  # a completed administration with an open period: no evidence it ran on
         dosage = res.get("dosage")
+        if statement:
+            shape.objects(dosage, "MedicationStatement.dosage", ent)
+        else:
+            shape.obj(dosage, "MedicationAdministration.dosage", ent, "a Dosage object")
+        if isinstance(dosage, dict):
+            shape.codeable(dosage.get("route"), f"{rtype}.dosage.route", ent)
+            shape.obj(dosage.get("dose"), f"{rtype}.dosage.dose", ent, "a Quantity object")
+        shape.objects(res.get("reasonReference"), f"{rtype}.reasonReference", ent)
+        shape.codeables(res.get("reasonCode"), f"{rtype}.reasonCode", ent)
         if statement and isinstance(dosage, list):
             dosage = dosage[0] if dosage else None  # MedicationStatement.dosage is a list of Dosage
         route, dose, dose_unit = None, None, None
@@ -577,6 +625,9 @@ class Extractor:
 
     def _condition(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
         res, loc = ent.resource, ent.loc
+        for element in ("code", "verificationStatus", "severity"):
+            shape.codeable(res.get(element), f"Condition.{element}", ent)
+        shape.obj(res.get("onsetPeriod"), "Condition.onsetPeriod", ent, "a Period object")
         data.condition_codes[ent.key] = tuple(f"{c.get('system')}|{c.get('code')}" for c in codings(res.get("code")))
         finding = self.term.condition_finding(res.get("code"))
         event = None if finding is not None else self.term.event(res.get("code"))
@@ -629,6 +680,13 @@ class Extractor:
                                              attrs, severity))
         if not row.verified:
             self.report.unverified_rows.add(f"{table}:{row.key}")
+
+
+def _label(patient: dict[str, Any]) -> str | None:
+    """The MRN (identifier.type v2-0203 MR), else the first identifier value: the terminal table's label."""
+    idents = [i for i in patient.get("identifier") or () if isinstance(i.get("value"), str) and i["value"]]
+    mrn = next((i["value"] for i in idents if any(c.get("code") == "MR" for c in codings(i.get("type")))), None)
+    return mrn or (idents[0]["value"] if idents else None)
 
 
 # HL7 v3 ObservationInterpretation codes for a qualitative result (POS positive, DET detected; NEG, ND).

@@ -82,13 +82,16 @@ class InputIndex:
         return self.alias.get(ref) or ref_key(ref)
 
 
-def build_index(items: Iterable[Item], report: RunReport) -> InputIndex:
+def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputIndex:
     """First pass: keep the latest version of each resource; second: join clinical resources to patients."""
     idx = InputIndex()
     by_key, alias, ignored = idx.by_key, idx.alias, report.ignored  # hoisted: the loop runs per resource
     read = report.resources_read
     try:
         for item in items:
+            if isinstance(item, BadInput):  # a bad file, line or entry read_all went past (one pass)
+                report.error(item)
+                continue
             read += 1
             res = item.resource
             rtype = res["resourceType"]

@@ -39,15 +39,18 @@ def label(resource: dict[str, Any]) -> str | None:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; a folder stands for its *.ndjson and *.json files (not hidden ones), sorted."""
+    """Files as given; a folder stands for its *.ndjson and *.json files at any depth (not hidden ones, nor
+    those in hidden folders), sorted."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            # Hidden files are tools' state, not input (e.g. bulk-export's .bulk-export.json while it runs).
-            found = sorted(q for q in p.iterdir()
-                           if q.suffix in (".ndjson", ".json") and not q.name.startswith(".") and q.is_file())
+            # Hidden files are tools' state, not input (e.g. bulk-export's .bulk-export.json while it runs,
+            # a streamed run's staging folder).
+            found = sorted(q for q in p.rglob("*")
+                           if q.suffix in (".ndjson", ".json") and q.is_file()
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
             if not found:
-                raise BadInput("folder holds no .ndjson or .json files", Location(str(p)))
+                raise BadInput("folder holds no .ndjson or .json files (subfolders searched too)", Location(str(p)))
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -58,11 +61,16 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def read_bytes(data: bytes, name: str) -> Iterator[Item]:
     """Items of one input given as bytes: a JSON Bundle, or NDJSON (one resource per line)."""
+    return _read(data, name, inband=False)  # type: ignore[return-value]
+
+
+def _read(data: bytes, name: str, inband: bool) -> Iterator[Item | BadInput]:
+    """inband: a bad NDJSON line or Bundle entry is yielded as its BadInput (see read_all), else raised."""
     stripped = data.lstrip()
     if not stripped:
         raise BadInput("file is empty", Location(name))
     if name.endswith(".ndjson") or looks_like_ndjson(stripped):
-        yield from _read_ndjson(data, name)
+        yield from _read_ndjson(data, name, inband)
         return
     try:
         doc = orjson.loads(data)
@@ -73,15 +81,15 @@ def read_bytes(data: bytes, name: str) -> Iterator[Item]:
     if doc.get("resourceType") != "Bundle":
         got = doc.get("resourceType")
         raise BadInput(f"expected resourceType 'Bundle' (or an NDJSON file), got {got!r}", Location(name))
-    yield from _bundle_items(doc, name, None)
+    yield from _bundle_items(doc, name, None, inband)
 
 
-def read_bundle(doc: Any, name: str) -> Iterator[Item]:
-    """Items of a Bundle already parsed (the service's request body)."""
+def read_bundle(doc: Any, name: str, inband: bool = False) -> Iterator[Item]:
+    """Items of a Bundle already parsed (the service's request body); `inband` as in read_all."""
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         got = doc.get("resourceType") if isinstance(doc, dict) else type(doc).__name__
         raise BadInput(f"expected resourceType 'Bundle', got {got!r}", Location(name))
-    yield from _bundle_items(doc, name, None)
+    yield from _bundle_items(doc, name, None, inband)  # type: ignore[misc]
 
 
 def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
@@ -91,6 +99,22 @@ def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
         except OSError as exc:
             raise BadInput(f"cannot read: {exc.strerror}", Location(str(path))) from exc
         yield from read_bytes(data, str(path))
+
+
+def read_all(paths: Iterable[str | Path]) -> Iterator[Item | BadInput]:
+    """Like read_paths, but a bad file, NDJSON line or Bundle entry is yielded as its BadInput and reading
+    goes on, so one run reports every problem (the index files them in the run report; strict mode then
+    fails with all of them, --skip-invalid skips them). A missing path still stops at once."""
+    for path in expand_paths(paths):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield BadInput(f"cannot read: {exc.strerror}", Location(str(path)))
+            continue
+        try:
+            yield from _read(data, str(path), inband=True)
+        except BadInput as err:  # the file as a whole: empty, not JSON, not a Bundle
+            yield err
 
 
 def looks_like_ndjson(stripped: bytes) -> bool:
@@ -106,23 +130,28 @@ def looks_like_ndjson(stripped: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("resourceType") not in (None, "Bundle")
 
 
-def _read_ndjson(data: bytes, name: str) -> Iterator[Item]:
+def _read_ndjson(data: bytes, name: str, inband: bool = False) -> Iterator[Item | BadInput]:
     loads = orjson.loads  # hoisted: once per line
     for n, line in enumerate(data.split(b"\n"), start=1):
         line = line.strip()
         if not line:
             continue
         try:
-            res = loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
-        rtype = res.get("resourceType") if type(res) is dict else None
-        if type(rtype) is not str or "id" in res and (type(res["id"]) is not str or not res["id"]):
-            check_resource(res, Location(name, line=n))  # raises the precise error
-        if rtype == "Bundle":
-            yield from _bundle_items(res, name, n)
-        else:
-            yield Item(res, None, name, n)
+            try:
+                res = loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
+            rtype = res.get("resourceType") if type(res) is dict else None
+            if type(rtype) is not str or "id" in res and (type(res["id"]) is not str or not res["id"]):
+                check_resource(res, Location(name, line=n))  # raises the precise error
+            if rtype == "Bundle":
+                yield from _bundle_items(res, name, n, inband)
+            else:
+                yield Item(res, None, name, n)
+        except BadInput as err:
+            if not inband:
+                raise
+            yield err
 
 
 def check_resource(res: Any, loc: Location) -> None:
@@ -137,7 +166,8 @@ def check_resource(res: Any, loc: Location) -> None:
         raise BadInput(f"{rtype}.id must be a non-empty string, got {rid!r}", loc)
 
 
-def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterator[Item]:
+def _bundle_items(bundle: dict[str, Any], name: str, line: int | None, inband: bool = False
+                  ) -> Iterator[Item | BadInput]:
     btype = bundle.get("type")
     if not isinstance(btype, str) or btype not in BUNDLE_TYPES:  # a dict here is unhashable: check the type first
         raise BadInput(f"Bundle.type {btype!r} is not a FHIR R4 Bundle type", Location(name, line=line))
@@ -146,17 +176,24 @@ def _bundle_items(bundle: dict[str, Any], name: str, line: int | None) -> Iterat
         raise BadInput("Bundle.entry must be a list", Location(name, line=line))
     for i, entry in enumerate(entries):
         loc = Location(name, line=line, entry=i)
-        if not isinstance(entry, dict):
-            raise BadInput("Bundle entry must be a JSON object", loc)
-        res = entry.get("resource")
-        if res is None:
-            continue  # a DELETE in a transaction, or a response entry without a body
-        check_resource(res, loc)
-        full_url = entry.get("fullUrl")
-        if full_url is not None and not isinstance(full_url, str):
-            raise BadInput("Bundle entry fullUrl must be a string", loc)
+        try:
+            if not isinstance(entry, dict):
+                raise BadInput("Bundle entry must be a JSON object", loc)
+            res = entry.get("resource")
+            if res is None:
+                continue  # a DELETE in a transaction, or a response entry without a body
+            check_resource(res, loc)
+            full_url = entry.get("fullUrl")
+            if full_url is not None and not isinstance(full_url, str):
+                raise BadInput("Bundle entry fullUrl must be a string", loc)
+        except BadInput as err:
+            if not inband:
+                raise
+            yield err  # this entry only: the rest of the Bundle is read
+            continue
         if res["resourceType"] == "Bundle":
-            yield from _bundle_items(res, name, line)  # nested (e.g. a batch-response or a message payload)
+            # nested (e.g. a batch-response or a message payload)
+            yield from _bundle_items(res, name, line, inband)
             continue
         # search.mode "include" entries are used like any other; "outcome" entries are OperationOutcomes,
         # which the index skips with a warning.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timezone
 
+from ..errors import json_type
 from ..model import Moment
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -12,18 +13,23 @@ _PARTIAL = re.compile(r"^\d{4}(-\d{2})?$")
 
 
 class TimeError(ValueError):
-    """Not a FHIR dateTime the graders can place on a calendar day."""
+    """Not a FHIR dateTime the graders can place on a calendar day. The message never holds the value (a
+    date is PHI); `value` keeps it for --show-values."""
+
+    def __init__(self, message: str, value: object) -> None:
+        super().__init__(message)
+        self.value = value
 
 
 def parse_moment(value: object, default_tz: timezone) -> Moment:
     """A FHIR date/dateTime/instant; bare dates and offset-less times are taken in `default_tz`."""
     if not isinstance(value, str):
-        raise TimeError(f"expected a FHIR dateTime string, got {value!r}")
+        raise TimeError(f"must be a FHIR dateTime string, got {json_type(value)}", value)
     if len(value) > 10:  # the common case: a full dateTime (fromisoformat checks the rest)
         try:
             dt = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise TimeError(f"{value!r} is not a valid FHIR dateTime") from exc
+            raise TimeError("is not a valid FHIR dateTime", value) from exc
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=default_tz)  # FHIR requires an offset with a time; the caller warns
         return Moment(dt)
@@ -31,11 +37,11 @@ def parse_moment(value: object, default_tz: timezone) -> Moment:
         try:
             d = date.fromisoformat(value)
         except ValueError as exc:
-            raise TimeError(f"{value!r} is not a valid date") from exc
+            raise TimeError("is not a valid date", value) from exc
         return Moment(datetime(d.year, d.month, d.day, tzinfo=default_tz), date_only=True)
     if _PARTIAL.match(value):
-        raise TimeError(f"{value!r} is a partial date (year or month only): it cannot be placed on a day")
-    raise TimeError(f"{value!r} is not a valid FHIR dateTime")
+        raise TimeError("is a partial date (year or month only): it cannot be placed on a day", value)
+    raise TimeError("is not a valid FHIR dateTime", value)
 
 
 def has_offset(value: str) -> bool:

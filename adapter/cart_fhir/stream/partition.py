@@ -35,6 +35,8 @@ class Partition:
     shared_anonymous: int = 0  # id-less Medications: each one its own key
     lines: int = 0
     bytes_read: int = 0
+    bad_lines: list[BadInput] = field(default_factory=list)  # NDJSON lines that are not JSON (first 100)
+    bad_total: int = 0
 
     @property
     def shared(self) -> Path:
@@ -82,8 +84,8 @@ def is_ndjson(path: Path) -> bool:
 
 def partition(paths: list[Path], work: Path, buckets: int, advance: Callable[[int], None]) -> Partition:
     """Append each NDJSON line, prefixed with its origin, to its patient's bucket file; Bundle files become
-    units graded whole. Raises BadInput (file: line) on a line that is not JSON, as the in-memory reader
-    does."""
+    units graded whole. A line that is not JSON is listed in bad_lines and skipped, so
+    one run reports every one (the in-memory reader does the same)."""
     part = Partition(work, [str(p) for p in paths], [work / f"bucket-{b:05d}.lines" for b in range(buckets)])
     outs: list[IO[bytes]] = [p.open("wb", buffering=_BUCKET_BUFFER) for p in part.buckets]
     shared = part.shared.open("wb")
@@ -123,7 +125,11 @@ def _partition_file(part: Partition, i: int, path: Path, outs: list[IO[bytes]], 
             try:
                 res = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                raise BadInput(f"not valid JSON: {exc}", Location(name, line=n)) from exc
+                # Read on: one run lists every bad line (the run's strict check fails on them afterwards).
+                part.bad_total += 1
+                if len(part.bad_lines) < 100:
+                    part.bad_lines.append(BadInput(f"not valid JSON: {exc}", Location(name, line=n)))
+                continue
             record = b"%d\t%d\t%s\n" % (i, n, line)
             if isinstance(res, dict) and res.get("resourceType") == "Bundle":
                 # A Bundle line is self-contained: graded whole, like a Bundle file, from a file of its own.

@@ -19,6 +19,7 @@ import orjson
 from ..errors import BadInput, ConfigError, InputErrors
 from ..ingest.read import expand_paths
 from ..pipeline import BundleType
+from ..report import Issue
 from . import assemble
 from .partition import partition
 from .progress import Progress
@@ -88,8 +89,11 @@ def run_stream(job: StreamJob, recorded: datetime | None = None) -> Tally:
         results = _grade(job, part, parts, workers, recorded, bar)
         t2 = time.monotonic()
         t = tally(results, part)
+        if part.bad_total:  # NDJSON lines phase 1 could not parse: listed first, as the input has them
+            t.errors = [Issue("error", e.message, e.location) for e in part.bad_lines] + t.errors
+            t.errors_total += part.bad_total
         if job.strict and t.errors_total:
-            raise InputErrors([BadInput(i.message, i.location) for i in t.errors], t.errors_total)
+            raise InputErrors([i.bad_input() for i in t.errors], t.errors_total)
         _assemble(job, stage, parts, results)
         shutil.rmtree(work)
         t.timings = {"partition": t1 - start, "grade": t2 - t1, "assemble": time.monotonic() - t2,
@@ -115,8 +119,11 @@ def _stage_dir(job: StreamJob) -> Path:
     out = job.out_dir
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{job.out_dir}: output folder exists and is not empty")
-    anchor.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{anchor.name}.", dir=anchor.parent))
+    try:
+        anchor.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{anchor.name}.", dir=anchor.parent))
+    except OSError as exc:
+        raise ConfigError(f"{anchor}: cannot write: {exc.strerror or exc}") from exc
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the published folder gets the usual permissions

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +16,7 @@ import orjson
 
 from ..errors import AdapterError, BadInput, Location
 from ..ingest.index import ref_key
-from ..ingest.read import Item, check_resource, read_bundle, read_paths
+from ..ingest.read import Item, check_resource, read_all, read_bundle
 from ..pipeline import BundleType, Engine, RunResult
 from ..report import Issue, RunReport
 
@@ -68,6 +70,10 @@ def init(concept_maps: list[tuple[str, dict[str, Any]]], recorded: datetime, out
     """Pool initializer: the Engine (tables, profile check) is built once per worker, not once per bucket."""
     global _engine, _recorded, _outputs, _maps
     _recorded, _outputs = recorded, outputs
+    if multiprocessing.parent_process() is not None:
+        # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and removes the
+        # staging folder; a worker printing its own KeyboardInterrupt traceback would only add noise.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if isinstance(_engine, Engine) and _maps == concept_maps:
         return  # in-process runs (one worker) reuse the engine of an earlier run with the same ConceptMaps
     _maps = concept_maps
@@ -101,14 +107,15 @@ def grade_task(task: Task) -> TaskResult:
     return out
 
 
-def _items(task: Task) -> Iterator[Item]:
+def _items(task: Task) -> Iterator[Item | BadInput]:
+    """Items of a task; a bad file, line or entry comes as its BadInput (the index files it: one pass)."""
     if task.kind == "unit-file":
-        yield from read_paths([task.path])
+        yield from read_all([task.path])
     else:
         yield from _lines(Path(task.path), task.names)
 
 
-def _lines(path: Path, names: tuple[str, ...]) -> Iterator[Item]:
+def _lines(path: Path, names: tuple[str, ...]) -> Iterator[Item | BadInput]:
     """Items of a bucket file: each line 'file-index TAB line TAB resource', so errors name the input line."""
     with path.open("rb") as fh:
         for raw in fh:
@@ -116,25 +123,37 @@ def _lines(path: Path, names: tuple[str, ...]) -> Iterator[Item]:
             name, lineno = names[int(i)], int(n)
             loc = Location(name, line=lineno)
             try:
-                res = orjson.loads(line)  # phase 1 parsed it already; kept exact if phase 1 ever stops parsing
-            except orjson.JSONDecodeError as exc:
-                raise BadInput(f"not valid JSON: {exc}", loc) from exc
-            if type(res) is not dict or type(res.get("resourceType")) is not str or "id" in res and (
-                    type(res["id"]) is not str or not res["id"]):
-                check_resource(res, loc)  # raises the in-memory reader's precise error
+                try:
+                    res = orjson.loads(line)  # phase 1 parsed it already; kept exact if it ever stops parsing
+                except orjson.JSONDecodeError as exc:
+                    raise BadInput(f"not valid JSON: {exc}", loc) from exc
+                if type(res) is not dict or type(res.get("resourceType")) is not str or "id" in res and (
+                        type(res["id"]) is not str or not res["id"]):
+                    check_resource(res, loc)  # raises the in-memory reader's precise error
+            except BadInput as err:
+                yield err
+                continue
             if res["resourceType"] == "Bundle":
-                for item in read_bundle(res, name):
-                    item.line = lineno
-                    yield item
+                try:
+                    for item in read_bundle(res, name, inband=True):
+                        if isinstance(item, Item):
+                            item.line = lineno
+                        yield item
+                except BadInput as err:
+                    yield err
             else:
                 yield Item(res, None, name, lineno)
 
 
-def _tap_shared(items: Iterator[Item], shared: frozenset[str], used: set[str]) -> Iterator[Item]:
+def _tap_shared(items: Iterator[Item | BadInput], shared: frozenset[str], used: set[str]
+                ) -> Iterator[Item | BadInput]:
     """Pass items through, noting the shared Medications their administrations refer to, as the extractor
     follows them (a medicationReference when there is no medicationCodeableConcept): the parent counts each
     used one once, whichever buckets used it."""
     for item in items:
+        if isinstance(item, BadInput):
+            yield item
+            continue
         res = item.resource
         if res["resourceType"] in ("MedicationAdministration", "MedicationStatement") and \
                 "medicationCodeableConcept" not in res:
