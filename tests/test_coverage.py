@@ -147,8 +147,9 @@ def test_cli_require_unknown_name_is_a_usage_error(tmp_path: Path) -> None:
     assert p.returncode == 2 and "unknown input 'temprature'" in p.stderr and "body-temperature" in p.stderr
 
 
-def test_streamed_run_requires_too(tmp_path: Path) -> None:
+def test_streamed_run_requires_too_and_writes_nothing(tmp_path: Path) -> None:
     inp = write(tmp_path / "site.json", site_temperatures().bundle())
     p = cli("grade", str(inp), "--out-dir", str(tmp_path / "out"), "--require", "body-temperature")
-    assert p.returncode == 2 and "body-temperature missing for 1 of 1" in p.stderr
-    assert "most graded infusions of: body-temperature" in p.stderr
+    assert p.returncode == 2 and "body-temperature" in p.stderr and "--require" in p.stderr
+    assert not (tmp_path / "out").exists()  # checked before anything is assembled or published
+    assert [f.name for f in tmp_path.iterdir()] == ["site.json"]  # no staging folder left either

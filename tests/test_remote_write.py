@@ -17,7 +17,8 @@ from cart_fhir.pipeline import Engine
 from cart_fhir.remote.client import FhirClient
 from cart_fhir.remote.http import FhirHttp, RetryPolicy
 from cart_fhir.remote.locks import PatientLocks
-from cart_fhir.remote.write import ResultWriter, _levels
+from cart_fhir.remote.plan import levels as _levels
+from cart_fhir.remote.write import ResultWriter
 
 BASE = "https://fhir.example.org/r4"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -38,6 +39,8 @@ class FakeServer:
 
     def __init__(self, max_entries: int | None = None, transactions: bool = True) -> None:
         self.ids: dict[str, str] = {}
+        self.versions: dict[str, int] = {}
+        self.searches = 0
         self.posted: list[dict[str, Any]] = []
         self.max_entries = max_entries
         self.transactions = transactions
@@ -45,6 +48,11 @@ class FakeServer:
 
     def __call__(self, request: Any) -> tuple[int, dict[str, str], bytes]:
         bundle = orjson.loads(request.body)
+        if all(e["request"]["method"] == "GET" for e in bundle["entry"]):  # the writer's read: nothing of ours
+            self.searches += 1
+            return 200, FHIR, orjson.dumps({"resourceType": "Bundle", "type": "batch-response", "entry": [
+                {"response": {"status": "200"}, "resource": {"resourceType": "Bundle", "type": "searchset"}}
+                for _ in bundle["entry"]]})
         self.posted.append(bundle)
         if bundle["type"] == "transaction" and not self.transactions:
             return 400, FHIR, orjson.dumps(_oo("not-supported", "transactions are not supported"))
@@ -58,8 +66,9 @@ class FakeServer:
             created = url not in self.ids
             if created:
                 self.ids[url] = f"{url.split('?')[0].split('/')[0]}/{next(self._n)}"
+            self.versions[url] = self.versions.get(url, 0) + 1
             out.append({"response": {"status": "201 Created" if created else "200 OK",
-                                     "location": f"{BASE}/{self.ids[url]}/_history/1"}})
+                                     "location": f"{BASE}/{self.ids[url]}/_history/{self.versions[url]}"}})
         return 200, FHIR, orjson.dumps({"resourceType": "Bundle", "type": f"{bundle['type']}-response", "entry": out})
 
 
@@ -79,6 +88,7 @@ def _refs(obj: Any) -> list[str]:
 
 def _writer(tmp_path: Any, server: FakeServer, chunk_size: int = 100, caps: dict[str, Any] = CAPS) -> ResultWriter:
     responses.get(f"{BASE}/metadata", json=caps)
+    responses.get(f"{BASE}/Device", json={"resourceType": "Bundle", "type": "searchset"})  # no engine Device yet
     responses.add_callback(responses.POST, BASE, callback=server)
     http = FhirHttp(BASE, retry=RetryPolicy(attempts=2), sleep=lambda s: None)
     return ResultWriter(FhirClient(http), chunk_size=chunk_size, locks=PatientLocks(BASE, tmp_path))
@@ -93,7 +103,9 @@ def test_one_transaction_per_patient_under_the_chunk_size(tmp_path, graded):
     assert len(server.posted[1]["entry"]) == len(groups[0].resources)
     assert report.patients[0].created == len(groups[0].resources) and report.patients[0].ok
     assert all(e["request"]["method"] == "PUT" and "?identifier=" in e["request"]["url"] or "?_tag=" in
-               e["request"]["url"] for e in server.posted[1]["entry"])
+               e["request"]["url"] or e["request"]["url"].startswith("AdverseEvent/cart-")
+               for e in server.posted[1]["entry"])
+    assert server.searches == 1  # one batch of searches: what of ours the server already holds
     # the Device was written first: the patient's Provenance names it by its server id
     prov = server.posted[1]["entry"][-1]["resource"]
     assert prov["resourceType"] == "Provenance" and prov["agent"][0]["who"]["reference"] == "Device/1"
@@ -159,11 +171,13 @@ def test_412_stops_the_patient_and_names_the_duplicates(tmp_path, graded):
     responses.get(f"{BASE}/metadata", json=CAPS)
     responses.post(BASE, json={"resourceType": "Bundle", "type": "transaction-response", "entry": [
         {"response": {"status": "201", "location": "Device/d1"}}]})
+    responses.post(BASE, json={"resourceType": "Bundle", "type": "batch-response", "entry": [  # nothing of ours yet
+        {"response": {"status": "200"}, "resource": {"resourceType": "Bundle", "type": "searchset"}}] * 4})
     responses.post(BASE, status=412, json=_oo("multiple-matches", "Multiple resources found matching condition"))
     dup = {"resourceType": "Observation", "identifier": [{"system": system, "value": value}]}
     responses.get(f"{BASE}/Observation", json={"resourceType": "Bundle", "type": "searchset", "entry": [
         {"resource": {**dup, "id": "a"}}, {"resource": {**dup, "id": "b"}}]})
-    for rtype in ("Condition", "AdverseEvent", "Provenance"):
+    for rtype in ("Condition", "AdverseEvent", "Provenance", "Device"):
         responses.get(f"{BASE}/{rtype}", json={"resourceType": "Bundle", "type": "searchset"})
     writer = ResultWriter(FhirClient(FhirHttp(BASE, sleep=lambda s: None)), locks=PatientLocks(BASE, tmp_path))
     report = writer.write(device, groups)
@@ -171,7 +185,7 @@ def test_412_stops_the_patient_and_names_the_duplicates(tmp_path, graded):
     assert not pw.ok and "412" in pw.error and "Multiple resources" in pw.error
     assert pw.duplicates == [f"Observation identifier {system}|{value}: Observation/a, Observation/b"]
     posts = [c for c in responses.calls if c.request.method == "POST"]
-    assert len(posts) == 2, "a 412 is never retried"
+    assert len(posts) == 3, "a 412 is never retried (Device, the read, the patient's transaction)"
     assert any("error: Patient/" in line and "duplicate" in line for line in report.lines())
 
 

@@ -107,6 +107,16 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     srv.add_argument("--workers", type=int, help="worker processes (default: one per core, 2 to 8)")
     srv.add_argument("--timeout", type=int, default=120, help="seconds before a silent worker is restarted")
+    srv.add_argument("--threads", type=int, default=32, help="threads per worker (default 32)")
+    srv.add_argument("--header-timeout", type=float, default=10.0,
+                     help="seconds a client has to send the request line and headers (default 10)")
+    srv.add_argument("--body-timeout", type=float, default=30.0,
+                     help="seconds a client has to send the whole request body (default 30)")
+    srv.add_argument("--allow-no-auth", action="store_true",
+                     help="listen on a non-loopback address with CART_FHIR_AUTH=off (something in front must "
+                          "authenticate every caller); logged as a warning")
+    srv.add_argument("--control-socket", metavar="PATH",
+                     help="gunicorn's control socket for this instance (default: none)")
     return p
 
 
@@ -171,7 +181,7 @@ def grade_command(args: argparse.Namespace) -> int:
                                                      (args.registry_follow_up_csv, follow_up),
                                                      (args.summary_json, summary), (args.output, payload))
                    if path and data is not None])
-    if not (args.output or nothing or args.write_back):  # written back: the results are on the server
+    if not (args.output or nothing or args.write_back or getattr(args, "verify", False)):  # results on the server
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
     if not args.quiet:
@@ -243,6 +253,7 @@ def _follow_up_csv(result: Any) -> bytes:
 def _stream_command(args: argparse.Namespace) -> int:
     """The streamed path (adapter/cart_fhir/stream): partition by patient, grade buckets in worker processes."""
     from .stream.run import StreamJob, run_stream
+    from .stream.tally import Tally
 
     if not args.inputs:
         raise ConfigError("--out-dir, --workers and --buckets grade INPUT files, not patients on a server")
@@ -252,16 +263,24 @@ def _stream_command(args: argparse.Namespace) -> int:
         raise ConfigError("--registry-follow-up-csv is not available with --out-dir/--workers yet: grade without them")
     if not (args.out_dir or args.output or args.summary_json or args.registry_csv):
         raise ConfigError("a streamed run writes files: give --out-dir DIR or -o OUT.json")
+    gate = CoverageGate(load_all(), GRADERS)
+    required = gate.resolve(_require_names(args.require))
+
+    def check(tally: Tally) -> None:  # before anything is assembled: an unmet --require leaves no file
+        if _coverage_failed(tally.report, gate, required, None):
+            raise _Unmet()
+
     job = StreamJob(inputs=args.inputs, out_dir=Path(args.out_dir) if args.out_dir else None,
                     bundle_out=Path(args.output) if args.output else None, bundle_type=args.bundle_type,
                     summary_json=Path(args.summary_json) if args.summary_json else None,
                     registry_csv=Path(args.registry_csv) if args.registry_csv else None,
                     workers=1 if args.workers is None else args.workers, buckets=args.buckets,
                     strict=not args.skip_invalid, concept_maps=_load_concept_maps(args.concept_map),
-                    progress=not args.quiet, dask=args.dask)
-    gate = CoverageGate(load_all(), GRADERS)
-    required = gate.resolve(_require_names(args.require))
-    t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
+                    progress=not args.quiet, dask=args.dask, check=check)
+    try:
+        t = run_stream(job)  # bad input raises InputErrors: main() prints it like the in-memory path
+    except _Unmet:
+        return EXIT_BAD_INPUT
     if not args.quiet:
         for line in t.report.summary_lines():
             print(line, file=sys.stderr)
@@ -271,9 +290,11 @@ def _stream_command(args: argparse.Namespace) -> int:
         print(f"issues: {t.errors_total} invalid (skipped), {t.warnings_total} warnings; {seconds:.1f} s, "
               f"{t.report.patients / seconds if seconds else 0:.1f} patients/s", file=sys.stderr)
         _print_coverage_warnings(t.report)
-    if _coverage_failed(t.report, gate, required, None):
-        return EXIT_BAD_INPUT  # a streamed run has written its files by now: the exit status says they fail
     return EXIT_OK
+
+
+class _Unmet(AdapterError):
+    """--require failed on a streamed run (the lines naming what is missing are already printed)."""
 
 
 def _print_issues(issues: list[Issue], total: int, show_values: bool) -> None:
@@ -290,11 +311,11 @@ def _server_outcome(run: ServerRun, quiet: bool) -> int:
     """Patients with bad data (exit 2) and failed writes (exit 1) are reported after the others went on."""
     for err in run.input_errors[:MAX_ERROR_LINES]:
         print(f"cart-fhir: error: {err}", file=sys.stderr)
-    if run.write is not None:
-        for line in run.write.lines() if not quiet or run.write.failed else []:
-            print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
-        if run.write.failed:
-            return EXIT_FAILURE
+    lines, failed = run.lines(quiet)
+    for line in lines:
+        print(line if line.startswith("error") else f"cart-fhir: {line}", file=sys.stderr)
+    if failed:
+        return EXIT_FAILURE
     return EXIT_BAD_INPUT if run.input_errors else EXIT_OK
 
 
@@ -340,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .service.serve import serve
 
-            serve(args.host, args.port, args.workers, args.timeout)
+            serve(args.host, args.port, args.workers, args.timeout, threads=args.threads,
+                  allow_no_auth=args.allow_no_auth, control_socket=args.control_socket,
+                  header_timeout=args.header_timeout, body_timeout=args.body_timeout)
             return EXIT_OK
     except InputErrors as exc:
         show = bool(getattr(args, "show_values", False))

@@ -17,6 +17,7 @@ from .ingest.index import ref_key
 from .output.resources import PatientResources, Written
 from .pipeline import Engine, RunResult
 from .remote.connect import connect
+from .remote.errors import AuthFailed, ServerError
 from .remote.read import PatientReader
 from .remote.settings import (
     CHUNK_SIZE,
@@ -28,7 +29,7 @@ from .remote.settings import (
     WriteMode,
     load_settings,
 )
-from .remote.write import ResultWriter, WriteReport
+from .remote.write import PatientWrite, ResultWriter, WriteReport
 from .report import RunReport
 
 log = logging.getLogger("cart_fhir")
@@ -61,6 +62,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="auto (default): transactions unless the server refuses them")
     s.add_argument("--no-everything", dest="everything", action="store_const", const=False,
                    help="read by searches even where the server offers Patient/$everything")
+    s.add_argument("--verify", action="store_true",
+                   help="with --write-back's patients: write nothing, list patients whose results on the server "
+                        "are incomplete (no Provenance of this run) or stale (exit 1 if any); re-run to repair")
     s.add_argument("--observation-category", dest="observation_categories", metavar="CODES",
                    help="read only Observations of these categories (comma-separated, e.g. "
                         "vital-signs,laboratory,survey; default: all, so uncategorised data is not missed)")
@@ -80,6 +84,29 @@ class ServerRun:
     groups: list[PatientResources] = field(default_factory=list)
     write: WriteReport | None = None
     input_errors: list[BadInput] = field(default_factory=list)
+    read_failures: list[str] = field(default_factory=list)  # "Patient/x: <why>": not graded, the cohort went on
+    verify: list[PatientWrite] | None = None  # --verify: what a write would do, per patient
+
+    def lines(self, quiet: bool) -> tuple[list[str], bool]:
+        """The write-back / verify report lines for stderr, and whether the run failed (exit 1)."""
+        out = [f"error: {f}" for f in self.read_failures]
+        failed = bool(self.read_failures)
+        if self.write is not None:
+            out += [ln for ln in self.write.lines() if not quiet or ln.startswith("error")]
+            failed = failed or bool(self.write.failed)
+        if self.verify is not None:
+            bad = [p for p in self.verify if not p.ok or not p.complete or p.stale]
+            for p in bad:
+                why = p.error or ("incomplete: no Provenance of this run" if not p.complete else "stale")
+                out.append(f"verify: {p.patient_key}: {why} ({p.counts()})")
+            out.append(f"verify: {len(self.verify) - len(bad)} of {len(self.verify)} patients complete and current"
+                       + (": re-run with --write-back to repair " + ", ".join(p.patient_key for p in bad) if bad
+                          else ""))
+            failed = failed or bool(bad)
+        if self.read_failures:
+            out.append("error: patients not graded (the server failed after the retries), re-run: "
+                       + ", ".join(f.split(":")[0] for f in self.read_failures))
+        return out, failed
 
 
 def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
@@ -97,15 +124,21 @@ def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
         else:
             ids = reader.infused_patients()
         log.info("%d patients to grade from %s", len(ids), client.base_url)
-        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode) \
-            if args.write_back else None
-        run = ServerRun(RunResult([], RunReport(), engine.tables))
-        if writer is not None:
-            run.write = WriteReport(client.base_url)
         recorded = datetime.now(UTC).replace(microsecond=0)
+        run_id = recorded.strftime("%Y-%m-%dT%H:%M:%SZ")
+        verify = bool(getattr(args, "verify", False))
+        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode, run=run_id) \
+            if args.write_back or verify else None
+        run = ServerRun(RunResult([], RunReport(), engine.tables))
+        if verify:
+            run.verify = []
+        elif writer is not None:
+            run.write = WriteReport(client.base_url)
         start = client.http.round_trips
         for pid in ids:
             _grade_one(pid, reader, engine, writer, recorded, run)
+        produced = sum(len(g.resources) for g in run.groups)
+        run.result.report.resources_written = produced + 1 if produced else 0  # the engine Device once per run
         if run.write is not None and writer is not None:
             run.write.mode = writer.mode if writer.mode != "auto" else (
                 "transaction" if client.capabilities().transaction else "batch")
@@ -121,7 +154,15 @@ def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
 def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWriter | None,
                recorded: datetime, run: ServerRun) -> None:
     try:
-        result = engine.grade(reader.patient(pid))
+        items = reader.patient(pid)
+    except ServerError as exc:
+        if isinstance(exc, AuthFailed) or exc.status in (401, 403) or not (
+                exc.status is None or exc.status >= 500 or exc.status == 429):
+            raise
+        run.read_failures.append(f"Patient/{pid}: {exc.message}")  # the server failed after the retries
+        return
+    try:
+        result = engine.grade(items)
     except InputErrors as exc:
         run.input_errors.extend(exc.errors)
         run.result.report.patients += 1
@@ -130,12 +171,14 @@ def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWr
         run.input_errors.append(exc)
         run.result.report.patients += 1
         return
+    device, groups = engine.resources_by_patient(result, recorded)  # counts the grades and resources produced
     run.result.report.merge(result.report)
     run.result.patients.extend(result.patients)
-    device, groups = engine.resources_by_patient(result, recorded)
     run.device = device
     run.groups.extend(groups)
-    if writer is not None and run.write is not None:
+    if writer is not None and run.verify is not None:
+        run.verify.extend(writer.write_patient(device, group, dry_run=True) for group in groups)
+    elif writer is not None and run.write is not None:
         for group in groups:
             run.write.patients.append(writer.write_patient(device, group))
 
@@ -148,7 +191,8 @@ def push_command(args: argparse.Namespace) -> WriteReport:
     settings = load_settings(server_flags(args), args.config)
     client = connect(settings)
     try:
-        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode)
+        writer = ResultWriter(client, chunk_size=settings.chunk_size, mode=settings.write_mode,
+                              run=datetime.now(UTC).strftime("push %Y-%m-%dT%H:%M:%SZ"))
         if device is None:
             raise BadInput("the Bundle has no cart-fhir engine Device: not a cart-fhir output Bundle",
                            Location(args.bundle))

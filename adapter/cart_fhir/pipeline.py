@@ -22,6 +22,7 @@ from .ingest.read import Item
 from .ingest.units import UnitConverter
 from .model import PatientData
 from .output.codes import OutputCodes
+from .output.requests import transaction_entry
 from .output.resources import PatientResources, Writer, Written
 from .report import Issue, RunReport
 from .tables import Tables
@@ -174,6 +175,7 @@ class Engine:
     def _resources(self, result: RunResult, recorded: datetime) -> tuple[Written, list[PatientResources]]:
         writer = Writer(self.codes, self.versions, recorded)
         groups: list[PatientResources] = []
+        grades = 0
         for pr in result.patients:
             mine: list[Written] = []
             sources: list[str] = []
@@ -184,10 +186,12 @@ class Engine:
                 mine.extend(self._other_resources(writer, cr, sources))
             if not mine:
                 continue
-            result.report.grades_written += sum(len(days) for cr in pr.courses for days in cr.days.values())
+            grades += sum(len(days) for cr in pr.courses for days in cr.days.values())
             mine.append(writer.provenance(pr.patient.key, mine, list(dict.fromkeys(sources))))
             groups.append(PatientResources(pr.patient.key, mine))
         count = sum(len(g.resources) for g in groups)
+        # Set, not added: the service builds the resources twice (write-back and response) from one result.
+        result.report.grades_written = grades
         result.report.resources_written = count + 1 if count else 0
         return writer.device, groups
 
@@ -239,12 +243,11 @@ class Engine:
 
     @staticmethod
     def bundle(written: list[Written], bundle_type: BundleType = "collection") -> dict[str, Any]:
-        """A collection Bundle, or a transaction of conditional updates keyed on the business identifiers."""
-        entries = []
-        for w in written:
-            entry: dict[str, Any] = {"fullUrl": w.full_url, "resource": w.resource}
-            if bundle_type == "transaction":
-                entry["request"] = {"method": "PUT", "url": w.condition}
-            entries.append(entry)
+        """A collection Bundle, or a transaction of updates idempotent on any R4 server: conditional on the
+        business identifiers, by stable id where R4 cannot search them (output/requests.py)."""
+        if bundle_type == "transaction":
+            entries = [transaction_entry(w) for w in written]
+        else:
+            entries = [{"fullUrl": w.full_url, "resource": w.resource} for w in written]
         return {"resourceType": "Bundle", "type": bundle_type, "entry": entries}
 

@@ -39,6 +39,10 @@ class ServerUnreachable(ServerError):
         super().__init__(method, url, None, detail=detail)
 
 
+class DeadlineExceeded(ServerUnreachable):
+    """The request's time budget (remote/deadline.py) ran out before the server answered: nothing more is sent."""
+
+
 class AuthFailed(ServerError):
     """401/403 after the one re-authentication, or the token endpoint refused us: fix the credentials."""
 

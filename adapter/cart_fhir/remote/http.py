@@ -20,7 +20,8 @@ from requests.structures import CaseInsensitiveDict
 
 from .. import __version__
 from ..errors import ConfigError
-from .errors import AuthFailed, ServerError, ServerUnreachable, body_excerpt
+from .deadline import remaining
+from .errors import AuthFailed, DeadlineExceeded, ServerError, ServerUnreachable, body_excerpt
 from .settings import RETRIES, TIMEOUT
 
 if TYPE_CHECKING:
@@ -98,8 +99,13 @@ class FhirHttp:
 
     @property
     def timeouts(self) -> tuple[float, float]:
-        """(connect, read) seconds, as requests takes them; auth uses the same for the token endpoint."""
-        return (self.connect_timeout, self.timeout)
+        """(connect, read) seconds, as requests takes them; auth uses the same for the token endpoint. Within a
+        deadline (remote/deadline.py) neither waits longer than what is left of it."""
+        left = remaining()
+        if left is None:
+            return (self.connect_timeout, self.timeout)
+        left = max(left, 0.001)
+        return (min(self.connect_timeout, left), min(self.timeout, left))
 
     def url(self, path_or_url: str) -> str:
         """Absolute URL under the base; absolute URLs (e.g. `next` links) must point at the same server."""
@@ -132,6 +138,7 @@ class FhirHttp:
         base_headers.update(headers or {})
         failures, sent, reauthenticated = 0, 0, False
         while True:
+            _check_deadline(method, url, sent)
             sent += 1
             try:
                 resp = self._send(method, url, body, base_headers, sent)
@@ -139,17 +146,20 @@ class FhirHttp:
                 # A certificate problem does not heal by waiting.
                 raise ServerUnreachable(method, url, _describe(exc)) from exc
             except NO_ANSWER as exc:
+                _check_deadline(method, url, sent, exc)
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise ServerUnreachable(method, url, f"{_describe(exc)} (after {sent} attempts)") from exc
-                self.pause(failures, None)
+                self._pause_within_deadline(method, url, sent, failures, None, exc)
                 continue
             status = resp.status_code
             if status in self.retry.statuses:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise _error(ServerError, method, url, resp)
-                self.pause(failures, parse_retry_after(resp.headers.get("Retry-After")))
+                self._pause_within_deadline(method, url, sent, failures,
+                                            parse_retry_after(resp.headers.get("Retry-After")),
+                                            _error(ServerError, method, url, resp))
                 continue
             if status == 401:
                 # One re-authentication per request: the token may have expired or been revoked.
@@ -217,6 +227,15 @@ class FhirHttp:
         with self._count_lock:
             self.round_trips += 1
 
+    def _pause_within_deadline(self, method: str, url: str, sent: int, failures: int, retry_after: float | None,
+                               cause: Exception) -> None:
+        """Wait before the next attempt, unless the wait would outlast the deadline: then give up now."""
+        left = remaining()
+        if left is not None and self.retry.delay(failures, retry_after) >= left:
+            raise DeadlineExceeded(method, url, f"the request's deadline leaves no time to retry after {sent} "
+                                                f"attempt(s) ({_describe(cause)})") from cause
+        self.pause(failures, retry_after)
+
     def pause(self, failures: int, retry_after: float | None) -> None:
         """Wait before retry number `failures`, as the retry policy says (Retry-After when given)."""
         seconds = self.retry.delay(failures, retry_after)
@@ -247,6 +266,14 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None  # unparseable: fall back to our own backoff
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _check_deadline(method: str, url: str, sent: int, cause: Exception | None = None) -> None:
+    left = remaining()
+    if left is not None and left <= 0:
+        what = f"no answer within the request's deadline ({_describe(cause)})" if cause else \
+            f"the request's deadline passed before attempt {sent + 1}"
+        raise DeadlineExceeded(method, url, what) from cause
 
 
 def _describe(exc: Exception) -> str:

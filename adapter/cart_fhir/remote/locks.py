@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 try:
     import fcntl
@@ -27,11 +28,21 @@ def default_lock_dir() -> Path:
     return Path(base) / "cart-fhir-locks"
 
 
+def normalise_server(url: str) -> str:
+    """One lock per server however its URL is spelled: scheme and host lower case, default port dropped,
+    trailing slash removed (RFC 3986 section 6.2.3); the path keeps its case (servers may treat it so)."""
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port
+    netloc = host if port is None or (scheme, port) in (("http", 80), ("https", 443)) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
 class PatientLocks:
     """Locks keyed by (server, patient); the file name is a hash, so no patient id appears on disk."""
 
     def __init__(self, server: str, lock_dir: Path | None = None) -> None:
-        self.server = server
+        self.server = normalise_server(server)
         self.lock_dir = lock_dir or default_lock_dir()
         self._guard = threading.Lock()
         self._threads: dict[str, threading.Lock] = {}

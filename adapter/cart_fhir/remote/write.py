@@ -1,89 +1,59 @@
-"""Write graded resources to a FHIR server: per patient, transactions of conditional updates, idempotently.
+"""Write graded resources to a FHIR server: per patient, idempotently, leaving clinicians' edits alone.
 
-Every resource carries a deterministic business identifier (output-contract.md), so each entry is
-`PUT [type]?identifier=system|value`: the first run creates, every later run updates in place. A patient's
-resources go in one transaction when they fit the chunk size, else in several, each all-or-nothing, in
-reference order (a chunk's references to earlier chunks are rewritten to the ids the server gave); the
-Provenance comes last, so a patient with a Provenance is completely written. Servers that refuse
-transactions get batches, one per reference level. A 412 (the identifier matches several resources) stops
-that patient and names the duplicates: retrying could only make it worse.
+Every resource carries a deterministic business identifier (output-contract.md) and, when written, its
+content hash as a meta.tag (remote/changes.py). Per patient, under that patient's lock: one batch of
+searches reads what of ours the server holds, a plan decides per resource (create by conditional update or
+stable id, update by id with If-Match, leave unchanged, retract what is no longer produced, keep what a
+clinician changed), and the plan goes in one transaction when it fits the chunk size, else in several,
+each all-or-nothing, in reference order (a chunk's references to earlier chunks are rewritten to the ids
+the server gave); the Provenance comes last, so a patient with a Provenance is completely written. A
+transaction refused as too big halves the chunk size for the rest of the run; servers that refuse
+transactions get batches, one per reference level. A 412 on If-Match (another writer was first) re-reads
+and re-plans; an identifier matching several resources stops that patient and names the duplicates.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..ingest.index import ref_key
+from ..output.requests import BY_ID_TYPES, stable_id
 from ..output.resources import PatientResources, Written
+from .changes import content_hash, hash_tags, version_of, with_hash
 from .client import FhirClient
-from .errors import ServerError, outcome_text, status_code
+from .errors import DeadlineExceeded, ServerError, outcome_text, status_code
 from .locks import PatientLocks
+from .outcome import Conflict, PatientWrite, WriteFailed, WriteReport
+from .plan import Op, levels, op_levels, plan, read_existing
 from .settings import CHUNK_SIZE, WriteMode
+
+__all__ = ["Conflict", "PatientWrite", "ResultWriter", "WriteFailed", "WriteReport", "levels"]
 
 log = logging.getLogger(__name__)
 
 Mode = WriteMode
 # Issue codes (and statuses) that mean "this Bundle is too big for me": halve the chunk and try again.
 TOO_BIG_CODES = frozenset({"too-costly", "too-long"})
-
-
-@dataclass(slots=True)
-class PatientWrite:
-    patient_key: str
-    resources: int = 0
-    created: int = 0
-    updated: int = 0
-    requests: int = 0  # transaction or batch Bundles posted (retries not counted; see round_trips)
-    round_trips: int = 0
-    error: str | None = None
-    duplicates: list[str] = field(default_factory=list)  # "Observation identifier sys|val: Observation/1, ..."
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass(slots=True)
-class WriteReport:
-    server: str
-    mode: str = "transaction"
-    patients: list[PatientWrite] = field(default_factory=list)
-    round_trips: int = 0
-
-    @property
-    def failed(self) -> list[PatientWrite]:
-        return [p for p in self.patients if not p.ok]
-
-    def lines(self) -> list[str]:
-        created = sum(p.created for p in self.patients)
-        updated = sum(p.updated for p in self.patients)
-        out = [(f"write-back to {self.server}: {len(self.patients) - len(self.failed)} of {len(self.patients)} "
-                f"patients written ({created} created, {updated} updated) in {self.round_trips} round trips, "
-                f"{self.mode} mode")]
-        for p in self.failed:
-            out.append(f"error: {p.patient_key}: not (completely) written: {p.error}")
-            out.extend(f"error: {p.patient_key}: duplicate on the server: {d}" for d in p.duplicates)
-        return out
-
-
-class WriteFailed(ServerError):
-    """One patient's write stopped (the report says which); other patients go on."""
+# Limit texts answered with a plain 400 `invalid`: Medplum 5.x batch.ts (any conditional entry and more than 8
+# entries; more than 50 updates), HAPI BaseTransactionProcessor (HAPI-0528, normally a 413).
+TOO_BIG_TEXTS = ("requires strict isolation but has too many entries", "more update operations than allowed",
+                 "transaction bundle too large")
+CONFLICT_RETRIES = 3  # re-read and re-plan this often when another writer's version is newer (If-Match)
 
 
 class ResultWriter:
     """Writes the engine Device once, then each patient's resources under that patient's lock."""
 
     def __init__(self, client: FhirClient, *, chunk_size: int = CHUNK_SIZE, mode: Mode = "auto",
-                 locks: PatientLocks | None = None) -> None:
+                 locks: PatientLocks | None = None, run: str | None = None) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.client = client
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size  # shrinks for the rest of the run when the server says "too big"
         self.mode = mode
         self.locks = locks or PatientLocks(client.base_url)
+        self.run = run or "(unnamed)"
         self._resolved: dict[str, str] = {}  # urn:uuid fullUrl -> "Type/id" on the server
 
     def write(self, device: Written, groups: list[PatientResources]) -> WriteReport:
@@ -96,28 +66,62 @@ class ResultWriter:
         report.round_trips = self.client.http.round_trips - start
         return report
 
-    def write_patient(self, device: Written, group: PatientResources) -> PatientWrite:
-        """One patient's resources, under that patient's lock; the engine Device first if not yet written."""
-        if device.full_url not in self._resolved:
-            self._write_device(device)
+    def write_patient(self, device: Written, group: PatientResources, *, dry_run: bool = False) -> PatientWrite:
+        """One patient's resources, under that patient's lock; the engine Device first if not yet written.
+        dry_run: read and plan only (the counts say what a write would do: --verify)."""
         pw = PatientWrite(group.patient_key, resources=len(group.resources))
         start = self.client.http.round_trips
-        with self.locks.hold(group.patient_key):
-            try:
-                if self._mode() == "batch":
-                    self._write_batches(group.resources, pw)
-                else:
-                    self._write_transactions(group.resources, pw)
-            except WriteFailed as exc:
-                pw.error = exc.message
-            except ServerError as exc:
-                if exc.status is None or exc.status in (401, 403):
-                    raise  # the server is gone or refuses us: no other patient would fare better
-                pw.error = exc.message
+        try:
+            if device.full_url not in self._resolved:
+                self._write_device(device, dry_run)
+            with self.locks.hold(group.patient_key):
+                for attempt in range(CONFLICT_RETRIES):
+                    try:
+                        self._write_once(group, pw, dry_run)
+                        break
+                    except Conflict as exc:
+                        pw.conflicts += 1
+                        log.info("%s: another writer changed a result meanwhile (%s): re-reading", group.patient_key,
+                                 exc.status)
+                        if attempt == CONFLICT_RETRIES - 1:
+                            raise WriteFailed("POST", exc.url, exc.status, outcome=exc.outcome,
+                                              detail="other writers kept changing this patient's results") from exc
+        except WriteFailed as exc:
+            pw.error = exc.message
+        except DeadlineExceeded:
+            raise  # the request's time budget is spent: no other patient would fare better; the caller says so
+        except ServerError as exc:
+            if exc.status in (401, 403):
+                raise  # the server refuses us: no other patient would fare better
+            pw.error = exc.message  # failed after the retries: reported, the cohort goes on
         pw.round_trips = self.client.http.round_trips - start
-        log.debug("wrote %s: %d created, %d updated, %d round trips%s", group.patient_key, pw.created,
-                  pw.updated, pw.round_trips, "" if pw.ok else " (failed)")
+        log.debug("wrote %s: %s, %d round trips%s", group.patient_key, pw.counts(), pw.round_trips,
+                  "" if pw.ok else " (failed)")
         return pw
+
+    def _existing(self, group: PatientResources, pw: PatientWrite) -> dict[str, dict[str, Any]]:
+        """What of ours the server holds for this patient (a seam: tests race another writer here)."""
+        return read_existing(self.client, group, pw)
+
+    def _write_once(self, group: PatientResources, pw: PatientWrite, dry_run: bool) -> None:
+        pw.created = pw.updated = pw.unchanged = pw.retracted = 0  # a re-plan after a conflict starts over
+        pw.kept = []
+        ops = plan(group, self._existing(group, pw), pw, resolved=self._resolved, url_of=self._url,
+                   run=self.run)
+        if dry_run:
+            pw.created = sum(1 for o in ops if not o.existed)
+            pw.updated = sum(1 for o in ops if o.existed and not o.retract)
+            pw.retracted = sum(1 for o in ops if o.retract)
+            return
+        if not ops:
+            return
+        if self._mode() == "batch":
+            self._write_batches(ops, pw)
+        else:
+            self._write_transactions(ops, pw)
+        pw.complete = True
+
+    # ---- what is on the server, and what to do --------------------------------------------------
 
     # ---- transactions ----------------------------------------------------------------------------
 
@@ -126,24 +130,43 @@ class ResultWriter:
             return self.mode
         return "transaction" if self.client.capabilities().transaction else "batch"
 
-    def _write_device(self, device: Written) -> None:
+    def _write_device(self, device: Written, dry_run: bool) -> None:
+        """The engine Device: read first, written only when missing or changed (a new version or table)."""
         pw = PatientWrite("Device")
-        if self._mode() == "batch":
-            self._write_batches([device], pw)
+        digest = content_hash(device.resource)
+        hits = list(self.client.search("Device", identifier=device.condition.partition("=")[2]))
+        if hits:
+            stored = hits[0]
+            self._resolved[device.full_url] = f"Device/{stored['id']}"
+            if digest in hash_tags(stored) or dry_run:
+                return
+            version = version_of(stored)
+            op = Op(device.full_url, with_hash(device.resource, digest), f"Device/{stored['id']}",
+                    if_match=f'W/"{version}"' if version else None, existed=True, label=device.condition)
+        elif dry_run:
+            raise WriteFailed("GET", self.client.base_url, None, detail="the engine Device is not on the server")
         else:
-            self._write_transactions([device], pw)
+            op = Op(device.full_url, with_hash(device.resource, digest), self._url(device), label=device.condition)
+        try:
+            if self._mode() == "batch":
+                self._write_batches([op], pw)
+            else:
+                self._write_transactions([op], pw)
+        except Conflict:  # another writer updated the Device meanwhile: theirs is as good as ours
+            return
 
-    def _write_transactions(self, resources: list[Written], pw: PatientWrite) -> None:
-        pending = _by_level(resources)
-        size = self.chunk_size
+    def _write_transactions(self, ops: list[Op], pw: PatientWrite) -> None:
+        pending = list(ops)
         while pending:
+            size = self.chunk_size
             chunk = pending[:size]
             try:
                 self._post_chunk(chunk, pw, "transaction")
             except ServerError as exc:
                 if _too_big(exc) and size > 1:
-                    size = max(1, size // 2)
-                    log.info("the server refused a %d-entry transaction as too big: chunks of %d", len(chunk), size)
+                    self.chunk_size = max(1, min(size, len(chunk)) // 2)
+                    log.info("the server refused a %d-entry transaction as too big (%s): chunks of %d for the "
+                             "rest of the run", len(chunk), outcome_text(exc.outcome) or exc.status, self.chunk_size)
                     continue
                 if _refuses_transactions(exc) and self.mode == "auto":
                     log.warning("the server refuses transactions (HTTP %s): writing batches instead", exc.status)
@@ -153,15 +176,17 @@ class ResultWriter:
                 raise
             pending = pending[len(chunk):]
 
-    def _post_chunk(self, chunk: list[Written], pw: PatientWrite, kind: str) -> None:
-        local = {w.full_url for w in chunk} if kind == "transaction" else set()
-        entries = [self._entry(w, local) for w in chunk]
+    def _post_chunk(self, chunk: list[Op], pw: PatientWrite, kind: str) -> None:
+        local = {o.full_url for o in chunk if o.method == "PUT"} if kind == "transaction" else set()
+        entries = [self._entry(o, local) for o in chunk]
         pw.requests += 1
         try:
             answer = self.client.bundle({"resourceType": "Bundle", "type": kind, "entry": entries})
         except ServerError as exc:
+            if _version_conflict(exc.status, exc.outcome, chunk):
+                raise Conflict("POST", exc.url, exc.status, outcome=exc.outcome) from exc
             if _multiple_matches(exc.status, exc.outcome):
-                pw.duplicates = self._duplicates(chunk)
+                pw.duplicates = self._duplicates([o for o in chunk if "?" in o.url])
                 raise WriteFailed("POST", exc.url, exc.status, outcome=exc.outcome,
                                   detail="a business identifier matches several resources on the server; "
                                          "nothing of this transaction was written") from exc
@@ -171,55 +196,72 @@ class ResultWriter:
             raise WriteFailed("POST", self.client.base_url, 200,
                               detail=f"a {kind} of {len(chunk)} entries answered with {len(replies)} entries")
         failures = []
-        for w, reply in zip(chunk, replies, strict=True):
+        for o, reply in zip(chunk, replies, strict=True):
             resp = reply.get("response") or {}
             status = str(resp.get("status", "")).split(" ")[0]
             if not status.startswith("2"):
-                failures.append((w, status, resp.get("outcome")))
+                failures.append((o, status, resp.get("outcome")))
+                continue
+            if o.method == "DELETE":
+                self._resolved.pop(o.full_url, None)
+                pw.retracted += 1
                 continue
             location = resp.get("location") or _location_of(reply.get("resource"))
             if not isinstance(location, str):
                 raise WriteFailed("POST", self.client.base_url, 200,
-                                  detail=f"{w.condition}: the server answered {status} without a location")
-            self._resolved[w.full_url] = ref_key(location)
-            if status == "201":
+                                  detail=f"{o.label}: the server answered {status} without a location")
+            self._resolved[o.full_url] = ref_key(location)
+            if o.retract:
+                pw.retracted += 1
+            elif _created(status, o.existed, _version(resp, location)):
                 pw.created += 1
             else:
                 pw.updated += 1
         if failures:
-            if any(_multiple_matches(status_code(s), o) for _, s, o in failures):
-                pw.duplicates = self._duplicates([w for w, s, _ in failures if s == "412"] or chunk)
+            if any(_version_conflict(status_code(s), oc, [o]) for o, s, oc in failures):
+                raise Conflict("POST", self.client.base_url, 412, outcome=failures[0][2])
+            if any(_multiple_matches(status_code(s), oc) for _, s, oc in failures):
+                pw.duplicates = self._duplicates([o for o, s, _ in failures if s == "412"] or chunk)
             first = failures[0]
             raise WriteFailed("POST", self.client.base_url, status_code(first[1]), outcome=first[2],
                               detail=f"{len(failures)} of {len(chunk)} {kind} entries refused, first "
-                                     f"{first[0].condition}: HTTP {first[1]}")
+                                     f"{first[0].label}: HTTP {first[1]}")
 
-    def _write_batches(self, resources: list[Written], pw: PatientWrite) -> None:
+    def _write_batches(self, ops: list[Op], pw: PatientWrite) -> None:
         """No transactions: one batch per reference level, so every reference points at a written resource."""
-        for level in _levels(resources):
+        for level in op_levels(ops):
             for i in range(0, len(level), self.chunk_size):
                 self._post_chunk(level[i:i + self.chunk_size], pw, "batch")
 
-    def _entry(self, w: Written, local: set[str]) -> dict[str, Any]:
-        resource = _rewrite(w.resource, self._resolved, local)
-        url = self._url(w)
-        if "?" not in url:  # an update by id: the body's id must match the URL's (FHIR R4 update)
-            resource["id"] = url.split("/", 1)[1]
-        return {"fullUrl": w.full_url, "resource": resource, "request": {"method": "PUT", "url": url}}
+    def _entry(self, o: Op, local: set[str]) -> dict[str, Any]:
+        request: dict[str, Any] = {"method": o.method, "url": o.url}
+        if o.if_match:
+            request["ifMatch"] = o.if_match
+        if o.body is None:
+            return {"request": request}
+        resource = _rewrite(o.body, self._resolved, local)
+        if "?" not in o.url:  # an update by id: the body's id must match the URL's (FHIR R4 update)
+            resource["id"] = o.url.split("/", 1)[1]
+        if isinstance(resource.get("meta"), dict):
+            resource["meta"] = {k: v for k, v in resource["meta"].items() if k not in ("versionId", "lastUpdated")}
+        return {"fullUrl": o.full_url, "resource": resource, "request": request}
 
     def _url(self, w: Written) -> str:
-        """The conditional update URL; a server that cannot search that key gets a PUT by a stable id."""
+        """The conditional update URL; a type R4 cannot search by identifier (output/requests.py), or a server
+        that cannot search that key, gets a PUT by a stable id."""
         rtype, _, query = w.condition.partition("?")
-        param, _, key = query.partition("=")
-        if self.client.capabilities().searchable(rtype, param):
+        param = query.partition("=")[0]
+        if rtype not in BY_ID_TYPES and self.client.capabilities().searchable(rtype, param):
             return w.condition
-        return f"{rtype}/cart-{key.rpartition('|')[2]}"
+        return f"{rtype}/{stable_id(w)}"
 
-    def _duplicates(self, chunk: list[Written]) -> list[str]:
+    def _duplicates(self, chunk: list[Op]) -> list[str]:
         """Which identifiers of the chunk match more than one resource (one search per resource type)."""
         by_type: dict[tuple[str, str], list[str]] = {}
-        for w in chunk:
-            rtype, _, query = w.condition.partition("?")
+        for o in chunk:
+            if "?" not in o.label:
+                continue
+            rtype, _, query = o.label.partition("?")
             param, _, key = query.partition("=")
             by_type.setdefault((rtype, param), []).append(key)
         out = []
@@ -236,42 +278,6 @@ class ResultWriter:
                 continue
             out.extend(f"{rtype} {param} {k}: {', '.join(ids)}" for k, ids in seen.items() if len(ids) > 1)
         return out
-
-
-def _by_level(resources: list[Written]) -> list[Written]:
-    return [w for level in _levels(resources) for w in level]
-
-
-def _levels(resources: list[Written]) -> list[list[Written]]:
-    """Resources grouped by reference depth within the list (0: refers to none of the others), order kept."""
-    urls = {w.full_url for w in resources}
-    depth: dict[str, int] = {}
-
-    def level(w: Written, trail: frozenset[str]) -> int:
-        if w.full_url in depth:
-            return depth[w.full_url]
-        deps = [by_url[u] for u in _urn_refs(w.resource) if u in urls and u != w.full_url and u not in trail]
-        d = 1 + max((level(dep, trail | {w.full_url}) for dep in deps), default=-1)
-        depth[w.full_url] = d
-        return d
-
-    by_url = {w.full_url: w for w in resources}
-    out: dict[int, list[Written]] = {}
-    for w in resources:
-        out.setdefault(level(w, frozenset()), []).append(w)
-    return [out[k] for k in sorted(out)]
-
-
-def _urn_refs(obj: Any) -> Iterator[str]:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if k == "reference" and isinstance(v, str) and v.startswith("urn:uuid:"):
-                yield v
-            elif isinstance(v, (dict, list)):
-                yield from _urn_refs(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _urn_refs(v)
 
 
 def _rewrite(obj: Any, resolved: dict[str, str], local: set[str]) -> Any:
@@ -292,6 +298,24 @@ def _rewrite(obj: Any, resolved: dict[str, str], local: set[str]) -> Any:
     if isinstance(obj, list):
         return [_rewrite(v, resolved, local) for v in obj]
     return obj
+
+
+def _created(status: str, existed: bool, version: str | None) -> bool:
+    """201, or 200 to a resource the read did not find: servers answer 200 to an update-as-create by id
+    (Medplum) -- unless a numeric version above 1 says another writer created it first."""
+    if status == "201":
+        return True
+    if existed:
+        return False
+    return not (version is not None and version.isdigit() and version != "1")
+
+
+def _version(resp: dict[str, Any], location: str) -> str | None:
+    """The version the server gave: ETag W/"n", else the location's _history/n; None when it says neither."""
+    etag = resp.get("etag")
+    if isinstance(etag, str) and '"' in etag:
+        return etag.split('"')[1]
+    return location.split("/_history/")[1].strip("/") if "/_history/" in location else None
 
 
 def _location_of(resource: Any) -> str | None:
@@ -322,8 +346,18 @@ def _multiple_matches(status: int | None, outcome: Any) -> bool:
     return status in (400, 409, 422) and "multiple" in text and "match" in text
 
 
+def _version_conflict(status: int | None, outcome: Any, chunk: list[Op]) -> bool:
+    """412 that is not "multiple matches", on a Bundle with If-Match entries: a newer version exists."""
+    return status == 412 and any(o.if_match for o in chunk) and not _has_code(outcome, "multiple-matches")
+
+
 def _too_big(exc: ServerError) -> bool:
-    return exc.status == 413 or (exc.status in (400, 422) and any(_has_code(exc.outcome, c) for c in TOO_BIG_CODES))
+    """413 (HAPI: HAPI-0528 "Transaction Bundle Too large", PayloadTooLargeException), a too-costly/too-long
+    issue, or the texts servers use for their limits with a plain 400 (README "Server limits")."""
+    if exc.status == 413 or (exc.status in (400, 422) and any(_has_code(exc.outcome, c) for c in TOO_BIG_CODES)):
+        return True
+    text = outcome_text(exc.outcome).lower()
+    return exc.status in (400, 422) and any(t in text for t in TOO_BIG_TEXTS)
 
 
 def _refuses_transactions(exc: ServerError) -> bool:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
-from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
-from ..constants import FHIR_ID, LOOPBACK
+from ..constants import FHIR_ID
 from ..ingest.index import ref_key
 from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
@@ -18,8 +16,9 @@ from .app_launch import timeline_link
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
+from .feedback import FEEDBACK_SCHEMA, CardIndex, card_keys, check_feedback, record
 from .guard import json_body
-from .openapi import document
+from .openapi import check, document
 
 log = logging.getLogger("cart_fhir.cds")
 cds = Blueprint("cds", __name__)
@@ -54,14 +53,15 @@ DISCOVERY = {"services": [{
 
 # What the request check enforces of a prefetch value; the rest of a resource is the grading's to judge
 # (invalid resources are skipped and logged, the card response still comes).
+FHIR_SERVER_PATTERN = r"^(https://[A-Za-z0-9.\-]+|http://(127\.0\.0\.1|localhost|\[::1\]))(:[0-9]{1,5})?(/[^\s]*)?$"
 _RESOURCE = {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}}}
 REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["hook", "hookInstance", "context"],
     "properties": {
         "hook": {"const": HOOK},
         "hookInstance": {"type": "string", "minLength": 1, "maxLength": 128},
-        # https only; plain http is accepted to a loopback host, for local trials.
-        "fhirServer": {"type": "string", "pattern": "^https://[A-Za-z0-9.\\-]+(:[0-9]{1,5})?(/[^\\s]*)?$"},
+        # https only (the EHR's access token travels to it); plain http to a loopback host, for local trials.
+        "fhirServer": {"type": "string", "pattern": FHIR_SERVER_PATTERN},
         "fhirAuthorization": {"type": "object", "required": ["access_token", "token_type"], "properties": {
             "access_token": {"type": "string"},
             "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$"},
@@ -106,72 +106,58 @@ def patient_view() -> Response:
     pid = _check_request(body)
     items = _gather(svc, body, pid)
     # Not strict: an EHR record with one odd resource still gets its cards; the odd one is skipped (and logged).
-    result = svc.engine.grade(items, strict=False)
-    if result.report.errors:
-        log.info("cds: %d input resource(s) skipped as invalid", len(result.report.errors))
-    cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
-                           timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
-                           criteria=criteria_of(svc.engine))
+    with svc.grading_slot():
+        result = svc.engine.grade(items, strict=False)
+        if result.report.errors:
+            log.info("cds: %d input resource(s) skipped as invalid", len(result.report.errors))
+        cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
+                               timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
+                               criteria=criteria_of(svc.engine))
+    _card_index().remember(cards, card_keys(result, pid, lambda tox: svc.engine.codes.scale(tox)[0]))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")
+
+
+@cds.post(f"/cds-services/{SERVICE_ID}/feedback")
+@document("CDS Hooks feedback: accepted or overridden cards recorded as the clinician's review", tag="CDS Hooks",
+          request=FEEDBACK_SCHEMA, request_types=("application/json",), response_type="application/json",
+          secured=True, responses={200: ("acknowledged", {"type": "object"}),
+                                   502: ("the review could not be written upstream", "OperationOutcome")})
+def feedback() -> Response:
+    """CDS Hooks 2.0 "Feedback": each accepted/overridden card of ours sets its episode Condition's
+    verificationStatus (confirmed/refuted) on the upstream server, with the override reason in a note."""
+    svc = services()
+    if svc.cds_verifier is not None:
+        svc.cds_verifier.verify(request.headers.get("Authorization"), service_url=request.base_url)
+    items = check_feedback(json_body())
+    index = _card_index()
+    for item in items:
+        key = index.get(item["card"])
+        if key is None or svc.settings.server is None:
+            outcome = "not recorded: " + ("no result of ours behind this card (or issued by another process)"
+                                          if key is None else "no upstream FHIR server")
+        else:
+            outcome = record(svc.upstream(), key, item)
+        log.info("cds feedback card=%s outcome=%s: %s", item["card"], item["outcome"], outcome)
+    return fhir_response({}, mimetype="application/json")
+
+
+def _card_index() -> CardIndex:
+    """One per app (and process): which result each issued card is about."""
+    return current_app.extensions.setdefault("cart_fhir.cds_cards", CardIndex())  # type: ignore[no-any-return]
 
 
 # ---- request -----------------------------------------------------------------------------------
 
 def _check_request(body: Any) -> str:
-    """The fields CDS Hooks 2.0 requires of a patient-view call; returns context.patientId."""
-    if not isinstance(body, dict):
-        raise ServiceError(400, "expected a CDS Hooks request (a JSON object)")
-    if body.get("hook") != HOOK:
-        raise ServiceError(400, f"this service answers the {HOOK!r} hook, not {body.get('hook')!r}",
-                           expression="hook")
-    instance = body.get("hookInstance")
-    if not isinstance(instance, str) or not 0 < len(instance) <= 128:
-        raise ServiceError(400, "hookInstance (a UUID) is required", expression="hookInstance")
-    context = body.get("context")
-    pid = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(context, dict) or not isinstance(pid, str) or \
-            not re.fullmatch(FHIR_ID, pid.removeprefix("Patient/")):
-        raise ServiceError(400, "context.patientId (a FHIR id) is required", expression="context.patientId")
-    for name in ("userId", "encounterId"):
-        if name in context and not isinstance(context[name], str):
-            raise ServiceError(400, f"context.{name} must be a string", expression=f"context.{name}")
-    prefetch = body.get("prefetch")
-    if "prefetch" in body and not isinstance(prefetch, dict):
-        raise ServiceError(400, "prefetch must be an object of prefetch keys", expression="prefetch")
-    for key, value in (prefetch or {}).items():
-        if value is not None and not (isinstance(value, dict) and isinstance(value.get("resourceType"), str)):
-            raise ServiceError(400, f"prefetch.{key} must be a FHIR resource or null", expression=f"prefetch.{key}")
-    auth = body.get("fhirAuthorization")
-    if auth is not None:
-        # cds-r-1: fhirAuthorization implies fhirServer.
-        if not isinstance(auth, dict) or not isinstance(auth.get("access_token"), str):
-            raise ServiceError(400, "fhirAuthorization.access_token is required", expression="fhirAuthorization")
-        if not isinstance(auth.get("token_type"), str) or auth["token_type"].lower() != "bearer":
-            raise ServiceError(400, "fhirAuthorization.token_type must be Bearer", expression="fhirAuthorization")
-        for name, kind in (("expires_in", int), ("scope", str), ("subject", str)):
-            if name in auth and (not isinstance(auth[name], kind) or isinstance(auth[name], bool)):
-                raise ServiceError(400, f"fhirAuthorization.{name} has the wrong type",
-                                   expression=f"fhirAuthorization.{name}")
-        if not body.get("fhirServer"):
-            raise ServiceError(400, "fhirAuthorization given without fhirServer", expression="fhirServer")
+    """The call checked against REQUEST_SCHEMA, the same document /openapi.json publishes (one source: they
+    cannot drift); then what no schema can say (this service's fhirServer allow-list). Returns the patient id."""
+    check(REQUEST_SCHEMA, body, "")
     server = body.get("fhirServer")
-    if "fhirServer" in body:
-        if not isinstance(server, str):
-            raise ServiceError(400, "fhirServer must be a URL string", expression="fhirServer")
-        _check_server(server)
-        if not services().settings.fhir_server_allowed(server):
-            raise ServiceError(400, "fhirServer is not one this service may call (CART_FHIR_CDS_FHIR_SERVERS)",
-                               expression="fhirServer")
-    return pid.removeprefix("Patient/")
-
-
-def _check_server(server: Any) -> None:
-    """https only (the EHR's access token travels to it), or plain http to this host for local trials."""
-    parts = urlsplit(server) if isinstance(server, str) else None
-    if parts is None or not parts.hostname or not (
-            parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK)):
-        raise ServiceError(400, "fhirServer must be an https URL", expression="fhirServer")
+    if server is not None and not services().settings.fhir_server_allowed(server):
+        raise ServiceError(400, "fhirServer is not one this service may call (CART_FHIR_CDS_FHIR_SERVERS)",
+                           expression="fhirServer")
+    return str(body["context"]["patientId"]).removeprefix("Patient/")
 
 
 # ---- data: prefetch first, then the EHR's FHIR server --------------------------------------------

@@ -17,9 +17,10 @@ FHIR_JSON = "application/fhir+json"
 
 # HTTP status -> OperationOutcome issue code (FHIR R4 issue-type value set)
 ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-               406: "not-supported", 409: "conflict", 412: "processing", 413: "too-costly", 415: "not-supported",
-               422: "processing", 429: "throttled", 500: "exception", 501: "not-supported", 502: "transient",
-               503: "transient", 504: "timeout"}
+               406: "not-supported", 408: "timeout", 409: "conflict", 412: "processing", 413: "too-costly",
+               414: "too-long", 415: "not-supported", 417: "not-supported", 422: "processing", 429: "throttled",
+               431: "too-long", 500: "exception", 501: "not-supported", 502: "transient", 503: "transient",
+               504: "timeout"}
 
 
 class ServiceError(AdapterError):
@@ -33,6 +34,10 @@ class ServiceError(AdapterError):
         self.expression = expression
         self.headers = headers or {}
         super().__init__(text)
+
+
+class ClientTooSlow(Exception):
+    """The client did not send its request (head or body) within the time the server gives it: 408."""
 
 
 def issue(severity: str, code: str, text: str, expression: str | None = None) -> dict[str, Any]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
+from ..remote.deadline import deadline
 from ..remote.errors import ServerError
 from .context import services
 from .errors import error_response, fhir_response, issue
 from .openapi import document
 
 health = Blueprint("health", __name__)
+READY_DEADLINE = 5.0  # seconds (or the request's deadline, if shorter) for the upstream server's metadata
 STATUS = {"type": "object", "properties": {"status": {"type": "string"}}}
 
 
@@ -30,7 +32,8 @@ def ready() -> Response:
     if svc.settings.server is not None:
         try:
             client = svc.upstream()
-            client.http.get("metadata")
+            with deadline(READY_DEADLINE):  # a probe answers quickly, up or not
+                client.http.get("metadata")
         except ServerError as exc:
             return error_response(503, [issue("error", "transient", f"upstream FHIR server not ready: {exc.message}")])
         body["upstream"] = "ok"

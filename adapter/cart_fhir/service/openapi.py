@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import jsonschema_rs
 from flask import Flask
 
 from .. import __version__
 from ..constants import FHIR_ID
+from .errors import ServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 FHIR_JSON = "application/fhir+json"
@@ -19,14 +21,48 @@ RESOURCE = {"type": "object", "required": ["resourceType"], "properties": {"reso
 BUNDLE = {"type": "object", "required": ["resourceType", "type"], "properties": {
     "resourceType": {"const": "Bundle"}, "type": {"type": "string"},
     "entry": {"type": "array", "items": {"type": "object"}}}}
+# The $grade-toxicity Parameters, as the operation checks them (operations.py validates with this very schema).
+_PART = {"type": "object", "required": ["name"], "properties": {
+    "name": {"enum": ["bundle", "skipInvalid", "bundleType", "writeBack"]},
+    "resource": {"type": "object"}, "valueBoolean": {"type": "boolean"}, "valueCode": {"type": "string"}},
+    "allOf": [
+        {"if": {"properties": {"name": {"const": "bundle"}}}, "then": {"required": ["resource"], "properties": {
+            "resource": {"type": "object", "required": ["resourceType"],
+                         "properties": {"resourceType": {"const": "Bundle"}}}}}},
+        {"if": {"properties": {"name": {"enum": ["skipInvalid", "writeBack"]}}},
+         "then": {"required": ["valueBoolean"]}},
+        {"if": {"properties": {"name": {"const": "bundleType"}}}, "then": {
+            "required": ["valueCode"], "properties": {"valueCode": {"enum": ["collection", "transaction"]}}}},
+    ]}
 PARAMETERS = {"type": "object", "required": ["resourceType"], "properties": {
-    "resourceType": {"const": "Parameters"}, "parameter": {"type": "array", "items": {
-        "type": "object", "required": ["name"], "properties": {
-            "name": {"enum": ["bundle", "skipInvalid", "bundleType", "writeBack"]},
-            "resource": {"type": "object"}, "valueBoolean": {"type": "boolean"}, "valueCode": {"type": "string"}}}}}}
+    "resourceType": {"const": "Parameters"}, "parameter": {"type": "array", "items": _PART}}}
 OUTCOME = {"type": "object", "required": ["resourceType", "issue"], "properties": {
     "resourceType": {"const": "OperationOutcome"}, "issue": {"type": "array", "items": {"type": "object"}}}}
 SCHEMAS = {"Resource": RESOURCE, "Bundle": BUNDLE, "Parameters": PARAMETERS, "OperationOutcome": OUTCOME}
+
+
+def check(schema: dict[str, Any], body: Any, root: str) -> None:
+    """Validate a request body against the schema the OpenAPI document publishes for it (JSON Schema 2020-12,
+    OpenAPI 3.1's dialect): one definition for the document and the check, so they cannot drift. The first
+    error is a 400 naming the element (`expression`), a missing member included."""
+    error = next(iter(_validator(id(schema), schema).iter_errors(body)), None)
+    if error is None:
+        return
+    path = list(error.instance_path)
+    if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.Required):
+        path.append(error.kind.property)  # the missing member is what the client must add
+    where = (root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)).lstrip(".")
+    # The schema's words, cut short; the values it quotes are the caller's own (no token is pattern-checked).
+    raise ServiceError(400, f"{where or 'request'}: {error.message[:200]}", expression=where or None)
+
+
+_VALIDATORS: dict[int, Any] = {}
+
+
+def _validator(key: int, schema: dict[str, Any]) -> Any:
+    if key not in _VALIDATORS:  # schemas are module constants: compiled once per process
+        _VALIDATORS[key] = jsonschema_rs.Draft202012Validator(schema)
+    return _VALIDATORS[key]
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,18 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, request
 
-from .. import __version__
-from ..constants import BASE, FHIR_ID
+from ..constants import FHIR_ID
 from ..ingest.read import read_bundle
 from ..pipeline import Engine, RunResult
+from ..remote.deadline import passed
+from ..remote.errors import DeadlineExceeded
 from ..remote.read import PatientNotFound, PatientReader
 from ..remote.write import PatientWrite, ResultWriter
 from ..report import RunReport
-from .artefacts import TYPES as ARTEFACT_TYPES
 from .context import services
 from .errors import ServiceError, fhir_response, issue
 from .guard import json_body, requires
-from .openapi import document
+from .openapi import PARAMETERS, check, document
 
 fhir = Blueprint("fhir", __name__, url_prefix="/fhir")
 DEFINITIONS = Path(__file__).parent / "definitions"
@@ -50,29 +50,15 @@ def _parameters(body: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     if rtype != "Parameters":
         raise ServiceError(400, f"expected a Bundle or a Parameters resource, got resourceType {rtype!r}",
                            expression="resourceType")
+    check(PARAMETERS, body, "Parameters")  # the schema /openapi.json publishes: names, value types, bundle
     bundle = None
     values: dict[str, Any] = {}
-    parts = body.get("parameter", [])
-    if not isinstance(parts, list):
-        raise ServiceError(400, "Parameters.parameter must be a list", expression="Parameters.parameter")
-    for i, part in enumerate(parts):
-        name = part.get("name") if isinstance(part, dict) else None
-        where = f"Parameters.parameter[{i}]"
+    for part in body.get("parameter", []):
+        name = part["name"]
         if name == "bundle":
-            bundle = part.get("resource")
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise ServiceError(400, "the 'bundle' parameter must carry a Bundle resource",
-                                   expression=f"{where}.resource")
-        elif name in ("skipInvalid", "writeBack"):
-            if not isinstance(part.get("valueBoolean"), bool):
-                raise ServiceError(400, f"parameter {name} must be a valueBoolean", expression=f"{where}.value")
-            values[name] = part["valueBoolean"]
-        elif name == "bundleType":
-            if part.get("valueCode") not in ("collection", "transaction"):
-                raise ServiceError(400, "bundleType must be collection or transaction", expression=f"{where}.value")
-            values[name] = part["valueCode"]
+            bundle = part["resource"]
         else:
-            raise ServiceError(400, f"unknown parameter {name!r}", expression=f"{where}.name")
+            values[name] = part["valueCode" if name == "bundleType" else "valueBoolean"]
     return bundle, values
 
 
@@ -128,8 +114,9 @@ def grade_bundle() -> Response:
     svc = services()
     engine = svc.engine
     strict = not _flag(values, "skipInvalid")
-    result = _grade(engine, bundle, strict)
-    return _output(engine, result, values.get("bundleType") or request.args.get("bundleType", "collection"))
+    with svc.grading_slot():
+        result = _grade(engine, bundle, strict)
+        return _output(engine, result, values.get("bundleType") or request.args.get("bundleType", "collection"))
 
 
 def _grade(engine: Engine, bundle: dict[str, Any], strict: bool) -> RunResult:
@@ -180,11 +167,16 @@ def grade_patient(patient_id: str) -> Response:
         items = reader.patient(patient_id)
     except PatientNotFound as exc:
         raise ServiceError(404, exc.message, expression="Patient") from exc
-    result = svc.engine.grade(items, strict=not _flag(values, "skipInvalid"))
+    with svc.grading_slot():
+        result = svc.engine.grade(items, strict=not _flag(values, "skipInvalid"))
     extra: list[dict[str, Any]] = []
     if write_back:
+        if passed():  # nothing is sent once the answer is a 504
+            raise ServiceError(504, "the request's deadline passed before writing back: nothing was written "
+                                    f"(CART_FHIR_DEADLINE {svc.settings.deadline:g} s)")
         extra = _write_back(svc, result)
-    return _output(svc.engine, result, "collection", extra)
+    with svc.grading_slot():
+        return _output(svc.engine, result, "collection", extra)
 
 
 def _write_back(svc: Any, result: RunResult) -> list[dict[str, Any]]:
@@ -192,8 +184,20 @@ def _write_back(svc: Any, result: RunResult) -> list[dict[str, Any]]:
     device, groups = svc.engine.resources_by_patient(result, recorded)
     settings = svc.settings.server
     writer = ResultWriter(svc.upstream(), chunk_size=settings.chunk_size, mode=settings.write_mode,
-                          locks=svc.patient_locks())
-    writes: list[PatientWrite] = [writer.write_patient(device, g) for g in groups]
+                          locks=svc.patient_locks(), run=recorded.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    writes: list[PatientWrite] = []
+    try:
+        for group in groups:
+            writes.append(writer.write_patient(device, group))
+    except DeadlineExceeded as exc:
+        # Never silent: what was written is said, and the transaction in flight may have been applied
+        # upstream after we stopped waiting. Writes are conditional updates: running again is safe.
+        done = "; ".join(f"{pw.patient_key}: {pw.counts()}" for pw in writes)
+        raise ServiceError(504, "the request's deadline passed while writing back "
+                                f"(CART_FHIR_DEADLINE {svc.settings.deadline:g} s): "
+                                f"{'completed: ' + done + '; ' if done else ''}the transaction in flight may or may "
+                                "not have been applied; nothing more was sent. The writes are idempotent: retry "
+                                "to complete them") from exc
     for pw in writes:
         if pw.duplicates:
             raise ServiceError(409, f"{pw.patient_key}: not written: {pw.error}; duplicates on the server: "
@@ -201,35 +205,6 @@ def _write_back(svc: Any, result: RunResult) -> list[dict[str, Any]]:
         if pw.error:
             raise ServiceError(502, f"{pw.patient_key}: not (completely) written: {pw.error}", code="transient")
     return [issue("information", "informational",
-                  f"written back to {svc.upstream().base_url}: {pw.patient_key}: {pw.created} created, "
-                  f"{pw.updated} updated, {pw.requests} transaction(s)") for pw in writes]
-
-
-# ---- conformance ---------------------------------------------------------------------------------
-
-@fhir.get("/metadata")
-@document("The service's CapabilityStatement", secured=False, responses={200: ("CapabilityStatement", "Resource")})
-def metadata() -> Response:
-    svc = services()
-    rest: dict[str, Any] = {
-        "mode": "server",
-        "documentation": "CAR-T toxicity grading. Bearer JWTs (RS384/ES384) with SMART system scopes; "
-                         "see /openapi.json.",
-        "operation": [{"name": "grade-toxicity", "definition": definition("grade-toxicity")["url"]}],
-        "resource": [
-            {"type": "Patient", "operation": [{"name": "grade-toxicity",
-                                               "definition": definition("Patient-grade-toxicity")["url"]}]},
-            *({"type": t, "interaction": [{"code": "read"}]} for t in ARTEFACT_TYPES),
-        ],
-    }
-    if svc.settings.auth:
-        rest["security"] = {"cors": False, "service": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
-            "description": "Bearer JWT from an allowed issuer, audience = this service; SMART v1/v2 system scopes."}
-    cs = {"resourceType": "CapabilityStatement", "status": "active", "date": "2026-12-01", "kind": "instance",
-          "software": {"name": "cart-fhir", "version": __version__},
-          "implementation": {"description": "cart-fhir CAR-T toxicity grading service",
-                             "url": request.url_root.rstrip("/") + "/fhir"},
-          "fhirVersion": "4.0.1", "format": ["application/fhir+json", "json"],
-          "instantiates": [f"{BASE}/CapabilityStatement/cart-fhir-service"], "rest": [rest]}
-    return fhir_response(cs)
+                  f"written back to {svc.upstream().base_url}: {pw.patient_key}: {pw.counts()}, "
+                  f"{pw.requests} transaction(s)") for pw in writes] + \
+        [issue("warning", "business-rule", f"{pw.patient_key}: {k.line()}") for pw in writes for k in pw.kept]

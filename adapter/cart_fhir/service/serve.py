@@ -1,4 +1,9 @@
-"""`cart-fhir serve`: the service under gunicorn (a production WSGI server), never Flask's dev server."""
+"""`cart-fhir serve`: the service under gunicorn (a production WSGI server), never Flask's dev server.
+
+Worker model (README "The service", docs/performance.md): gunicorn's threaded worker, extended in worker.py so
+that idle and slow clients hold no thread for long; a few worker processes (grading is CPU-bound Python) with
+many threads each (most of a request's life may be waiting on a client or an upstream server).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,17 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from ..errors import ConfigError
+from .config import is_loopback, serve_defaults
+from .worker import BODY_TIMEOUT, HEADER_TIMEOUT, ServiceWorker
+
 log = logging.getLogger("cart_fhir.service")
+THREADS = 32  # per worker: threads wait on slow clients and upstream servers; gradings are capped apart
 
 
 def default_workers() -> int:
-    """Grading is CPU-bound Python: one sync worker per core (at least 2 so one slow request never blocks
-    /health), capped at 8; memory is ~150 MB per worker with the tables loaded."""
+    """Grading is CPU-bound Python: one worker process per core (at least 2), capped at 8; memory is
+    ~150 MB per worker with the tables loaded."""
     return max(2, min(8, os.cpu_count() or 1))
 
 
@@ -35,32 +45,61 @@ class _Server(BaseApplication):  # type: ignore[misc]
         return self.application
 
 
-def gunicorn_options(host: str, port: int, workers: int, timeout: int) -> dict[str, Any]:
+def gunicorn_options(host: str, port: int, workers: int, timeout: int, threads: int = THREADS,
+                     control_socket: str | None = None) -> dict[str, Any]:
     return {
-        "bind": f"{host}:{port}",
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
-        "timeout": timeout,            # a worker silent this long is restarted (one grading per request)
+        "worker_class": "cart_fhir.service.worker.ServiceWorker",
+        "threads": threads,
+        "timeout": timeout,            # a worker whose main loop is silent this long is restarted
         "graceful_timeout": 30,
-        "keepalive": 5,
+        "keepalive": 5,                # an idle connection (new or kept alive) is closed after 5 s
         "limit_request_line": 8190,
         "limit_request_fields": 100,
-        "limit_request_field_size": 16384,  # bearer JWTs with many scopes can be long
+        "limit_request_field_size": 16384,  # bearer JWTs with many scopes can be long; larger: 431
         "max_requests": 2000,          # recycle workers now and then; jitter so they do not all restart at once
         "max_requests_jitter": 200,
-        "accesslog": None,             # the app logs one structured line per request itself
+        "accesslog": None,             # the app logs one structured line per request itself (no query strings)
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "cart-fhir",
+        # gunicorn >= 25 opens a control socket at one fixed path per user: two instances on a host would
+        # remove each other's. Off unless asked for, and then at a path of this instance's own.
+        "control_socket_disable": control_socket is None,
+        **({"control_socket": control_socket} if control_socket else {}),
     }
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, workers: int | None = None, timeout: int = 120) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, workers: int | None = None, timeout: int = 120, *,
+          threads: int = THREADS, allow_no_auth: bool = False, control_socket: str | None = None,
+          header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT) -> None:
+    """Check the settings (out of the box: bundle-only, auth off, loopback only), then run gunicorn."""
     from .app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    app = create_app()  # ConfigError here: the CLI prints it and exits 2, nothing is listening
+    overrides, notes = serve_defaults(host, os.environ)
+    for note in notes:
+        log.info("%s", note)
+    app = create_app(overrides)  # ConfigError here: the CLI prints it and exits 2, nothing is listening
+    settings = app.extensions["cart_fhir"].settings
+    if not settings.auth and not is_loopback(host):
+        if not allow_no_auth:
+            raise ConfigError(f"refusing to listen on {host} with inbound auth off: anyone who can reach it could "
+                              "grade and (with an upstream server) read and write patient data. Set "
+                              "CART_FHIR_AUDIENCE, CART_FHIR_JWKS and CART_FHIR_ISSUERS, listen on 127.0.0.1, or "
+                              "pass --allow-no-auth if something in front authenticates every caller")
+        log.warning("inbound auth is OFF on %s (--allow-no-auth): every caller who can reach it is trusted", host)
+    if settings.deadline >= timeout:
+        raise ConfigError(f"CART_FHIR_DEADLINE ({settings.deadline:g} s) must be shorter than --timeout "
+                          f"({timeout} s): a request must end before its worker could be restarted")
+    if not (0 < header_timeout < timeout and 0 < body_timeout < timeout):
+        raise ConfigError(f"--header-timeout and --body-timeout must be between 0 and --timeout ({timeout} s)")
+    # Class attributes set in the master before the workers fork: each worker inherits them.
+    ServiceWorker.header_timeout, ServiceWorker.body_timeout = header_timeout, body_timeout
     workers = workers or default_workers()
-    log.info("cart-fhir service on http://%s:%d (%d workers)", host, port, workers)
-    _Server(app, gunicorn_options(host, port, workers, timeout)).run()
+    log.info("cart-fhir service on http://%s:%d: %d workers x %d threads, %d gradings in flight per worker, "
+             "deadline %g s per request, request head %g s and body %g s", host, port, workers, threads,
+             settings.max_gradings, settings.deadline, header_timeout, body_timeout)
+    _Server(app, gunicorn_options(host, port, workers, timeout, threads, control_socket)).run()

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,9 @@ class StreamJob:
     concept_maps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     progress: bool = False
     dask: str | None = None  # a Dask scheduler name or address: phase 2 on Dask (adapter/cart_fhir/stream/dask.py)
+    # Called with the tally once every bucket is graded, before anything is assembled or published: raising
+    # aborts the run with nothing written (the CLI's --require gate).
+    check: Callable[[Tally], None] | None = None
 
 
 def cpu_count() -> int:
@@ -94,6 +97,8 @@ def run_stream(job: StreamJob, recorded: datetime | None = None) -> Tally:
             t.errors_total += part.bad_total
         if job.strict and t.errors_total:
             raise InputErrors([i.bad_input() for i in t.errors], t.errors_total)
+        if job.check is not None:
+            job.check(t)
         _assemble(job, stage, parts, results)
         shutil.rmtree(work)
         t.timings = {"partition": t1 - start, "grade": t2 - t1, "assemble": time.monotonic() - t2,

@@ -1,0 +1,150 @@
+"""CDS Hooks 2.0 feedback: an accepted or overridden card recorded as the clinician's review of the result.
+
+The service remembers, per process, which result each card it issued is about (card uuid -> the episode
+Condition's business key): CDS Hooks feedback carries only the card's uuid. On feedback the Condition is
+read from the upstream FHIR server and its `verificationStatus` set by the clinician's decision (accepted:
+`confirmed`, overridden: `refuted`), with a note giving the outcome, its time and the override reason. A
+Condition confirmed or refuted by a person is never overwritten or retracted by a later run
+(remote/changes.py, clinician authority). Cards without a Condition of ours (a CAR-HEMATOTOX score, an
+event recorded by an input Condition) and cards this process did not issue are acknowledged, not recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from ..constants import COND_VERIFICATION
+from ..output.ids import stable_hash
+from ..pipeline import RunResult
+from ..remote.client import FhirClient
+from ..remote.errors import ServerError
+from .cards import NAMESPACE
+from .errors import ServiceError
+
+log = logging.getLogger("cart_fhir.cds")
+
+MAX_CARDS = 10_000  # cards remembered per process (oldest forgotten first)
+DECISION = {"accepted": ("confirmed", "Confirmed"), "overridden": ("refuted", "Refuted")}
+FEEDBACK_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "minItems": 1,
+        "maxItems": 100, "items": {"type": "object", "required": ["card", "outcome", "outcomeTimestamp"],
+        "properties": {
+            "card": {"type": "string", "minLength": 1, "maxLength": 64},
+            "outcome": {"enum": ["accepted", "overridden"]},
+            "outcomeTimestamp": {"type": "string", "maxLength": 64},
+            "acceptedSuggestions": {"type": "array"},
+            "overrideReason": {"type": "object", "properties": {
+                "reason": {"type": "object"}, "userComment": {"type": "string", "maxLength": 2000}}}}}}}}
+
+
+class CardIndex:
+    """card uuid -> "Condition?identifier=system|value" of the result the card is about (bounded, thread-safe)."""
+
+    def __init__(self, size: int = MAX_CARDS) -> None:
+        self.size = size
+        self._cards: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, cards: list[dict[str, Any]], keys: dict[str, str]) -> None:
+        with self._lock:
+            for card in cards:
+                key = keys.get(card.get("uuid", ""))
+                if key is not None:
+                    self._cards[card["uuid"]] = key
+                    self._cards.move_to_end(card["uuid"])
+            while len(self._cards) > self.size:
+                self._cards.popitem(last=False)
+
+    def get(self, card: str) -> str | None:
+        with self._lock:
+            return self._cards.get(card)
+
+
+def card_keys(result: RunResult, patient_id: str, scale_of: Any) -> dict[str, str]:
+    """For every card toxicity_cards can issue: its uuid -> the business key of the episode Condition, the
+    same hashes output/resources.py writes (daily episodes and events with a Condition of our own)."""
+    import uuid
+
+    from ..constants import ID_EPISODE
+
+    out: dict[str, str] = {}
+    for pr in result.patients:
+        if pr.patient.id != patient_id:
+            continue
+        for cr in pr.courses:
+            c = cr.course
+            for tox, eps in cr.episodes.items():
+                for ep in eps:
+                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{tox.value}|episode-{ep.number}"))
+                    value = stable_hash(c.patient.key, c.infusion.ref, tox.value, scale_of(tox.value), ep.onset_day,
+                                        "episode")
+                    out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+            for ev in cr.events:
+                if ev.condition_ref is not None:
+                    continue
+                card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{ev.toxicity.value}|event-{ev.key}"))
+                value = stable_hash(c.patient.key, c.infusion.ref, ev.toxicity.value, ev.key, "episode")
+                out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+    return out
+
+
+def record(client: FhirClient, key: str, item: dict[str, Any]) -> str:
+    """Set the Condition's verificationStatus and note; If-Match on the version read (re-read once on 412)."""
+    rtype, _, query = key.partition("?")
+    for attempt in range(2):
+        found = list(client.search(rtype, identifier=query.partition("=")[2]))
+        if len(found) != 1:
+            return f"not recorded: {len(found)} Conditions hold this card's identifier"
+        cond = found[0]
+        code, display = DECISION[item["outcome"]]
+        cond["verificationStatus"] = {"coding": [{"system": COND_VERIFICATION, "code": code, "display": display}]}
+        cond["note"] = [*(cond.get("note") or []), {"time": item["outcomeTimestamp"], "text": _note(item)}]
+        version = (cond.get("meta") or {}).get("versionId")
+        headers = {"If-Match": f'W/"{version}"'} if version else None
+        try:
+            client.http.put(f"{rtype}/{cond['id']}", cond, headers=headers)
+            return f"recorded on {rtype}/{cond['id']} as {code}"
+        except ServerError as exc:
+            if exc.status == 412 and attempt == 0:
+                continue  # someone changed it meanwhile: read again
+            raise ServiceError(502, f"the review could not be written: {exc.message}", code="transient") from exc
+    return "not recorded"
+
+
+def _note(item: dict[str, Any]) -> str:
+    text = f"Clinician review of the cart-fhir CDS Hooks card {item['card']}: {item['outcome']}"
+    reason = (item.get("overrideReason") or {}).get("reason") or {}
+    if reason:
+        text += f"; override reason: {reason.get('display') or reason.get('code')} ({reason.get('system')})"
+    comment = (item.get("overrideReason") or {}).get("userComment")
+    if comment:
+        text += f"; comment: {comment}"
+    return text
+
+
+def check_feedback(body: Any) -> list[dict[str, Any]]:
+    """The fields CDS Hooks 2.0 requires of a feedback item; 400 naming the first one missing or wrong."""
+    items = body.get("feedback") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not 0 < len(items) <= 100:
+        raise ServiceError(400, "expected {\"feedback\": [...]} with 1 to 100 items", expression="feedback")
+    for i, item in enumerate(items):
+        where = f"feedback[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("card"), str) or not 0 < len(item["card"]) <= 64:
+            raise ServiceError(400, "card (the card's uuid) is required", expression=f"{where}.card")
+        if not isinstance(item.get("outcome"), str) or item["outcome"] not in DECISION:
+            raise ServiceError(400, "outcome must be accepted or overridden", expression=f"{where}.outcome")
+        stamp = item.get("outcomeTimestamp")
+        if not isinstance(stamp, str) or len(stamp) > 64:
+            raise ServiceError(400, "outcomeTimestamp (an instant) is required", expression=f"{where}.outcomeTimestamp")
+        if not isinstance(item.get("acceptedSuggestions", []), list):
+            raise ServiceError(400, "acceptedSuggestions must be an array", expression=f"{where}.acceptedSuggestions")
+        reason = item.get("overrideReason")
+        comment = reason.get("userComment", "") if isinstance(reason, dict) else ""
+        if "overrideReason" in item and (not isinstance(reason, dict) or not isinstance(reason.get("reason", {}), dict)
+                                   or not isinstance(comment, str) or len(comment) > 2000):
+            raise ServiceError(400, "overrideReason must be {reason: Coding, userComment: string of at most 2000 "
+                               "characters}", expression=f"{where}.overrideReason")
+    return items
