@@ -287,3 +287,6 @@ PatientBuilder.lab = _lab  # type: ignore[attr-defined]
 PatientBuilder.coded_condition = _coded_condition  # type: ignore[attr-defined]
 PatientBuilder.medication = _medication  # type: ignore[attr-defined]
 PatientBuilder.deceased = _deceased  # type: ignore[attr-defined]
+
+
+LAB_LOINC.update({"igg": "2465-3", "cd19-b-cells": "8116-6"})  # long-term effects (issue 16)

@@ -100,7 +100,8 @@ LAYERS: list[set[str]] = [
     # points: it checks what output/ builds against the R4B models, and conformance/validate.py uses it.
     {"ingest", "timeline", "grading", "output", "remote", "validate"},
     # The engine and what drives it.
-    {"pipeline", "coverage", "summary", "summary_table", "registry", "conformance", "synth", "stream", "view"},
+    {"pipeline", "coverage", "summary", "summary_table", "registry", "follow_up", "conformance", "synth", "stream",
+     "view"},
     # Entry points.
     {"service", "cli", "cli_*"},
 ]

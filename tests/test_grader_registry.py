@@ -227,7 +227,8 @@ def test_engine_on_another_folder_reaches_every_grader(folder: Path) -> None:
     for g in engine.graders:
         table = getattr(g.grader, "t", None)
         if table is not None:
-            assert any(table is t for t in (*tables.extra.values(), tables.crs, tables.icans)), g.spec.name
+            assert any(table is t for t in (*tables.extra.values(), tables.crs, tables.icans, tables.malignancies)), \
+                g.spec.name
 
 
 def test_course_result_files_scores_by_toxicity() -> None:

@@ -1,5 +1,5 @@
 """ASTCT 2019 ICANS, case by case (grading.md 2.2-2.7, decisions 6-7): ICE/CAPD bands on both sides,
-every domain answer, the motor-context rule, children, and not-assessable days.
+every domain answer, motor weakness (decision 7, revised), children, and not-assessable days.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ CASES = [
          lambda b: (b.ice(1, "08:00", 6), b.motor(1, "10:00")), 1, (G, 4)),
     case("icans-motor-within-72h-of-ice9-grade4", ["motor:deep-focal-weakness"],
          lambda b: (b.ice(1, "08:00", 9), b.ice(3, "08:00", 10), b.motor(3, "10:00")), 3, (G, 4)),
-    case("icans-motor-alone-not-icans", ["motor:deep-focal-weakness", "ice:10"],
-         lambda b: (b.ice(20, "08:00", 10), b.motor(20, "10:00")), 20, (G, 0)),
+    case("icans-motor-alone-with-ice10-grade4", ["motor:deep-focal-weakness", "ice:10"],
+         lambda b: (b.ice(20, "08:00", 10), b.motor(20, "10:00")), 20, (G, 4)),
+    case("icans-motor-alone-no-ice-grade4", ["motor:deep-focal-weakness"], lambda b: b.motor(20, "10:00"), 20, (G, 4)),
     case("icans-motor-none-grade0", ["motor:none"],
          lambda b: (b.ice(1, "08:00", 10), b.motor(1, "10:00", "none")), 1, (G, 0)),
     case("icans-tremor-only-grade0", ["ice:10"], lambda b: b.ice(1, "08:00", 10), 1, (G, 0)),
@@ -127,16 +128,6 @@ def test_missing_instrument_names_it_for_a_child(engine) -> None:
     res = run(engine, b.bundle())
     dg = res.patients[0].courses[0].days[Toxicity.ICANS][0]
     assert dg.missing and dg.missing[0].startswith("capd-score")
-
-
-def test_motor_outside_icans_is_flagged_and_not_graded(engine) -> None:
-    b = PatientBuilder(birth="2015-01-01")  # a child with paraparesis and no inflammation, weeks later
-    b.capd(25, "08:00", 0)
-    b.motor(25, "10:00")
-    res = run(engine, b.bundle())
-    dg = res.patients[0].courses[0].days[Toxicity.ICANS][0]
-    assert (dg.state.value, dg.grade) == (G, 0)
-    assert "motor-weakness-outside-icans" in dg.flags
 
 
 def test_icans_episode_resolves_when_ice_back_to_10(engine) -> None:

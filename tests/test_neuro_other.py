@@ -1,7 +1,7 @@
 """Non-ICANS neurotoxicity (grading.md section 7, decision 7, 2.6, 11.13), case by case.
 
 Each case names the rows of mappings/neurotoxicity-other.yaml (code:...) and
-mappings/neurotoxicity-grading.yaml (severity:..., support:..., motor-event, not-assessable) it covers; a
+mappings/neurotoxicity-grading.yaml (severity:..., support:..., motor-is-icans, not-assessable) it covers; a
 meta-test checks every row has a case.
 """
 
@@ -20,6 +20,7 @@ from cart_fhir.grading.result import Findings, State, Toxicity
 from cart_fhir.tables import NeuroEventTable, load_yaml_table
 
 SCT = "http://snomed.info/sct"
+ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 PARKINSONISM, TREMOR, BELLS, GBS = "32798002", "26079004", "193093009", "40956001"
 MILD, MODERATE, SEVERE = "255604002", "6736007", "24484000"
@@ -49,26 +50,27 @@ def case(cid: str, covers: list[str], build: Callable[[PatientBuilder], Any],
 
 
 CASES = [
-    # --- deep focal motor weakness outside ICANS (decision 7, 2.6, 11.13)
-    case("neuro-child-paraparesis-capd0-afebrile-not-icans", ["motor-event", "not-assessable"],
+    # --- deep focal motor weakness is ICANS (decision 7, revised); a clinician's myelitis, GBS or cord
+    # compression stays a non-ICANS event and takes the motor finding out of ICANS
+    case("neuro-child-paraparesis-capd0-afebrile-is-icans-no-event", ["motor-is-icans"],
          lambda b: (b.temp(25, "08:00", 36.9), b.capd(25, "08:30", 0), b.motor(25, "09:00")),
-         [("myelopathy-paraparesis", NA, None)], **CHILD),
-    case("neuro-paraparesis-no-icans-data-that-day", ["motor-event"], lambda b: b.motor(25, "09:00"),
+         [], icans=1, **CHILD),
+    case("neuro-paraparesis-cord-compression-icd-not-icans", ["code:G95.20"],
+         lambda b: (b.ice(25, "08:00", 10), b.motor(25, "09:00"), b.coded_condition(ICD, "G95.20", 26, "10:00")),
          [("myelopathy-paraparesis", NA, None)]),
-    case("neuro-paraparesis-inside-icans-ice5-no-event", ["motor-event"],
-         lambda b: (b.ice(25, "08:00", 5), b.motor(25, "09:00")), [], icans=1),
-    case("neuro-paraparesis-72h-after-ice-still-icans", ["motor-event"],
-         lambda b: (b.ice(20, "08:00", 5), b.motor(23, "08:00")), [], icans=1),
-    case("neuro-paraparesis-73h-after-ice-not-icans", ["motor-event"],
-         lambda b: (b.ice(20, "08:00", 5), b.motor(23, "09:00")),
+    case("neuro-paraparesis-other-cord-compression-not-icans", ["code:G95.29"],
+         lambda b: (b.motor(25, "09:00"), b.coded_condition(ICD, "G95.29", 25, "12:00")),
+         [("myelopathy-paraparesis", NA, None)]),
+    case("neuro-paraparesis-cord-compression-sct-not-icans", ["code:71286001"],
+         lambda b: (b.motor(25, "09:00"), cond(b, "71286001", 24)), [("myelopathy-paraparesis", NA, None)]),
+    case("neuro-paraparesis-myelitis-not-icans", ["code:G04.91"],
+         lambda b: (b.motor(25, "09:00"), b.coded_condition(ICD, "G04.91", 27, "12:00")),
+         [("myelopathy-paraparesis", NA, None)]),
+    case("neuro-weakness-gbs-icd-not-icans", ["code:G61.0"],
+         lambda b: (b.motor(25, "09:00"), b.coded_condition(ICD, "G61.0", 25, "12:00")), [("gbs", NA, None)]),
+    case("neuro-cord-compression-8-days-later-motor-stays-icans", ["code:G95.20", "motor-is-icans"],
+         lambda b: (b.motor(25, "09:00"), b.coded_condition(ICD, "G95.20", 33, "10:00")),
          [("myelopathy-paraparesis", NA, None)], icans=1),
-    case("neuro-paraparesis-days-25-to-28-one-event", ["motor-event"],
-         lambda b: (b.motor(25, "09:00"), b.motor(26, "09:00"), b.motor(28, "09:00")),
-         [("myelopathy-paraparesis", NA, None)]),
-    case("neuro-paraparesis-resolves-and-recurs-two-events", ["motor-event"],
-         lambda b: (b.motor(25, "09:00"), b.motor(30, "09:00", "none"), b.motor(40, "09:00")),
-         [("myelopathy-paraparesis", NA, None), ("myelopathy-paraparesis", NA, None)]),
-    case("neuro-motor-none-only-no-event", ["motor-event"], lambda b: b.motor(25, "09:00", "none"), []),
     # --- coded Conditions: CTCAE grade where the data allow (7.2)
     case("neuro-parkinsonism-day90-moderate-grade2", ["code:32798002", "severity:6736007"],
          lambda b: cond(b, PARKINSONISM, 90, MODERATE), [("movement-disorder", G, 2)]),
@@ -98,7 +100,7 @@ CASES = [
     case("neuro-event-day-minus3-not-reported", ["code:193093009"], lambda b: cond(b, BELLS, -3), []),
     case("neuro-event-day0-before-infusion-not-reported", ["code:193093009"],
          lambda b: b.coded_condition(SCT, BELLS, 0, "07:00"), []),
-    case("neuro-paraparesis-day-minus2-not-reported", ["motor-event"], lambda b: b.motor(-2, "09:00"), []),
+    case("neuro-paraparesis-day-minus2-not-reported", ["motor-is-icans"], lambda b: b.motor(-2, "09:00"), []),
     # --- never folded into ICANS
     case("neuro-bells-palsy-with-icans-same-days-both-kept", ["code:193093009"],
          lambda b: (b.ice(10, "08:00", 6), b.ice(11, "08:00", 8), cond(b, BELLS, 10)),
@@ -118,29 +120,10 @@ def test_neuro_other_case(engine, covers, build, expected, icans, patient) -> No
         a = e.assessment
         assert a is not None and a in found.assessments
         assert (e.toxicity, a.toxicity, a.code, a.table) == (Toxicity.NEURO_OTHER, Toxicity.NEURO_OTHER,
-                                                              ASSESSMENT_CODE, "neurotoxicity-grading v1")
+                                                              ASSESSMENT_CODE, "neurotoxicity-grading v2")
         assert (a.state, a.value) == (e.state, e.max_grade)
         assert a.missing == ((MISSING,) if a.state == State.NOT_ASSESSABLE else ())
         assert e.onset_day >= 0 and "attribution-unconfirmed" in a.flags
-
-
-def test_paraparesis_event_fields(engine) -> None:
-    b = PatientBuilder(**CHILD)
-    b.capd(25, "08:30", 0)
-    b.motor(25, "09:00")
-    b.motor(27, "09:00")
-    b.motor(33, "09:00", "none")
-    found, _ = grade(engine, b)
-    (e,) = found.events
-    first = next(r["id"] for r in b.resources if r["id"].startswith("motor-finding"))
-    assert e.key == f"motor-Observation/{first}" and e.condition_ref is None
-    assert e.details == (("category", "myelopathy-paraparesis"), ("ctcae_term", OTHER))
-    assert e.term == (NCIT, "C143702", OTHER)
-    assert (e.onset_day, e.resolved_day) == (25, 33)
-    assert e.onset.isoformat() == "2024-05-26T09:00:00+01:00"
-    assert len(e.evidence) == 2
-    assert "motor-weakness-outside-icans" in e.assessment.flags  # type: ignore[union-attr]
-    assert "not ICANS" in e.assessment.reasons[0]  # type: ignore[union-attr]
 
 
 def test_parkinsonism_event_fields(engine) -> None:
@@ -191,7 +174,7 @@ def test_every_neuro_row_has_a_case() -> None:
     codes = load_yaml_table("neurotoxicity-other.yaml", NeuroEventTable)
     crit = load_yaml_table("neurotoxicity-grading.yaml", NeuroGradingTable)
     rows = ({f"code:{r.code}" for r in codes.rows} | {f"severity:{r.code}" for r in crit.severity}
-            | {f"support:{r.id}" for r in crit.support} | {"motor-event", "not-assessable"})
+            | {f"support:{r.id}" for r in crit.support} | {"motor-is-icans", "not-assessable"})
     covered = {c for p in CASES for c in p.values[0]}
     assert rows - covered == set()
     assert covered - rows == set(), "a case names a row the table does not have"

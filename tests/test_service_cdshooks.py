@@ -471,3 +471,14 @@ def test_criteria_cover_every_toxicity(engine) -> None:
     assert set(crit) == {t for spec in GRADERS for t in spec.toxicities}
     assert {t: c.short for t, c in crit.items() if t in (Toxicity.CRS, Toxicity.IEC_HS, Toxicity.INFECTION)} == {
         Toxicity.CRS: "ASTCT 2019", Toxicity.IEC_HS: "ASTCT 2023", Toxicity.INFECTION: "CTCAE v5.0"}
+
+
+def test_t_cell_malignancy_card_carries_the_fda_actions(engine) -> None:
+    """Issue 16: a second malignancy has no grade; its card is a warning naming the boxed-warning actions."""
+    def build(b: PatientBuilder) -> None:
+        b.coded_condition("http://hl7.org/fhir/sid/icd-10-cm", "C84.40", 5, "09:00",
+                          display="Peripheral T-cell lymphoma")
+    card = only(cards_of(engine, build), "second-malignancy")
+    assert card["summary"] == "Second malignancy (t-cell) since day 5"
+    assert card["indicator"] == "warning"
+    assert "CAR transgene" in card["detail"] and "manufacturer" in card["detail"] and "none applies" in card["detail"]

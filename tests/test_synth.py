@@ -239,3 +239,34 @@ def test_transaction_format_seeds_a_server_as_is(tmp_path: Path, fhir: Any) -> N
         got = requests.get(f"{fhir.base_url}/{e['request']['url']}", timeout=30,
                            headers={"Accept": "application/fhir+json"}).json()
         assert {k: v for k, v in got.items() if k != "meta"} == {k: v for k, v in sent.items() if k != "meta"}
+
+
+# ---- IAGO long-term effects (issue 16) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("days", [30, 120])
+def test_cohort_realises_every_long_term_effect_and_check_agrees(tmp_path: Path, days: int) -> None:
+    """Every effect appears with its ground truth (second malignancy of each lineage in a larger cohort) and the
+    engine grades what expected.json says (onset day and key detail)."""
+    rows = write_cohort(tmp_path, patients=60, seed=18, days=days)
+    found = {k for r in rows for k, v in r["long_term"].items() if v}
+    assert found == {"hypogammaglobulinemia", "b_cell_aplasia", "second_malignancy", "prolonged_cytopenia"}
+    lineages = {r["long_term"]["second_malignancy"]["lineage"] for r in rows if r["long_term"]["second_malignancy"]}
+    assert lineages == {"t-cell", "myeloid", "other"}
+    assert any(r["long_term"]["hypogammaglobulinemia"] and r["long_term"]["hypogammaglobulinemia"]["replacement"]
+               for r in rows)
+    assert check_command(str(tmp_path)) == 0
+
+
+def test_check_compares_the_long_term_effects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = write_cohort(tmp_path, patients=20, seed=11, days=30)
+    i = next(n for n, r in enumerate(rows) if r["long_term"]["hypogammaglobulinemia"])
+    doc = json.loads((tmp_path / "expected.json").read_text())
+    doc["expected"][i]["long_term"]["hypogammaglobulinemia"]["nadir_igg_mg_dl"] = 401
+    (tmp_path / "expected.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert check_command(str(tmp_path)) == 1
+    assert f"{rows[i]['patient']} hypogammaglobulinemia: expected grade IgG 401 mg/dL" in capsys.readouterr().err
+    for row in doc["expected"]:  # an expected.json written before issue 16: long-term effects not compared
+        del row["long_term"]
+    (tmp_path / "expected.json").write_text(json.dumps(doc))
+    assert check_command(str(tmp_path)) == 0

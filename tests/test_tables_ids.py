@@ -13,10 +13,13 @@ from pydantic import BaseModel
 
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable
+from cart_fhir.grading.bcell_aplasia import AplasiaTable
 from cart_fhir.grading.hematotox import HematotoxTable
+from cart_fhir.grading.hypogamma import HypogammaTable
 from cart_fhir.grading.icaht import IcahtTable
 from cart_fhir.grading.iechs import IecHsTable
 from cart_fhir.grading.infections import InfectionGradingTable
+from cart_fhir.grading.late_cytopenia import CytopeniaTable
 from cart_fhir.grading.neuro_other import NeuroGradingTable
 from cart_fhir.grading.registry import GRADERS, table_files
 from cart_fhir.grading.treatments import TreatmentTable
@@ -43,6 +46,9 @@ OWN_LOADER: dict[str, type[Table]] = {
     "attribution-rules.yaml": AttributionRulesTable,
     "synth-cohort.yaml": SynthTable,
     "registry-columns.yaml": RegistryColumnTable,
+    "hypogammaglobulinemia.yaml": HypogammaTable,
+    "b-cell-aplasia.yaml": AplasiaTable,
+    "prolonged-cytopenia.yaml": CytopeniaTable,
 }
 KEBAB = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 FILES = sorted(p.name for p in mappings_dir().glob("*.yaml"))

@@ -49,9 +49,12 @@ def rich_patient() -> PatientBuilder:
     pneumonia = b.coded_condition(SCT, "233604007", 12, "10:00", abatement=(20, "10:00"))
     b.medication("vancomycin", 12, "12:00", end=(19, "12:00"), rxnorm="11124", route="47625008",
                  reason_ref=f"Condition/{pneumonia['id']}")
-    # paraparesis weeks later without encephalopathy: not ICANS
+    # paraparesis weeks later without encephalopathy, with a clinician's cord compression: not ICANS
+    # (grading.md decision 7, revised: without that diagnosis it would be ICANS grade 4, isolated-motor)
     b.ice(40, "08:00", 10)
     b.motor(40, "10:00")
+    b.coded_condition("http://hl7.org/fhir/sid/icd-10-cm", "G95.20", 40, "16:00",
+                      display="Unspecified cord compression")
     return b
 
 

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                         "totals")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging (identifiers only, no PHI)")
     g.add_argument("--registry-csv", metavar="FILE", help="write the registry summary: one row per infusion")
+    g.add_argument("--registry-follow-up-csv", metavar="FILE",
+                   help="write the registry follow-up CSV: one row per infusion and follow-up period (day 100, "
+                        "6 months, 1 year, then yearly) with its long-term effects")
     big = g.add_argument_group("large NDJSON inputs (streamed: memory stays flat as input grows)")
     big.add_argument("--out-dir", metavar="DIR",
                      help="write Bulk Data style <Type>.ndjson files and report.json here")
@@ -178,12 +181,15 @@ def grade_command(args: argparse.Namespace) -> int:
     payload = orjson.dumps(bundle, option=indent | orjson.OPT_APPEND_NEWLINE)
     summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     registry = _registry_csv(result) if args.registry_csv else None
+    follow_up = _follow_up_csv(result) if args.registry_follow_up_csv else None
     # `--patient nope`: nothing graded and exit 2 ahead, so no empty Bundle, file or stdout.
     nothing = run is not None and bool(run.input_errors) and not written
     # Everything is built before anything is written: a failure above leaves no file behind.
     if not nothing:
-        write_all([(path, data) for path, data in ((args.registry_csv, registry), (args.summary_json, summary),
-                                                     (args.output, payload)) if path and data is not None])
+        write_all([(path, data) for path, data in ((args.registry_csv, registry),
+                                                     (args.registry_follow_up_csv, follow_up),
+                                                     (args.summary_json, summary), (args.output, payload))
+                   if path and data is not None])
     if not (args.output or nothing or args.write_back or getattr(args, "verify", False)):  # results on the server
         sys.stdout.buffer.write(payload)
         sys.stdout.flush()
@@ -246,6 +252,14 @@ def _registry_csv(result: Any) -> bytes:
                     result.tables).encode()
 
 
+def _follow_up_csv(result: Any) -> bytes:
+    """Header and one row per infusion and follow-up period (adapter.follow_up, imported only when asked for)."""
+    from .follow_up import csv_text, follow_up_rows
+
+    return csv_text((row for pr in result.patients for row in follow_up_rows(pr, result.tables)),
+                    result.tables).encode()
+
+
 def _stream_command(args: argparse.Namespace) -> int:
     """The streamed path (adapter/cart_fhir/stream): partition by patient, grade buckets in worker processes."""
     from .stream.run import StreamJob, run_stream
@@ -255,6 +269,8 @@ def _stream_command(args: argparse.Namespace) -> int:
         raise ConfigError("--out-dir, --workers and --buckets grade INPUT files, not patients on a server")
     if args.validate:
         raise ConfigError("--validate is not available with --out-dir/--workers: validate the output files")
+    if args.registry_follow_up_csv:
+        raise ConfigError("--registry-follow-up-csv is not available with --out-dir/--workers yet: grade without them")
     if not (args.out_dir or args.output or args.summary_json or args.registry_csv):
         raise ConfigError("a streamed run writes files: give --out-dir DIR or -o OUT.json")
     gate = CoverageGate(load_all(), GRADERS)

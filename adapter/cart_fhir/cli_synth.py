@@ -95,7 +95,8 @@ def check_command(folder: str) -> int:
     except AdapterError as exc:
         sys.stderr.write(f"cart-fhir: error: {folder}: {exc}\n")
         return 2
-    lines = disagreements(expected, graded_outcomes(result))
+    long_term = all("long_term" in row for row in doc["expected"])  # cohorts written before issue 16: not
+    lines = disagreements(expected, graded_outcomes(result, long_term))
     for line in lines:
         sys.stderr.write(f"{line}\n")
     sys.stderr.write(f"cart-fhir: {len(expected)} patients, {len(lines)} disagreement(s) between "

@@ -111,6 +111,19 @@ class ConditionFact:
 
 
 @dataclass(frozen=True, slots=True)
+class ClinicianAttribution:
+    """A clinician's attribution of one input finding (grading.md decision 9; README "Clinician attribution"):
+    a clinician's Condition lists the finding in `Condition.evidence.detail`. A Condition coded as a CAR-T
+    toxicity makes the finding `car-t-related`; any other diagnosis explains it: `other-cause`."""
+
+    finding: str  # key of the Observation or Condition attributed
+    status: Literal["car-t-related", "other-cause"]
+    by: str  # key of the clinician's Condition
+    display: str  # what the Condition says (its text or first display)
+    table: str | None = None  # the event table the attributing Condition belongs to (infections, ...), if any
+
+
+@dataclass(frozen=True, slots=True)
 class Infusion:
     """A CAR-T infusion: day 0 of its own time axis."""
 
@@ -148,6 +161,8 @@ class PatientData:
     # Every Condition of the patient (key -> its "system|code" codings), used or not: lets a treatment's
     # reasonReference be matched to the toxicity it treated (a site's own CRS/ICANS Condition).
     condition_codes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Clinician attributions of input findings, by the finding's key (ClinicianAttribution).
+    attributions: dict[str, ClinicianAttribution] = field(default_factory=dict)
 
     def age_on(self, day: date) -> int | None:
         """Completed years on a calendar date."""

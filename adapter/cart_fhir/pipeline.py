@@ -24,7 +24,7 @@ from .model import PatientData
 from .output.codes import OutputCodes
 from .output.requests import transaction_entry
 from .output.resources import PatientResources, Writer, Written
-from .report import RunReport
+from .report import Issue, RunReport
 from .tables import Tables
 from .timeline import Course, courses
 
@@ -153,6 +153,9 @@ class Engine:
         cr, unverified = grade_course(self.graders, course)
         if report is not None:
             report.unverified_rows.update(unverified)  # decision 10: the run report names them
+            where = Location(f"{course.patient.source or course.patient.key}, infusion {course.number}")
+            for notice in cr.notices:  # review actions a grader asks for (GraderSpec.notices)
+                report.issues.append(Issue("information", notice, where))
         return cr
 
     # ---- output ------------------------------------------------------------------------------

@@ -67,8 +67,13 @@ def write_csv(path_or_fh: str | Path | IO[str], rows: Iterable[Mapping[str, str]
 
 def csv_text(rows: Iterable[Mapping[str, str]], tables: Tables, header: bool = True) -> str:
     """The CSV text of these rows; without the header for parts that a streamed run concatenates."""
+    return csv_columns_text(rows, columns(tables), header)
+
+
+def csv_columns_text(rows: Iterable[Mapping[str, str]], names: list[str], header: bool = True) -> str:
+    """CSV text with these columns (also the follow-up CSV's, follow_up.py)."""
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=columns(tables), extrasaction="raise")
+    writer = csv.DictWriter(buffer, fieldnames=names, extrasaction="raise")
     if header:
         writer.writeheader()
     writer.writerows(rows)

@@ -38,6 +38,9 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                     }
                     if responses is not None:
                         episode.update(_treatment_fields(responses[i]))
+                    # Episode labels the grader put on its days as components (ICANS phenotype, ...).
+                    labels = {c.code: c.value for c in ep.max_day.components}
+                    episode.update((name.replace("-", "_"), labels.get(name)) for name in facts[tox].summary_details)
                     rows.append({**episode, **base})
             for ev in cr.events:
                 row: dict[str, Any] = {
@@ -50,7 +53,7 @@ def episode_rows(result: RunResult) -> list[dict[str, Any]]:
                     "resolved": iso(ev.abatement) if ev.abatement else None,
                     "resolution_day": ev.resolved_day,
                 }
-                if ev.max_grade is None and ev.assessment is not None:
+                if ev.max_grade is None and ev.assessment is not None and ev.assessment.missing:
                     row["missing"] = list(ev.assessment.missing)
                 row.update((name, ev.detail(name)) for name in facts[ev.toxicity].summary_details)
                 rows.append({**row, **base})

@@ -187,6 +187,7 @@ class ConditionFindingRow(Row):
     display: str
     concept: Literal["seizure", "cerebral-edema", "motor"]
     value: str
+    names: tuple[str, ...] = ()  # whole words matched in the Condition's text and displays when no code matches
     verified: bool
     source: str
 
@@ -224,10 +225,40 @@ class NeuroEventRow(CodedEventRow):
 
     category: Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
                       "myelopathy-paraparesis", "other"]
+    names: tuple[str, ...] = ()  # whole words matched in the Condition's text and displays when no code matches
 
 
 class NeuroEventTable(Table):
     rows: tuple[NeuroEventRow, ...]
+
+
+class MalignancyRow(Row):
+    """A code prefix (or names) that marks a new malignancy Condition, with its lineage (second-malignancy.yaml)."""
+
+    system: str
+    prefix: str
+    names: tuple[str, ...]
+    exclude_prefixes: tuple[str, ...] = ()
+    lineage: Literal["t-cell", "myeloid", "other"]
+    verified: bool
+    source: str
+
+    def matches_code(self, system: str, code: str) -> bool:
+        return (bool(self.prefix) and system == self.system and code.upper().startswith(self.prefix)
+                and not any(code.upper().startswith(x) for x in self.exclude_prefixes))
+
+
+class MalignancyActionRow(Row):
+    lineage: Literal["t-cell", "myeloid", "other"]
+    flag: str
+    text: str
+    verified: bool
+    source: str
+
+
+class MalignancyTable(Table):
+    rows: tuple[MalignancyRow, ...]
+    actions: tuple[MalignancyActionRow, ...]
 
 
 # ---- astct-crs-2019 ----------------------------------------------------------------------------
@@ -293,8 +324,29 @@ class IcansSettings(Row):
     capd_max_age_years: int
     capd_age_source: str
     capd_age_verified: bool
-    motor_context_hours: int
-    motor_context_source: str
+    motor_alternative_days: int
+    motor_alternative_categories: tuple[str, ...]
+    motor_alternative_verified: bool
+    motor_alternative_source: str
+
+
+class InflammationRow(Row):
+    """One sign of inflammation around an ICANS onset (grading.md decision 7, revised)."""
+
+    kind: Literal["fever", "open-crs", "above-range"]
+    concept: str | None = None
+    threshold: float | None = None
+    verified: bool
+    source: str
+
+
+class InflammatoryContextRule(Row):
+    before_hours: int
+    after_hours: int
+    required: tuple[str, ...]
+    source: str
+    rows: tuple[InflammationRow, ...]
+    review_flag_source: str
 
 
 class Band(Row):
@@ -320,6 +372,7 @@ class IcansTable(Table):
     ice_bands: tuple[Band, ...]
     capd_bands: tuple[Band, ...]
     cannot_perform: CannotPerform
+    inflammatory_context: InflammatoryContextRule
     domains: dict[Literal["consciousness", "seizure", "motor", "cerebral-edema"], tuple[CodeGrade, ...]]
 
 
@@ -372,6 +425,7 @@ class RegistryColumnRow(Row):
 
 class RegistryColumnTable(Table):
     rows: tuple[RegistryColumnRow, ...]
+    follow_up: tuple[RegistryColumnRow, ...] = ()  # the follow-up CSV (follow_up.py): one row per period
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +447,7 @@ class Tables(BaseModel):
     condition_findings: ConditionFindingTable
     infections: InfectionTable
     neuro_events: NeuroEventTable
+    malignancies: MalignancyTable
     crs: CrsTable
     icans: IcansTable
     output: OutputCodeTable
@@ -414,7 +469,7 @@ class Tables(BaseModel):
         """Criteria table id -> version, recorded in Observation.method and the Provenance device version
         (the registry CSV's column table is an export format, not criteria: it is not listed)."""
         core = (self.concepts, self.units, self.drugs, self.products, self.condition_findings, self.infections,
-                self.neuro_events, self.crs, self.icans, self.output, *self.extra.values())
+                self.neuro_events, self.malignancies, self.crs, self.icans, self.output, *self.extra.values())
         return {t.table: t.version for t in core}
 
 
@@ -426,6 +481,7 @@ _FILES: dict[str, tuple[str, type[Table]]] = {
     "condition_findings": ("condition-findings.yaml", ConditionFindingTable),
     "infections": ("infections.yaml", InfectionTable),
     "neuro_events": ("neurotoxicity-other.yaml", NeuroEventTable),
+    "malignancies": ("second-malignancy.yaml", MalignancyTable),
     "crs": ("astct-crs-2019.yaml", CrsTable),
     "icans": ("astct-icans-2019.yaml", IcansTable),
     "output": ("output-codes.yaml", OutputCodeTable),

@@ -6,8 +6,10 @@ Combining rules (codes, CTCAE terms and grade rows are data in mappings/neurotox
 mappings/neurotoxicity-grading.yaml):
 - 7.2: a coded non-ICANS neurological Condition with onset on day >= 0 is one event, with its category and
   CTCAE term. It is never folded into ICANS: an ICANS episode on the same days is reported too (flagged).
-- Decision 7, 2.6, 11.13: deep focal motor weakness the ICANS grader left out (no other ICANS finding within
-  72 h) is a myelopathy/paraparesis event, one per run of such findings; a motor reading "none" ends a run.
+- Decision 7 (revised), 11.13: deep focal motor weakness is ICANS (grading/icans.py) unless a clinician
+  diagnoses another cause; a clinician-diagnosed myelitis, GBS or cord compression is a coded Condition here
+  (category gbs / myelopathy-paraparesis) and stays a non-ICANS event. The earlier motor-weakness event (motor
+  weakness outside an encephalopathic episode) is withdrawn with the rule it came from.
 - 7.2 grading: ADL impact is not computable. Condition.severity mild / moderate / severe gives grade 1 / 2 / 3
   (approximate rows, verified: false); GBS with mechanical ventilation during the event gives 4 (CTCAE GBS
   grade 4: intubation); otherwise the grade is not assessable, with the missing input named.
@@ -22,14 +24,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..model import ConditionFact, Reading
+from ..model import ConditionFact
 from ..tables import Row, Table
 from ..timeline import Course
 from .result import Assessment, DayGrade, Episode, Event, Findings, State, Toxicity
 
 NEURO_TABLE = "neurotoxicity-other"  # ConditionFact.table of the coded events (neurotoxicity-other.yaml)
 ASSESSMENT_CODE = "neurotoxicity-grade-ctcae"  # output-contract.md, cart-toxicity assessment codes
-MOTOR_OUTSIDE_FLAG = "motor-weakness-outside-icans"  # IcansGrader: a motor finding of that day was left out
 MISSING = "functional status (ADL impact) or Condition.severity"
 Category = Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
                    "myelopathy-paraparesis", "other"]
@@ -53,21 +54,10 @@ class SupportGradeRow(Row):
     source: str
 
 
-class MotorEventRow(Row):
-    finding: str
-    resolved_finding: str
-    category: Category
-    ctcae_term: str
-    ncit: str
-    verified: bool
-    source: str
-
-
 class NeuroGradingTable(Table):
     ncit_system: str
     severity: tuple[SeverityGradeRow, ...]
     support: tuple[SupportGradeRow, ...]
-    motor_event: MotorEventRow
 
     @model_validator(mode="after")
     def _unique(self) -> NeuroGradingTable:
@@ -90,7 +80,6 @@ class NeuroOtherGrader:
               icans_episodes: Sequence[Episode]) -> Findings:
         events = [self._condition_event(course, day, f, icans_episodes)
                   for day, f in course.conditions if f.table == NEURO_TABLE and day >= 0]
-        events += self._motor_events(course, icans_days)
         events.sort(key=lambda e: (e.onset, e.key))
         return Findings(tuple(e.assessment for e in events if e.assessment is not None), tuple(events))
 
@@ -116,52 +105,6 @@ class NeuroOtherGrader:
                      assessment=assessment, condition_ref=f.ref,
                      term=(self.t.ncit_system, ncit, term) if ncit else None,
                      details=(("category", category), ("ctcae_term", term)), evidence=(f.ref,))
-
-    # ---- motor weakness left out of ICANS (decision 7, 11.13) ----------------------------------
-
-    def _motor_events(self, course: Course, icans_days: Sequence[DayGrade]) -> list[Event]:
-        m = self.t.motor_event
-        by_day = {d.day: d for d in icans_days}
-        runs: list[tuple[list[tuple[int, Reading]], tuple[int, Reading] | None]] = []
-        current: list[tuple[int, Reading]] = []
-        for day, r in sorted(((d, r) for d, r in course.of("motor") if d >= 0),
-                             key=lambda dr: dr[1].when.at):
-            if r.value == m.resolved_finding:
-                if current:
-                    runs.append((current, (day, r)))
-                    current = []
-                continue
-            if r.value != m.finding:
-                continue
-            dg = by_day.get(day)
-            # Left out by the ICANS grader: no ICANS day at all, or a day flagged for it without this reading
-            # among its evidence. A finding counted as ICANS neither joins nor ends a run.
-            if dg is None or (MOTOR_OUTSIDE_FLAG in dg.flags and r.ref not in dg.evidence):
-                current.append((day, r))
-        if current:
-            runs.append((current, None))
-        return [self._motor_event(course, run, end) for run, end in runs]
-
-    def _motor_event(self, course: Course, run: list[tuple[int, Reading]],
-                     end: tuple[int, Reading] | None) -> Event:
-        m = self.t.motor_event
-        first_day, first = run[0]
-        last_day = run[-1][0]
-        refs = tuple(dict.fromkeys(r.ref for _, r in run))
-        days = f"day {first_day}" if first_day == last_day else f"days {first_day}-{last_day}"
-        reasons = [(f"deep focal motor weakness on {days} without another ICANS finding "
-                    "within 72 h: not ICANS but a non-ICANS neurotoxicity, category myelopathy/paraparesis "
-                    "(decision 7, grading.md 11.13)")]
-        flags = ["attribution-unconfirmed", "category-unconfirmed", MOTOR_OUTSIDE_FLAG]
-        end_day, abatement = (end[0], end[1].when.at) if end else (None, None)
-        if end:
-            reasons.append(f"no motor weakness on day {end_day}: resolved")
-        assessment = self._assess(course, m.category, m.ctcae_term, None, first_day, end_day, first.when.at,
-                                  abatement, refs, reasons, flags)
-        return Event(Toxicity.NEURO_OTHER, f"motor-{first.ref}", assessment.state, assessment.value,
-                     first.when.at, first_day, abatement=abatement, resolved_day=end_day,
-                     assessment=assessment, term=(self.t.ncit_system, m.ncit, m.ctcae_term),
-                     details=(("category", m.category), ("ctcae_term", m.ctcae_term)), evidence=refs)
 
     # ---- the CTCAE grade where the data allow (7.2) --------------------------------------------
 

@@ -17,16 +17,21 @@ from ..constants import CS_OXYGEN
 from ..errors import ConfigError
 from ..tables import TableFile, Tables, load_tables
 from ..timeline import Course
+from . import clinician
 from .attribution import AttributionRulesTable
+from .bcell_aplasia import B_CELL_APLASIA, AplasiaTable, BCellAplasiaGrader
 from .crs import CrsGrader
 from .episodes import episodes
 from .hematotox import HematotoxScorer, HematotoxTable
+from .hypogamma import HYPOGAMMA, HypogammaGrader, HypogammaTable
 from .icaht import IcahtGrader, IcahtTable
-from .icans import IcansGrader
+from .icans import MOTOR_OUTSIDE_FLAG, REVIEW_FLAG, IcansGrader
 from .iechs import IecHsGrader, IecHsTable
 from .infections import InfectionGrader, InfectionGradingTable
+from .late_cytopenia import PROLONGED_CYTOPENIA, CytopeniaTable, LateCytopeniaGrader
 from .neuro_other import NeuroGradingTable, NeuroOtherGrader
 from .result import Assessment, DayGrade, Episode, Event, Findings, State, Toxicity
+from .second_malignancy import SECOND_MALIGNANCY, SecondMalignancyGrader
 from .treatments import TreatmentAnalyzer, TreatmentResponse, TreatmentTable
 
 
@@ -50,6 +55,7 @@ class CourseResult:
     events: list[Event] = field(default_factory=list)  # IEC-HS, ICAHT, infections, other neurotoxicity
     assessments: list[Assessment] = field(default_factory=list)  # not tied to an event (not assessable ones)
     scores: dict[Toxicity, Assessment] = field(default_factory=dict)  # per-infusion scores (CAR-HEMATOTOX)
+    notices: list[str] = field(default_factory=list)  # review actions for the run report (GraderSpec.notices)
 
     @property
     def hematotox(self) -> Assessment | None:
@@ -76,6 +82,8 @@ class GraderSpec:
     reads: earlier graders whose results it reads from the CourseResult (checked: they run before it).
     build: makes the grader from the loaded tables; run: grades one course; unverified: the
     `table:row` ids of `verified: false` rows a result used (grading.md decision 10, run report).
+    attribution: apply clinician attribution on input (grading/clinician.py); notices: review actions a
+    result asks for, written to the run report.
     """
 
     name: str
@@ -87,6 +95,11 @@ class GraderSpec:
     concepts: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
     unverified: Unverified = _none
+    # Clinician attribution (grading/clinician.py): None = not applied; else the condition tables whose
+    # Conditions are this grader's own events (they never count as "another cause" for it).
+    attribution: tuple[str, ...] | None = None
+    # Run-report notices (review actions) of a result: neurological review, FDA boxed-warning actions ...
+    notices: Unverified = _none
 
 
 def _treatments(g: TreatmentAnalyzer, course: Course, cr: CourseResult) -> dict[Toxicity, list[TreatmentResponse]]:
@@ -105,6 +118,21 @@ def _icaht_rows(g: IcahtGrader, found: Findings) -> Iterable[str]:
     return (r for ev in found.events if ev.assessment is not None for r in g.unverified_rows(ev.assessment))
 
 
+def _icans_rows(g: IcansGrader, days: list[DayGrade]) -> Iterable[str]:
+    """The motor-alternative window (an engine convention) when a motor finding was attributed by it."""
+    s = g.t.settings
+    if not s.motor_alternative_verified and any(MOTOR_OUTSIDE_FLAG in d.flags for d in days):
+        yield f"{g.t.table}:motor-alternative"
+
+
+def _icans_notices(g: IcansGrader, days: list[DayGrade]) -> Iterable[str]:
+    """Decision 7 (revised): an isolated-motor, non-inflammatory episode asks for neurological review."""
+    for ep in episodes(Toxicity.ICANS, days):
+        if REVIEW_FLAG in ep.max_day.flags:
+            yield (f"ICANS episode from day {ep.onset_day} is isolated-motor and non-inflammatory: neurological "
+                   "review (imaging of the spine, CSF) advised (grading.md decision 7)")
+
+
 def _iechs_rows(g: IecHsGrader, found: Findings) -> Iterable[str]:
     return (f"{g.t.table}:screen-and-grade" for _ in found.events[:1])
 
@@ -120,10 +148,13 @@ ICANS_CONCEPTS = ("ice-score", "ice-orientation", "ice-naming", "ice-commands", 
 
 # The engine runs these in this order; a grader may read only the results of graders above it.
 GRADERS: list[GraderSpec] = [
-    GraderSpec("crs", OutputKind.DAILY, (Toxicity.CRS,), concepts=CRS_CONCEPTS,
+    GraderSpec("crs", OutputKind.DAILY, (Toxicity.CRS,), concepts=CRS_CONCEPTS, attribution=(),
                build=lambda t: CrsGrader(t.crs), run=lambda g, course, cr: g.grade(course)),
-    GraderSpec("icans", OutputKind.DAILY, (Toxicity.ICANS,), concepts=ICANS_CONCEPTS,
-               build=lambda t: IcansGrader(t.icans), run=lambda g, course, cr: g.grade(course)),
+    GraderSpec("icans", OutputKind.DAILY, (Toxicity.ICANS,), concepts=ICANS_CONCEPTS + ("body-temperature", "crp",
+                                                                                         "ferritin"),
+               reads=("crs",), build=lambda t: IcansGrader(t.icans),
+               run=lambda g, course, cr: g.grade(course, cr.episodes[Toxicity.CRS]), unverified=_icans_rows,
+               notices=_icans_notices, attribution=()),
     GraderSpec("treatments", OutputKind.TREATMENTS, (Toxicity.CRS, Toxicity.ICANS),
                tables=(TableFile("treatment-response.yaml", TreatmentTable),),
                concepts=("ice-score", "capd-score"), reads=("crs", "icans"),
@@ -135,15 +166,15 @@ GRADERS: list[GraderSpec] = [
                          "oxygen-flow"), reads=("crs",),
                build=lambda t: IecHsGrader(t.get(IecHsTable), t.concepts.values.get(CS_OXYGEN, ())),
                run=lambda g, course, cr: g.grade(course, cr.days[Toxicity.CRS], cr.episodes[Toxicity.CRS]),
-               unverified=_iechs_rows),
+               unverified=_iechs_rows, attribution=()),
     GraderSpec("icaht", OutputKind.FINDINGS, (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE),
                tables=(TableFile("eha-ebmt-icaht-2023.yaml", IcahtTable),), concepts=("anc",),
                build=lambda t: IcahtGrader(t.get(IcahtTable)), run=lambda g, course, cr: g.grade(course),
-               unverified=_icaht_rows),
+               unverified=_icaht_rows, attribution=()),
     GraderSpec("infection", OutputKind.FINDINGS, (Toxicity.INFECTION,),
                tables=(TableFile("infection-grading.yaml", InfectionGradingTable),), concepts=("oxygen-device",),
                build=lambda t: InfectionGrader(t.get(InfectionGradingTable), t.drugs, t.infections),
-               run=lambda g, course, cr: g.grade(course)),
+               run=lambda g, course, cr: g.grade(course), attribution=("infections",)),
     GraderSpec("neurotoxicity-other", OutputKind.FINDINGS, (Toxicity.NEURO_OTHER,),
                tables=(TableFile("neurotoxicity-grading.yaml", NeuroGradingTable),),
                concepts=("motor", "oxygen-device"), reads=("icans",),
@@ -154,6 +185,22 @@ GRADERS: list[GraderSpec] = [
                concepts=("anc", "platelets", "hemoglobin", "crp", "ferritin"),
                build=lambda t: HematotoxScorer(t.get(HematotoxTable)), run=lambda g, course, cr: g.score(course),
                unverified=_hematotox_rows),
+    # IAGO long-term effects (Rejeski et al., Nat Med 2025; issue 16): one module and one table each.
+    GraderSpec("hypogammaglobulinemia", OutputKind.FINDINGS, (HYPOGAMMA,), concepts=("igg",), reads=("infection",),
+               tables=(TableFile("hypogammaglobulinemia.yaml", HypogammaTable),),
+               build=lambda t: HypogammaGrader(t.get(HypogammaTable)),
+               run=lambda g, course, cr: g.grade(course, [e for e in cr.events if e.toxicity == Toxicity.INFECTION])),
+    GraderSpec("b-cell-aplasia", OutputKind.FINDINGS, (B_CELL_APLASIA,), concepts=("cd19-b-cells",),
+               tables=(TableFile("b-cell-aplasia.yaml", AplasiaTable),),
+               build=lambda t: BCellAplasiaGrader(t.get(AplasiaTable)), run=lambda g, course, cr: g.grade(course),
+               unverified=lambda g, found: g.unverified(found)),
+    GraderSpec("second-malignancy", OutputKind.FINDINGS, (SECOND_MALIGNANCY,),
+               build=lambda t: SecondMalignancyGrader(t.malignancies), run=lambda g, course, cr: g.grade(course),
+               unverified=lambda g, found: g.unverified(found), notices=lambda g, found: g.notices(found)),
+    GraderSpec("prolonged-cytopenia", OutputKind.FINDINGS, (PROLONGED_CYTOPENIA,),
+               concepts=("anc", "platelets", "hemoglobin"),
+               tables=(TableFile("prolonged-cytopenia.yaml", CytopeniaTable),),
+               build=lambda t: LateCytopeniaGrader(t.get(CytopeniaTable)), run=lambda g, course, cr: g.grade(course)),
 ]
 
 # Tables that are not a grader's but are loaded with them: the IAGO attribution of every event.
@@ -227,9 +274,14 @@ def grade_course(graders: Sequence[Registered], course: Course) -> tuple[CourseR
     cr = CourseResult(course)
     unverified: set[str] = set()
     for g in graders:
-        out = g.spec.run(g.grader, course, cr)
+        if g.spec.attribution is not None:
+            seen, dropped = clinician.view(course, g.spec.attribution)
+            out = clinician.annotate(g.spec.run(g.grader, seen, cr), dropped, course)
+        else:
+            out = g.spec.run(g.grader, course, cr)
         _file(g.spec, out, cr)
         unverified.update(g.spec.unverified(g.grader, out))
+        cr.notices.extend(g.spec.notices(g.grader, out))
     return cr, unverified
 
 

@@ -147,6 +147,7 @@ class Event:
     term: tuple[str, str, str] | None = None  # (system, code, display): NCIt / CTCAE term of the event
     details: tuple[tuple[str, object], ...] = ()  # summary extras: window, type, prophylaxis, category, ...
     evidence: tuple[str, ...] = ()  # input resources that show the event
+    serious: bool | None = None  # AdverseEvent.seriousness when no grade decides it (a new malignancy)
 
     def detail(self, name: str, default: object = None) -> object:
         return dict(self.details).get(name, default)

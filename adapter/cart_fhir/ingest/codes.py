@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from ..constants import CS_PRODUCT, NDC, RXNORM
 from ..errors import ConfigError
-from ..tables import ConceptRow, ConditionFindingRow, DrugRow, InfectionRow, NeuroEventRow, Tables
+from ..tables import (
+    ConceptRow,
+    ConditionFindingRow,
+    DrugRow,
+    InfectionRow,
+    MalignancyRow,
+    NeuroEventRow,
+    Tables,
+)
 
 # ConceptMap equivalences (R4) / relationships (R5) that do not mean "this code stands for that one".
 _NOT_A_MATCH = frozenset({"unmatched", "disjoint", "not-related-to"})
@@ -47,6 +56,10 @@ class Terminology:
             self._events[(row.system, row.code)] = ("infections", row)
         for nrow in tables.neuro_events.rows:
             self._events[(nrow.system, nrow.code)] = ("neurotoxicity-other", nrow)
+        # Rows with `names`: matched as whole words in a Condition's text when no code matches (sites that
+        # code myelitis, cord compression or paraparesis with codes the tables do not list).
+        self._event_names = [(_word(n), r) for r in tables.neuro_events.rows for n in r.names]
+        self._finding_names = [(_word(n), f) for f in tables.condition_findings.rows for n in f.names]
         self._map: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.add_concept_map(tables.avpu_map, "mappings/avpu-conceptmap.json")
         for name, cm in concept_maps:
@@ -159,11 +172,38 @@ class Terminology:
         return any(pair in self._procedure_codes for pair in self._pairs(cc))
 
     def event(self, cc: Any) -> tuple[str, InfectionRow | NeuroEventRow, str] | None:
-        """(table, row, "system|code" as found) for an infection or non-ICANS neurological event code."""
-        for pair in self._pairs(cc):
+        """(table, row, "system|code" as found) for an infection or non-ICANS neurological event code; else a
+        neurological event row whose name is in the text ("text|<name>")."""
+        pairs = self._pairs(cc)
+        for pair in pairs:
             hit = self._events.get(pair)
             if hit is not None:
                 return hit[0], hit[1], f"{pair[0]}|{pair[1]}"
+        blob = " ".join(texts_of(cc)).lower()
+        for pattern, row in self._event_names:
+            if blob and pattern.search(blob):
+                return "neurotoxicity-other", row, next((f"{s}|{c}" for s, c in pairs), f"text|{row.key}")
+        return None
+
+    def condition_finding_by_name(self, cc: Any) -> ConditionFindingRow | None:
+        """An ICANS finding row whose name is in the Condition's text (rows with `names`, verified: false)."""
+        blob = " ".join(texts_of(cc)).lower()
+        return next((row for pattern, row in self._finding_names if blob and pattern.search(blob)), None)
+
+    def malignancy(self, cc: Any) -> tuple[MalignancyRow, str] | None:
+        """(row, "system|code" or the matched text) of a new-malignancy Condition (second-malignancy.yaml):
+        a code row first (first match wins), else a name in its text or displays."""
+        pairs = self._pairs(cc)
+        for row in self.tables.malignancies.rows:
+            for system, code in pairs:
+                if row.matches_code(system, code):
+                    return row, f"{system}|{code}"
+        blob = " ".join(t.lower() for t in texts_of(cc))
+        if blob:
+            for row in self.tables.malignancies.rows:
+                for name in row.names:
+                    if name in blob:
+                        return row, next((f"{s}|{c}" for s, c in pairs), f"text|{name}")
         return None
 
     def condition_finding(self, cc: Any) -> ConditionFindingRow | None:
@@ -181,3 +221,8 @@ def texts_of(cc: Any) -> list[str]:
     out = [cc["text"]] if isinstance(cc.get("text"), str) else []
     out.extend(c["display"] for c in codings(cc) if isinstance(c.get("display"), str))
     return out
+
+
+def _word(name: str) -> re.Pattern[str]:
+    """A name as a whole word or phrase, case-insensitive ("myelitis" does not match "osteomyelitis")."""
+    return re.compile(rf"\b{re.escape(name.lower())}\b")

@@ -6,8 +6,19 @@ import functools
 from datetime import UTC, date, timezone
 from typing import Any, TypeGuard
 
+from ..constants import CS_TOXICITY, ICD10CM
 from ..errors import BadInput, Location, json_type, shown
-from ..model import Comparator, ConditionFact, DrugAdmin, Infusion, Moment, PatientData, Quantity, Reading
+from ..model import (
+    ClinicianAttribution,
+    Comparator,
+    ConditionFact,
+    DrugAdmin,
+    Infusion,
+    Moment,
+    PatientData,
+    Quantity,
+    Reading,
+)
 from ..report import RunReport
 from ..tables import ConceptRow, DrugRow, PlausibilityRow, UnitMixupRow
 from . import shape
@@ -21,6 +32,9 @@ MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
 MS_USABLE = frozenset({"active", "completed", "intended"})
 COND_EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+MALIGNANCY_TABLE = "second-malignancy"  # ConditionFact.table of new malignancies (second-malignancy.yaml)
+# ICD-10-CM categories that are CAR-T toxicities themselves: CRS D89.83-, ICANS G92.0- (output-codes.yaml).
+CART_ICD10_PREFIXES = ("D89.83", "G92.0")
 
 
 @functools.lru_cache(maxsize=256)
@@ -46,6 +60,7 @@ class Extractor:
         self.units = units
         self.report = report
         self.medications_used: set[str] = set()  # Medication resources some administration referred to
+        self._attributing: set[str] = set()  # Conditions read as a clinician's attribution (not "unused")
         self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
         self._quantities: dict[tuple[Any, ...], Quantity] = {}  # see _quantity()
         plaus = terminology.tables.plausibility
@@ -247,6 +262,7 @@ class Extractor:
         elif rtype in ("MedicationAdministration", "MedicationStatement"):
             self._drug(ent, idx, data, tz)
         elif rtype == "Condition":
+            self._attribution(ent, idx, data)
             self._condition(ent, data, tz)
         elif rtype == "Procedure":
             if any(i.ref == ent.key for i in data.infusions):
@@ -579,6 +595,34 @@ class Extractor:
             return "prophylaxis"
         return "unknown"
 
+    def _attribution(self, ent: Indexed, idx: InputIndex, data: PatientData) -> None:
+        """A clinician's Condition that lists findings in `evidence.detail` attributes them (README, Clinician
+        attribution; grading.md decision 9): to the CAR-T course when it is coded as a CAR-T toxicity, else to
+        the other cause it diagnoses. A refuted or entered-in-error Condition attributes nothing."""
+        res = ent.resource
+        details = [d["reference"] for ev in res.get("evidence") or [] if isinstance(ev, dict)
+                   for d in ev.get("detail") or [] if isinstance(d, dict) and isinstance(d.get("reference"), str)]
+        if not details:
+            return
+        ver = {c.get("code") for c in codings(res.get("verificationStatus"))}
+        if ver & COND_EXCLUDED_VERIFICATION:
+            return
+        pairs = [(c.get("system"), str(c.get("code", ""))) for c in codings(res.get("code"))]
+        related = any(s == CS_TOXICITY or (s == ICD10CM and c.startswith(CART_ICD10_PREFIXES)) for s, c in pairs)
+        event = self.term.event(res.get("code"))
+        display = (texts_of(res.get("code")) or [ent.key])[0]
+        self._attributing.add(ent.key)
+        for target in details:
+            key = idx.key_of(target)
+            if key == ent.key:
+                continue
+            prev = data.attributions.get(key)
+            if prev is not None and prev.status == "other-cause":
+                continue  # conflicting attributions: the other cause is kept (the finding is left out)
+            data.attributions[key] = ClinicianAttribution(key, "car-t-related" if related else "other-cause",
+                                                          ent.key, display, event[0] if event else None)
+        self.report.resources_used += 1
+
     def _condition(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
         res, loc = ent.resource, ent.loc
         for element in ("code", "verificationStatus", "severity"):
@@ -587,8 +631,14 @@ class Extractor:
         data.condition_codes[ent.key] = tuple(f"{c.get('system')}|{c.get('code')}" for c in codings(res.get("code")))
         finding = self.term.condition_finding(res.get("code"))
         event = None if finding is not None else self.term.event(res.get("code"))
-        if finding is None and event is None:
-            self.report.ignored["Condition (code not used)"] += 1
+        malignancy = self.term.malignancy(res.get("code")) if finding is None and event is None else None
+        if finding is None and event is None and malignancy is None:
+            finding = self.term.condition_finding_by_name(res.get("code"))  # e.g. "Paraparesis" (unverified)
+            if finding is not None:
+                self.report.unverified_rows.add(f"condition-findings:{finding.id}")
+        if finding is None and event is None and malignancy is None:
+            if ent.key not in self._attributing:
+                self.report.ignored["Condition (code not used)"] += 1
             return
         ver = {c.get("code") for c in codings(res.get("verificationStatus"))}
         if ver & COND_EXCLUDED_VERIFICATION:
@@ -607,6 +657,16 @@ class Extractor:
         self.report.resources_used += 1
         if finding is not None:
             data.readings.append(Reading(finding.concept, when, finding.value, ent.key, ent.key))
+            return
+        if malignancy is not None:
+            mrow, mcode = malignancy
+            abate = res.get("abatementDateTime")
+            data.conditions.append(ConditionFact(
+                MALIGNANCY_TABLE, mrow.id or mrow.lineage, mcode, " ".join(texts_of(res.get("code"))[:1]) or mcode,
+                when, self._moment(abate, "Condition.abatementDateTime", ent, tz) if abate is not None else None,
+                ent.key, (("lineage", mrow.lineage), ("row", mrow.id or ""))))
+            if not mrow.verified:
+                self.report.unverified_rows.add(f"{MALIGNANCY_TABLE}:{mrow.id}")
             return
         assert event is not None
         table, row, code = event

@@ -274,11 +274,12 @@ class Writer:
         tox = ev.toxicity.value
         value_id = stable_hash(course.patient.key, course.infusion.ref, tox, ev.key, "adverse-event")
         return self._adverse_event(course, tox, value_id, ev.max_grade, ev.onset, ev.abatement is not None,
-                                   condition, self.codes.toxicity_codings(tox, ev.max_grade, ev.term), suspects)
+                                   condition, self.codes.toxicity_codings(tox, ev.max_grade, ev.term), suspects,
+                                   ev.serious)
 
     def _adverse_event(self, course: Course, tox: str, value_id: str, grade: int | None, onset: datetime,
                        resolved: bool, condition: dict[str, str], codings: list[dict[str, Any]],
-                       suspects: Sequence[SuspectLike]) -> Written:
+                       suspects: Sequence[SuspectLike], serious: bool | None = None) -> Written:
         res: dict[str, Any] = {
             "resourceType": "AdverseEvent",
             "meta": {"profile": [PROFILE_AE]},
@@ -298,8 +299,10 @@ class Writer:
         if grade is not None:
             sev = SEVERITY.get(grade, "severe")
             res["severity"] = {"coding": [coding(AE_SEVERITY, sev, sev.capitalize())]}
-            res["seriousness"] = {"coding": [coding(AE_SERIOUSNESS, "serious" if grade >= 3 else "non-serious",
-                                                    "Serious" if grade >= 3 else "Non-serious")]}
+            serious = grade >= 3 if serious is None else serious
+        if serious is not None:  # an ungraded event may still be serious (a new malignancy)
+            res["seriousness"] = {"coding": [coding(AE_SERIOUSNESS, "serious" if serious else "non-serious",
+                                                    "Serious" if serious else "Non-serious")]}
         res["outcome"] = {"coding": [coding(AE_OUTCOME, outcome, outcome.capitalize())]}
         res["contributor"] = [ref(self.device)]
         res["suspectEntity"] = [{

@@ -172,21 +172,27 @@ class _Context:
 
     def event_card(self, ev: Event) -> dict[str, Any]:
         crit = self.criteria[ev.toxicity]
-        term = ev.term[2] if ev.term else ev.detail("ctcae_term") or ev.detail("category")
+        term = ev.term[2] if ev.term else ev.detail("ctcae_term") or ev.detail("category") or ev.detail("lineage")
         name = f"{self.criteria[ev.toxicity].name} ({term})" if term else self.criteria[ev.toxicity].name
         resolved = ev.resolved_day if ev.resolved_day is not None and ev.resolved_day <= self.today else None
         shown = _event_grade(ev)
-        if ev.max_grade is None:
+        ungraded = ev.max_grade is None and ev.state == State.GRADED  # an effect no grade applies to (IAGO)
+        if ungraded:
+            summary = (f"{name} since day {ev.onset_day}" if resolved is None
+                       else f"{name}, day {ev.onset_day}, resolved day {resolved}")
+        elif ev.max_grade is None:
             summary = f"{name} day {ev.onset_day}: grade not assessable ({crit.short})"
         elif resolved is not None:
             summary = f"{name} grade {shown} ({crit.short}), day {ev.onset_day}, resolved day {resolved}"
         else:
             summary = f"{name} grade {shown} ({crit.short}) since day {ev.onset_day}"
         level = Indicator.INFO if resolved is not None else indicator(ev.max_grade)
+        if ungraded and ev.serious:  # a new malignancy: the review actions on the card need attention
+            level = Indicator.WARNING
         a = ev.assessment
         lines = [f"**{self._display(ev.toxicity)}**" + (f": {term}" if term else "") + f" ({crit.short})", "",
                  *self._course_lines(), f"- Onset: day {ev.onset_day}, {_when(ev.onset)}",
-                 f"- Grade: {shown if ev.max_grade is not None else 'not assessable'}"]
+                 f"- Grade: {shown if ev.max_grade is not None else 'none applies' if ungraded else 'not assessable'}"]
         keys = ("site", "type", "category") if ev.toxicity in (Toxicity.ICAHT_EARLY, Toxicity.ICAHT_LATE) else \
             ("window", "site", "type", "category")  # an ICAHT event's name already says its window
         extra = [f"{k} {ev.detail(k)}" for k in keys if ev.detail(k)]

@@ -79,7 +79,9 @@ def _flag(values: dict[str, Any], name: str) -> bool:
 def _report_outcome(report: RunReport, extra: list[dict[str, Any]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     """The run report as an OperationOutcome (output-contract: information/warning issues)."""
     issues = [issue("information", "informational", line) for line in report.summary_lines()]
-    issues += [issue("warning" if i.severity == "warning" else "error", "processing", i.message, str(i.location))
+    # information: a grader's review notice (neurological review, FDA boxed-warning actions), not an error
+    issues += [issue(i.severity if i.severity in ("warning", "information") else "error",
+                     "informational" if i.severity == "information" else "processing", i.message, str(i.location))
                for i in report.issues]
     issues += list(extra)
     return {"resourceType": "OperationOutcome", "id": "run-report", "issue": issues}

@@ -29,19 +29,52 @@ def expected_outcomes(rows: Iterable[Mapping[str, Any]]) -> Outcomes:
         o["icaht-late"] = (row["icaht_late"]["max_grade"], None)
         for label, inf in _labelled((i["onset_day"], i) for i in row["infections"]):
             o[label] = (inf["grade"], inf["onset_day"])
+        for label, effect in (row.get("long_term") or {}).items():
+            if effect is not None:
+                o[label.replace("_", "-")] = (_key_detail(label.replace("_", "-"), effect), effect["onset_day"])
         out[row["patient"]] = o
     return out
 
 
-def graded_outcomes(result: RunResult) -> Outcomes:
-    """What the engine graded for each patient's first course (a synthetic patient has one infusion)."""
+# IAGO long-term effects (issue 16): compared by onset day and the detail that characterises each.
+LONG_TERM = ("hypogammaglobulinemia", "b-cell-aplasia", "second-malignancy", "prolonged-cytopenia")
+
+
+def _key_detail(tox: str, d: Mapping[str, Any]) -> int | str | None:
+    if tox == "hypogammaglobulinemia":
+        return f"IgG {d['nadir_igg_mg_dl']:g} mg/dL" + (", replacement" if d["replacement"] else "")
+    if tox == "b-cell-aplasia":
+        return f"{d['duration_days']} days" + (f", recovered day {d['resolution_day']}" if d.get("resolution_day")
+                                                else "")
+    if tox == "second-malignancy":
+        return str(d["lineage"])
+    return d.get("max_grade")
+
+
+def graded_outcomes(result: RunResult, long_term: bool = True) -> Outcomes:
+    """What the engine graded for each patient's first course (a synthetic patient has one infusion). Without
+    `long_term` (an expected.json written before issue 16), the long-term effects are not compared."""
     out: Outcomes = {}
     for pr in result.patients:
         o: dict[str, Outcome] = {}
         if pr.courses:
             o.update(_course(pr.courses[0]))
+            if long_term:
+                o.update(_long_term(pr.courses[0]))
         out[pr.patient.id] = o
     return out
+
+
+def _long_term(cr: CourseResult) -> dict[str, Outcome]:
+    o: dict[str, Outcome] = {}
+    for ev in cr.events:
+        tox = ev.toxicity.value
+        if tox in LONG_TERM and tox not in o:  # the first event of each effect
+            detail = {"nadir_igg_mg_dl": ev.detail("nadir_igg_mg_dl"), "replacement": ev.detail("replacement"),
+                      "duration_days": ev.detail("duration_days"), "resolution_day": ev.resolved_day,
+                      "lineage": ev.detail("lineage"), "max_grade": ev.max_grade}
+            o[tox] = (_key_detail(tox, detail), ev.onset_day)
+    return o
 
 
 def _course(cr: CourseResult) -> dict[str, Outcome]:

@@ -10,7 +10,7 @@ import json
 import random
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import orjson
 
 from .builder import build
+from .longterm import draw_late, realise
+from .longterm import expected as long_term_expected
 from .noise import Noise, add_noise
 from .scenario import Episode, Scenario, draw
 from .sitecodes import concept_map, localise
@@ -51,6 +53,11 @@ def cohort(patients: int, seed: int, days: int, table: SynthTable | None = None,
         rng = random.Random(f"{seed}:{i}")
         s = draw(rng, table, i, days)
         resources = add_noise(s, build(s, rng, days), options.noise, random.Random(f"{seed}:{i}:noise"))
+        # IAGO long-term effects: their own stream, appended, so the draws and resources above are unchanged.
+        late = draw_late(random.Random(f"{seed}:{i}:late"), table)
+        if late is not None:
+            resources += realise(s, late, len(resources))
+            s = replace(s, late=late)
         if options.local_codes:  # after the noise, which picks observations by their LOINC code
             for r in resources:
                 if r["resourceType"] == "Observation":
@@ -63,7 +70,7 @@ def dumps(doc: Any) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
-def expected_row(s: Scenario) -> dict[str, Any]:
+def expected_row(s: Scenario, days: int = 30) -> dict[str, Any]:
     def ep(e: Episode | None) -> dict[str, Any]:
         if e is None:
             return {"max_grade": 0, "onset_day": None}
@@ -77,7 +84,8 @@ def expected_row(s: Scenario) -> dict[str, Any]:
             "icaht_late": {"max_grade": c.late_grade},
             "infections": [{"kind": i.kind, "key": i.key, "window": i.window, "onset_day": i.onset_day,
                             "last_day": i.last_day, "route": i.route, "grade": i.grade(pressors)}
-                           for i in s.infections]}
+                           for i in s.infections],
+            "long_term": long_term_expected(s, s.late, days)}
 
 
 def _unversioned(r: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +123,7 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int, days: int = 30,
         # NDJSON streams one line per resource to its type's file: memory stays flat at 100k patients.
         files: dict[str, BinaryIO] = {}
         for s, resources in cohort(patients, seed, days, table, options):
-            rows.append(expected_row(s))
+            rows.append(expected_row(s, days))
             if fmt != Format.NDJSON:
                 (fhir / f"{s.pid}.json").write_bytes(dumps(_bundle(s, resources, fmt)) + b"\n")
                 continue
@@ -133,7 +141,9 @@ def write_cohort(out_dir: str | Path, patients: int, seed: int, days: int = 30,
             "grades": "ASTCT 2019 CRS and ICANS max grade and onset day; EHA/EBMT ICAHT early (days 0-30) and "
                       "late (days 31-100) grade; infections with CTCAE v5 grade suggested from treatment "
                       "(grading.md 6.2) and onset day (day 0 = infusion day, calendar days in the patient's "
-                      "UTC offset), from each patient's scenario",
+                      "UTC offset), from each patient's scenario; IAGO long-term effects (hypogammaglobulinemia, "
+                      "B-cell aplasia, second malignancy, prolonged cytopenia after day 100) with onset day and "
+                      "their key detail",
             "expected": rows}
     (out / "expected.json").write_text(json.dumps(meta, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
                                        encoding="utf-8")

@@ -9,9 +9,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 from .late import QUICK_RECOVERY, Cytopenia, Infection, draw_cytopenia, draw_infections
 from .table import Spread, SynthProductRow, SynthTable, ToxicityRow
+
+if TYPE_CHECKING:
+    from .longterm import LateEffects
 
 OFFSETS = ("+00:00", "+01:00", "+02:00", "-05:00", "-08:00")  # non-UTC offsets catch day-boundary bugs
 FIRST_DAY0 = date(2023, 1, 2)
@@ -44,6 +48,7 @@ class Scenario:
     crs_route: str  # how grade >= 2 CRS shows: "hypotension" or "hypoxia"
     cytopenia: Cytopenia = QUICK_RECOVERY
     infections: tuple[Infection, ...] = ()
+    late: LateEffects | None = None  # IAGO long-term effects (synth/longterm.py), drawn from their own stream
 
     @property
     def pressor_days(self) -> frozenset[int]:

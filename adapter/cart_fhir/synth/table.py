@@ -73,6 +73,20 @@ class SynthInfectionRow(Row):
     source: str
 
 
+class LongTermRow(Row):
+    """IAGO long-term effects of a synthetic patient (issue 16): shares in percent, drawn independently."""
+
+    hypogammaglobulinemia_pct: float = Field(ge=0, le=100)  # day-90 IgG <= 400 mg/dL
+    ivig_pct: float = Field(ge=0, le=100)  # of those, replacement given
+    b_cell_aplasia_pct: float = Field(ge=0, le=100)  # day-90 CD19+ B cells < 20/uL
+    b_cell_recovery_pct: float = Field(ge=0, le=100)  # of those, recovered by day 180
+    second_malignancy_pct: float = Field(ge=0, le=100)
+    lineage_weights: tuple[float, float, float]  # t-cell, myeloid, other
+    malignancy_onset_day: tuple[int, int]
+    verified: bool
+    source: str
+
+
 class Trial(Row):
     source: str
     crs: ToxicityRow
@@ -94,6 +108,7 @@ class SynthTable(Table):
     trials: dict[str, Trial]
     icaht: Icaht
     infections: tuple[SynthInfectionRow, ...]
+    long_term: LongTermRow | None = None
 
     @model_validator(mode="after")
     def _trials_known(self) -> SynthTable:

@@ -21,6 +21,10 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #icaht "Immune effector cell-associated hematotoxicity"
 * #infection "Infection after CAR-T cell therapy"
 * #neurotoxicity-other "Neurotoxicity other than ICANS"
+* #hypogammaglobulinemia "Hypogammaglobulinemia after CAR-T cell therapy"
+* #b-cell-aplasia "B-cell aplasia after CAR-T cell therapy"
+* #second-malignancy "Second primary malignancy after CAR-T cell therapy"
+* #prolonged-cytopenia "Prolonged cytopenia beyond day 100 after CAR-T cell therapy"
 // grading scales and assessments (Observation.code, Condition.stage.type; output-codes.yaml scale)
 * #crs-grade-astct "CRS grade (ASTCT 2019)"
 * #icans-grade-astct "ICANS grade (ASTCT 2019)"
@@ -31,6 +35,10 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #infection-grade-ctcae "Infection grade (CTCAE v5.0)"
 * #neurotoxicity-grade-ctcae "Neurological event grade (CTCAE v5.0)"
 * #treatment-response "Treatment and response of a toxicity episode"
+* #hypogammaglobulinemia-iago "Hypogammaglobulinemia (IgG <= 400 mg/dL, IAGO long-term effect)"
+* #b-cell-aplasia-iago "B-cell aplasia (CD19+ B cells, IAGO long-term effect)"
+* #second-malignancy-iago "Second primary malignancy (IAGO long-term effect)"
+* #prolonged-cytopenia-ctcae "Prolonged cytopenia after day 100 (CTCAE v5.0 grade)"
 // CRS and ICANS components (adapter/output/codes.py COMPONENT_DISPLAY)
 * #fever "Fever (temperature >= 38.0 C)"
 * #max-temperature "Highest body temperature of the day"
@@ -42,6 +50,20 @@ Description: "Toxicity types, grading scales and assessments, grade components a
 * #seizure "Seizure"
 * #motor "Motor findings"
 * #cerebral-edema "Raised intracranial pressure / cerebral edema"
+// ICANS episode labels (grading.md decision 7, revised; mappings/astct-icans-2019.yaml inflammatory_context)
+* #phenotype "ICANS episode phenotype"
+* #inflammatory-context "Inflammatory context at ICANS onset"
+// IAGO long-term effect components (adapter/cart_fhir/grading/hypogamma.py, bcell_aplasia.py,
+// second_malignancy.py, late_cytopenia.py)
+* #igg-nadir "IgG nadir (mg/dL)"
+* #igg-replacement "Immunoglobulin replacement given"
+* #duration-days "Duration (days)"
+* #linked-infections "Infections in the same period"
+* #cd19-nadir "CD19+ B-cell nadir (/uL)"
+* #malignancy-lineage "Malignancy lineage"
+* #neutrophils-nadir "Neutrophils, lowest after day 100 (/uL)"
+* #platelets-nadir "Platelets, lowest after day 100 (/uL)"
+* #hemoglobin-nadir "Hemoglobin, lowest after day 100 (g/dL)"
 // IEC-HS screen components (adapter/cart_fhir/grading/iechs/; mappings/astct-iechs-2023.yaml)
 * #ferritin "Ferritin, highest in the window (ng/mL)"
 * #ferritin-ratio "Ferritin, highest / upper limit of normal"
@@ -134,3 +156,30 @@ Description: "Criteria of the engine's IEC-HS screen (mappings/astct-iechs-2023.
 * #timing-after-crs "Timing: within 7 days after CRS resolution"
 * #timing-reworsening "Timing: worsening inflammation after initial improvement"
 * #timing-no-crs "Timing: no CRS episode in the course"
+
+CodeSystem: IcansPhenotype
+Id: icans-phenotype
+Title: "ICANS episode phenotype"
+Description: "Which ICANS domains an episode involved (grading.md decision 7, revised; Diorio et al., Blood 2024;144:1387)."
+* insert ProjectCodeSystem
+* #encephalopathic "Encephalopathic: only ICE/CAPD, consciousness, seizure or cerebral edema domains graded above 0"
+* #isolated-motor "Isolated motor: only the motor domain (deep focal motor weakness) graded above 0"
+* #mixed "Mixed: the motor domain and another domain graded above 0"
+
+CodeSystem: InflammatoryContext
+Id: inflammatory-context
+Title: "Inflammatory context at ICANS onset"
+Description: "Signs of inflammation from 72 h before to 24 h after an ICANS episode's onset (grading.md decision 7, revised)."
+* insert ProjectCodeSystem
+* #inflammatory "Inflammatory: fever >= 38.0 C, an open CRS episode, or CRP or ferritin above its reference range"
+* #non-inflammatory "Non-inflammatory: temperature and CRP measured, no sign of inflammation"
+* #unknown "Unknown: temperature or CRP (with a reference range) not measured in the window"
+
+CodeSystem: MalignancyLineage
+Id: malignancy-lineage
+Title: "Second malignancy lineage"
+Description: "Lineage of a second primary malignancy after CAR-T (mappings/second-malignancy.yaml)."
+* insert ProjectCodeSystem
+* #t-cell "T-cell malignancy (FDA 2024 boxed warning)"
+* #myeloid "Myeloid neoplasm (MDS/AML)"
+* #other "Other malignancy"

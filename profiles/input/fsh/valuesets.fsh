@@ -23,6 +23,10 @@ Description: "Toxicity types (Condition.code, AdverseEvent.event local coding)."
 * CartToxicity#icaht
 * CartToxicity#infection
 * CartToxicity#neurotoxicity-other
+* CartToxicity#hypogammaglobulinemia
+* CartToxicity#b-cell-aplasia
+* CartToxicity#second-malignancy
+* CartToxicity#prolonged-cytopenia
 
 ValueSet: ToxicityAssessment
 Id: toxicity-assessment
@@ -38,6 +42,10 @@ Description: "Grading scales and assessments (Observation.code of cart-toxicity-
 * CartToxicity#infection-grade-ctcae
 * CartToxicity#neurotoxicity-grade-ctcae
 * CartToxicity#treatment-response
+* CartToxicity#hypogammaglobulinemia-iago
+* CartToxicity#b-cell-aplasia-iago
+* CartToxicity#second-malignancy-iago
+* CartToxicity#prolonged-cytopenia-ctcae
 
 ValueSet: ToxicityComponent
 Id: toxicity-component
@@ -51,6 +59,10 @@ Description: "Component codes of grade and assessment Observations (Observation.
 * exclude CartToxicity#icaht
 * exclude CartToxicity#infection
 * exclude CartToxicity#neurotoxicity-other
+* exclude CartToxicity#hypogammaglobulinemia
+* exclude CartToxicity#b-cell-aplasia
+* exclude CartToxicity#second-malignancy
+* exclude CartToxicity#prolonged-cytopenia
 * exclude CartToxicity#automated-grading
 
 ValueSet: ComponentAnswer
@@ -65,6 +77,9 @@ Description: "Coded answers of grade components (Observation.component.valueCode
 * include codes from system MotorFinding
 * include codes from system CerebralEdemaFinding
 * include codes from system IecHsScreenCriterion
+* include codes from system IcansPhenotype
+* include codes from system InflammatoryContext
+* include codes from system MalignancyLineage
 
 ValueSet: GradeInterpretation
 Id: grade-interpretation
@@ -115,6 +130,27 @@ Title: "IEC-HS screen criterion"
 Description: "All codes of the iec-hs-screen-criterion CodeSystem."
 * insert ProjectValueSet
 * include codes from system IecHsScreenCriterion
+
+ValueSet: IcansPhenotypeVS
+Id: icans-phenotype
+Title: "ICANS episode phenotype"
+Description: "All codes of the icans-phenotype CodeSystem."
+* insert ProjectValueSet
+* include codes from system IcansPhenotype
+
+ValueSet: InflammatoryContextVS
+Id: inflammatory-context
+Title: "Inflammatory context at ICANS onset"
+Description: "All codes of the inflammatory-context CodeSystem."
+* insert ProjectValueSet
+* include codes from system InflammatoryContext
+
+ValueSet: MalignancyLineageVS
+Id: malignancy-lineage
+Title: "Second malignancy lineage"
+Description: "All codes of the malignancy-lineage CodeSystem."
+* insert ProjectValueSet
+* include codes from system MalignancyLineage
 
 ValueSet: CartObservationVS
 Id: cart-observation
