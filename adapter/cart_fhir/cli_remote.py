@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import orjson
 
@@ -16,9 +16,7 @@ from .errors import BadInput, InputErrors, Location
 from .ingest.index import ref_key
 from .output.resources import PatientResources, Written
 from .pipeline import Engine, RunResult
-from .remote.connect import connect
 from .remote.errors import AuthFailed, ServerError
-from .remote.read import PatientReader
 from .remote.settings import (
     CHUNK_SIZE,
     MAX_RESOURCES,
@@ -29,8 +27,11 @@ from .remote.settings import (
     WriteMode,
     load_settings,
 )
-from .remote.write import PatientWrite, ResultWriter, WriteReport
 from .report import RunReport
+
+if TYPE_CHECKING:  # the client stack (requests, fhirpy, jwt) is imported only by the commands that talk to a server
+    from .remote.read import PatientReader
+    from .remote.write import PatientWrite, ResultWriter, WriteReport
 
 log = logging.getLogger("cart_fhir")
 
@@ -112,6 +113,10 @@ class ServerRun:
 def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
     """One patient at a time: read, grade, write back (under that patient's lock), so memory stays per patient
     and a patient with bad data or a failed write does not stop the others."""
+    from .remote.connect import connect
+    from .remote.read import PatientReader
+    from .remote.write import ResultWriter, WriteReport
+
     settings = load_settings(server_flags(args), args.config)
     client = connect(settings)
     try:
@@ -187,6 +192,9 @@ def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWr
 
 def push_command(args: argparse.Namespace) -> WriteReport:
     """Write a Bundle that `cart-fhir grade` produced (collection or transaction) to a server."""
+    from .remote.connect import connect
+    from .remote.write import ResultWriter
+
     device, groups = written_from_bundle(args.bundle)
     settings = load_settings(server_flags(args), args.config)
     client = connect(settings)

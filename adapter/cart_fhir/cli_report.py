@@ -11,7 +11,6 @@ from .errors import ConfigError
 from .files import write_atomic
 from .ingest.read import read_paths
 from .pipeline import Engine, RunResult
-from .view.render import course_link, index_html, patient_file_name, patient_views, report_html
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    from .view.render import course_link, index_html, patient_file_name, patient_views, report_html  # report only
+
     if bool(args.output) == bool(args.out_dir):
         raise ConfigError("report needs one of -o REPORT.html or --out-dir DIR")
     engine = Engine(strict=not args.skip_invalid)

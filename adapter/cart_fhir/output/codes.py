@@ -27,10 +27,20 @@ ANSWER_SYSTEMS = {
     "cerebral-edema-finding": CS_EDEMA,
 }
 
+_CODINGS: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+
+
 def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
-    c: dict[str, Any] = {"system": system, "code": code}
-    if display:
-        c["display"] = display
+    """A Coding, built once per (system, code, display) and shared by every resource that carries it
+    (a run repeats a few hundred codings ~100,000 times). Output dicts are only serialised, never mutated."""
+    key = (system, code, display)
+    c = _CODINGS.get(key)
+    if c is None:
+        c = {"system": system, "code": code}
+        if display:
+            c["display"] = display
+        if len(_CODINGS) < 4096:  # codes come from the tables: bounded, but never let a bug grow it
+            _CODINGS[key] = c
     return c
 
 

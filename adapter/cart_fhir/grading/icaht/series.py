@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
 
-from ...model import Moment, Quantity, Reading
+from ...model import Moment, Quantity, Reading, value_above
 from ...timeline import Course
 from .table import IcahtWindow
 
@@ -25,7 +25,7 @@ def at_most(r: Reading, threshold: float) -> bool | None:
     if not isinstance(q, Quantity):
         return None
     # Unit conversion leaves float noise (1.1 x10*3/uL -> 1100.0000000000002): compare at 1e-6 precision.
-    above = Quantity(round(q.value, 6), q.comparator).above(threshold)
+    above = value_above(round(q.value, 6), q.comparator, threshold)  # no Quantity built per call
     return None if above is None else not above
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from ...model import Reading
 from .labs import Hit, Labs, baseline, limit, quantity
-from .table import Lookups
+from .table import CytopeniaRule, Lookups
 
 
 def ferritin_hit(lk: Lookups, labs: Labs, day: int, r: Reading) -> Hit | None:
@@ -105,19 +105,34 @@ def cytopenia_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
     for concept in rule.concepts:
         unit = lk.bands[concept][0].unit
         graded = [(d, r, post, *ctcae_grade(lk, r)) for d, r, post in labs.series(concept)]
-        for i, (day, r, post, g, flags) in enumerate(graded):
-            if not post or day < first or g is None:
+        # The graded readings before the current one, kept as we go (was: rebuilt per reading, quadratic).
+        # In time order (as series() gives them) those of the prior 72 h are a suffix: a moving start finds it.
+        earlier: list[tuple[Reading, int]] = []
+        start = 0
+        ordered = all(a[1].when.at <= b[1].when.at for a, b in zip(graded, graded[1:], strict=False))
+        for day, r, post, g, flags in graded:
+            if g is None:
                 continue
-            earlier = [(x, gx) for _, x, _, gx, _ in graded[:i] if gx is not None]
-            recent = [gx for x, gx in earlier if r.when.at - x.when.at <= prior]
-            value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
-            what = f"{concept} {value} (CTCAE grade {g}) on day {day}"
-            if recent and g >= max(recent) + rule.worsening_grades:
-                text = f"{what}: worse than grade {max(recent)} in the prior {rule.prior_hours:g} h"
-            elif not recent and earlier and earlier[-1][1] < rule.new_grade_at_least <= g:
-                text = (f"{what}: new grade >= {rule.new_grade_at_least} "
-                        f"(last earlier value grade {earlier[-1][1]})")
-            else:
-                continue
-            out.append(Hit((rule.key,), r, day, text, flags))
+            if post and day >= first:
+                if ordered:
+                    while start < len(earlier) and r.when.at - earlier[start][0].when.at > prior:
+                        start += 1
+                    recent = [gx for _, gx in earlier[start:]]
+                else:
+                    recent = [gx for x, gx in earlier if r.when.at - x.when.at <= prior]
+                value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
+                hit = _cytopenia_text(rule, f"{concept} {value} (CTCAE grade {g}) on day {day}", g, recent,
+                                      earlier[-1][1] if earlier else None)
+                if hit:
+                    out.append(Hit((rule.key,), r, day, hit, flags))
+            earlier.append((r, g))
     return out
+
+
+def _cytopenia_text(rule: CytopeniaRule, what: str, g: int, recent: list[int], last: int | None) -> str | None:
+    """Why this reading (`what`, of CTCAE grade g) is a cytopenia hit, or None."""
+    if recent and g >= max(recent) + rule.worsening_grades:
+        return f"{what}: worse than grade {max(recent)} in the prior {rule.prior_hours:g} h"
+    if not recent and last is not None and last < rule.new_grade_at_least <= g:
+        return f"{what}: new grade >= {rule.new_grade_at_least} (last earlier value grade {last})"
+    return None
