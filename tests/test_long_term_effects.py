@@ -248,3 +248,21 @@ def test_serious_infection_in_the_low_igg_period_is_flagged(engine) -> None:
     (ev,) = [e for e in cr.events if e.toxicity == Toxicity(H)]
     assert ev.assessment is not None and "serious-infection" in ev.assessment.flags
     assert ev.detail("infections") == [f"Condition/{pneu['id']}"]
+
+
+@pytest.mark.parametrize(("tox", "missing"), [
+    pytest.param("hypogammaglobulinemia", "serum IgG", id="no-igg-not-assessable"),
+    pytest.param("b-cell-aplasia", "CD19+ B-cell count", id="no-cd19-not-assessable"),
+    pytest.param("prolonged-cytopenia", "after day 100", id="no-counts-after-day-100-not-assessable"),
+])
+def test_never_measured_is_not_assessable_not_none(engine, tox, missing) -> None:
+    """Decision 2: no IgG, no CD19 count, no blood count after day 100 is 'not assessable' naming the input,
+    never a silent 'none' (and no summary row: the effect was not found)."""
+    b = PatientBuilder()
+    b.temp(1, "08:00", 37.0)
+    result = run(engine, b.bundle())
+    [cr] = result.patients[0].courses
+    [a] = [a for a in cr.assessments if a.toxicity == Toxicity(tox)]
+    assert a.state.value == "not-assessable" and a.value is None
+    assert any(missing in m for m in a.missing)
+    assert not [r for r in episode_rows(result) if r["toxicity"] == tox]

@@ -75,8 +75,10 @@ def test_resource_counts(out) -> None:
     codes = sorted(o["code"]["coding"][0]["code"] for o in of_type(out, "Observation")
                    if o not in daily_grades(out))
     # one treatment-response per episode, the CAR-HEMATOTOX score (not assessable: no baseline labs), and
-    # the early/late ICAHT assessments (not assessable: no ANC), IEC-HS (not assessable: CRS but no ferritin)
-    assert codes == ["car-hematotox-score", "icaht-grade-early", "icaht-grade-late", "iec-hs-grade",
+    # the early/late ICAHT assessments (not assessable: no ANC), IEC-HS (not assessable: CRS but no ferritin),
+    # and the IAGO long-term effects, not assessable without IgG, CD19 counts or blood counts after day 100
+    assert codes == ["b-cell-aplasia-iago", "car-hematotox-score", "hypogammaglobulinemia-iago",
+                     "icaht-grade-early", "icaht-grade-late", "iec-hs-grade", "prolonged-cytopenia-ctcae",
                      "treatment-response", "treatment-response"]
 
 

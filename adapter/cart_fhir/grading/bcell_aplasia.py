@@ -15,7 +15,7 @@ from __future__ import annotations
 from ..model import Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
-from .result import Assessment, Component, Event, Findings, State, Toxicity
+from .result import Assessment, Component, Event, Findings, State, Toxicity, not_measured
 
 B_CELL_APLASIA = Toxicity("b-cell-aplasia")
 CODE = "b-cell-aplasia-iago"
@@ -58,6 +58,10 @@ class BCellAplasiaGrader:
                 low = []
         if low:
             periods.append((low, None))
+        first = self.t.settings.from_day
+        if not any(day >= first for day, _ in course.of("cd19-b-cells")):
+            return Findings((not_measured(course.infusion.when.at, B_CELL_APLASIA, CODE, self.label,
+                                          f"CD19+ B-cell count (LOINC 8116-6) from day {first}"),))
         events = [self._event(n, lows, end) for n, (lows, end) in enumerate(periods, 1)]
         return Findings(tuple(e.assessment for e in events if e.assessment is not None), tuple(events))
 

@@ -22,7 +22,7 @@ from datetime import timedelta
 from ..model import DrugAdmin, Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
-from .result import Assessment, Component, Event, Findings, State, Toxicity
+from .result import Assessment, Component, Event, Findings, State, Toxicity, not_measured
 
 HYPOGAMMA = Toxicity("hypogammaglobulinemia")
 CODE = "hypogammaglobulinemia-iago"
@@ -78,6 +78,10 @@ class HypogammaGrader:
                 low = []
         if low:
             periods.append(_Period(low, None))
+        if not any(day >= s.from_day for day, _ in course.of("igg")):
+            # Never a silent "no hypogammaglobulinemia": without an IgG the effect cannot be assessed.
+            return Findings((not_measured(course.infusion.when.at, HYPOGAMMA, CODE, self.label,
+                                          f"serum IgG (LOINC 2465-3) from day {s.from_day}"),))
         events = [self._event(course, n, p, doses, infections) for n, p in enumerate(periods, 1)]
         return Findings(tuple(e.assessment for e in events if e.assessment is not None), tuple(events))
 

@@ -20,7 +20,7 @@ from pydantic import model_validator
 from ..model import Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
-from .result import Assessment, Component, Event, Findings, State, Toxicity
+from .result import Assessment, Component, Event, Findings, State, Toxicity, not_measured
 
 PROLONGED_CYTOPENIA = Toxicity("prolonged-cytopenia")
 CODE = "prolonged-cytopenia-ctcae"
@@ -95,6 +95,10 @@ class LateCytopeniaGrader:
                     current, lineages = [], set()
         if current:
             events.append(self._event(course, len(events) + 1, current, None))
+        if not by_day:
+            after = self.t.settings.after_day
+            return Findings((not_measured(course.infusion.when.at, PROLONGED_CYTOPENIA, CODE, self.label,
+                                          f"ANC, platelets or hemoglobin after day {after}"),))
         return Findings(tuple(e.assessment for e in events if e.assessment is not None), tuple(events))
 
     def _event(self, course: Course, n: int, hits: list[tuple[int, Reading, CytopeniaRow]],

@@ -160,3 +160,10 @@ class Findings:
 
     assessments: tuple[Assessment, ...] = ()
     events: tuple[Event, ...] = ()
+
+
+def not_measured(at: datetime, toxicity: Toxicity, code: str, table: str, missing: str) -> Assessment:
+    """The not-assessable result of a grader whose input was never measured in its window (decision 2: never a
+    silent grade 0 or "none"); dated `at` (the infusion), naming the missing input."""
+    return Assessment(toxicity, code, State.NOT_ASSESSABLE, None, at, missing=(missing,),
+                      reasons=(f"not assessable: no {missing} in the record",), table=table)

@@ -9,7 +9,7 @@ from datetime import datetime
 from ..grading.result import Assessment, DayGrade, Event, State, Toxicity
 from ..model import DrugAdmin, Quantity, Reading
 from ..timeline import Course
-from .labels import CONCEPT_LABELS, LANE_LABELS, component_text, fmt_number
+from .labels import CONCEPT_LABELS, component_text, fmt_number, lane_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class Cell:
     @property
     def label(self) -> str:
         """The text alternative: what a screen reader says for the cell."""
-        what = LANE_LABELS[self.toxicity]
+        what = lane_label(self.toxicity)
         when = f"day {self.day}" if self.day_end == self.day else f"days {self.day} to {self.day_end}"
         if self.state == State.NOT_ASSESSABLE.value or self.grade is None:
             grade = "not assessable"
@@ -117,7 +117,7 @@ def _unit(r: Reading, units: Mapping[str, str]) -> str:
 def day_cell(course: Course, dg: DayGrade, by_ref: Mapping[str, list[tuple[int, Reading]]],
               drugs: Mapping[str, DrugAdmin], units: Mapping[str, str], versions: Mapping[str, str]) -> Cell:
     detail = Detail(
-        title=f"{LANE_LABELS[dg.toxicity.value]} day {dg.day} ({course.date_of(dg.day).isoformat()})",
+        title=f"{lane_label(dg.toxicity.value)} day {dg.day} ({course.date_of(dg.day).isoformat()})",
         decided_by=dg.reasons, criteria=_criteria_of(dg.toxicity, versions),
         components=tuple((c.code, component_text(c)) for c in dg.components),
         inputs=_inputs(course, [*dg.evidence, *dg.supporting], by_ref, drugs, units),
@@ -143,7 +143,7 @@ def _assessment_detail(course: Course, a: Assessment, title: str, by_ref: Mappin
 def event_cell(course: Course, ev: Event, by_ref: Mapping[str, list[tuple[int, Reading]]],
                 drugs: Mapping[str, DrugAdmin], units: Mapping[str, str], attribution: tuple[str, ...]) -> Cell:
     end = ev.resolved_day - 1 if ev.resolved_day is not None and ev.resolved_day > ev.onset_day else ev.onset_day
-    title = f"{LANE_LABELS[ev.toxicity.value]}: onset day {ev.onset_day}"
+    title = f"{lane_label(ev.toxicity.value)}: onset day {ev.onset_day}"
     if ev.term is not None:
         title += f", {ev.term[2]}"
     extra = tuple((k, str(v)) for k, v in ev.details) + tuple(("attribution", a) for a in attribution)
@@ -162,7 +162,7 @@ def assessment_cell(course: Course, a: Assessment, by_ref: Mapping[str, list[tup
                      drugs: Mapping[str, DrugAdmin], units: Mapping[str, str]) -> Cell:
     start = _day(course, a.start)
     end = _day(course, a.end) - 1 if a.end is not None else start
-    title = f"{LANE_LABELS[a.toxicity.value]}: days {start} to {max(start, end)}"
+    title = f"{lane_label(a.toxicity.value)}: days {start} to {max(start, end)}"
     detail = _assessment_detail(course, a, title, by_ref, drugs, units)
     return Cell(a.toxicity.value, start, max(start, end), a.state.value, a.value, False, detail)
 

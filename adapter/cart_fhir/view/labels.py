@@ -10,7 +10,15 @@ LANES = (Toxicity.CRS, Toxicity.ICANS, Toxicity.IEC_HS, Toxicity.ICAHT_EARLY, To
 LANE_LABELS = {
     "crs": "CRS", "icans": "ICANS", "iec-hs": "IEC-HS", "icaht-early": "ICAHT early", "icaht-late": "ICAHT late",
     "infection": "Infections", "neurotoxicity-other": "Other neurotoxicity", "car-hematotox": "CAR-HEMATOTOX",
+    # IAGO long-term effects: no daily lane; listed with the events (found) or under "after the last day".
+    "hypogammaglobulinemia": "Hypogammaglobulinemia", "b-cell-aplasia": "B-cell aplasia",
+    "second-malignancy": "Second primary malignancy", "prolonged-cytopenia": "Prolonged cytopenia",
 }
+
+
+def lane_label(toxicity: str) -> str:
+    """The label of a toxicity; a registered toxicity this page does not know yet shows its name."""
+    return LANE_LABELS.get(toxicity, toxicity)
 
 CONCEPT_LABELS = {
     "body-temperature": "Temperature", "systolic-bp": "Systolic BP", "diastolic-bp": "Diastolic BP",

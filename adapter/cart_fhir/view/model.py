@@ -129,22 +129,24 @@ def _course(pid: str, cr: CourseResult, versions: tuple[tuple[str, str], ...], u
             lanes[tox].onsets.extend(ep.onset_day for ep in eps)
             lanes[tox].resolutions.extend(ep.resolved_day for ep in eps if ep.resolved_day is not None)
     events: list[EventRow] = []
+    unlaned: list[Cell] = []  # long-term effects not assessable: no lane, listed with what they miss
     for ev in cr.events:
         lane = lanes.get(ev.toxicity)
-        if lane is None:
-            continue
         attribution = _attribution(course, ev, attribute)
-        lane.cells.append(event_cell(course, ev, refs, drugs, units, attribution))
-        lane.onsets.append(ev.onset_day)
-        if ev.resolved_day is not None:
-            lane.resolutions.append(ev.resolved_day)
+        if lane is not None:
+            lane.cells.append(event_cell(course, ev, refs, drugs, units, attribution))
+            lane.onsets.append(ev.onset_day)
+            if ev.resolved_day is not None:
+                lane.resolutions.append(ev.resolved_day)
         events.append(_event_row(ev, attribution))
     for a in cr.assessments:
         lane = lanes.get(a.toxicity)
         if lane is not None:
             lane.cells.append(assessment_cell(course, a, refs, drugs, units))
+        elif a.state == State.NOT_ASSESSABLE:
+            unlaned.append(assessment_cell(course, a, refs, drugs, units))
     first, last = _axis(cr)
-    off_axis: list[Cell] = []
+    off_axis: list[Cell] = list(unlaned)
     for lane in lanes.values():
         # An assessment window that starts after the last day with data (ICAHT late, days 31-100, when the
         # data end sooner) is listed under the events instead of stretching the axis.

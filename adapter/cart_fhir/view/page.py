@@ -13,7 +13,7 @@ from functools import cache
 from html import escape
 from importlib import resources
 
-from .labels import LANE_LABELS, LANES
+from .labels import LANES, lane_label
 from .model import Cell, CourseView, Detail, PatientView
 from .svg import DAY_W, lane_svg, markers_svg
 
@@ -77,7 +77,7 @@ def _legend() -> str:
 
 
 def index_table(patients: Iterable[PatientView], link_for: LinkFor) -> str:
-    head = "".join(f'<th scope="col">{escape(LANE_LABELS[t.value])}</th>' for t in LANES)
+    head = "".join(f'<th scope="col">{escape(lane_label(t.value))}</th>' for t in LANES)
     rows = []
     for p in patients:
         for c in p.courses:
@@ -242,7 +242,7 @@ def _events(c: CourseView) -> str:
     for e in c.events:
         details = "; ".join(f"{k}: {v}" for k, v in e.details)
         attribution = "<br>".join(escape(a) for a in e.attribution) or "-"
-        rows.append(f'<tr data-event="{e.toxicity}"><th scope="row">{escape(LANE_LABELS[e.toxicity])}</th>'
+        rows.append(f'<tr data-event="{e.toxicity}"><th scope="row">{escape(lane_label(e.toxicity))}</th>'
                     f"<td>{escape(e.grade)}</td><td>{e.onset_day}</td><td>{escape(e.resolution)}</td>"
                     f"<td>{escape(details)}</td><td>{attribution}</td></tr>")
     return ('<section class="card"><h3>Events and attribution (IAGO)</h3><table><thead><tr>'
