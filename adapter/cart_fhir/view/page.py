@@ -234,7 +234,8 @@ def _events(c: CourseView) -> str:
         f'<li data-toxicity="{cell.toxicity}" data-day="{cell.day}" data-state="{cell.state}">'
         f'{escape(cell.label)}' + (": missing " + escape("; ".join(cell.detail.missing)) if cell.detail.missing
                                    else "") + "</li>" for cell in c.off_axis)
-    later = f'<p>After the last day with data:</p><ul class="later">{later}</ul>' if later else ""
+    heading = "Not on the day axis (windows after the last day with data; IAGO long-term effects):"
+    later = f'<p>{heading}</p><ul class="later">{later}</ul>' if later else ""
     if not c.events:
         return ('<section class="card"><h3>Events and attribution</h3><p>No IEC-HS, ICAHT, infection or other '
                 f'neurotoxicity event.</p>{later}</section>')
