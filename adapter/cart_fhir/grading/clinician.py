@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..model import ClinicianAttribution, Moment
+from ..model import ClinicianAttribution, ConditionFact, Moment, Reading
 from ..timeline import Course
 from .result import Assessment, DayGrade, Event, Findings
 
@@ -40,6 +40,9 @@ class Dropped:
                 "(grading.md decision 9, clinician attribution)")
 
 
+F = TypeVar("F", Reading, ConditionFact)  # a finding a clinician may attribute elsewhere
+
+
 def view(course: Course, own_tables: Sequence[str]) -> tuple[Course, list[Dropped]]:
     """The course without the findings a clinician attributed to another cause (for one toxicity), and what
     was left out. The course itself is returned when nothing is attributed elsewhere."""
@@ -54,20 +57,18 @@ def view(course: Course, own_tables: Sequence[str]) -> tuple[Course, list[Droppe
         return a
 
     dropped: list[Dropped] = []
-    readings = []
-    for day, r in course.readings:
-        a = other(r.ref)
-        if a is None:
-            readings.append((day, r))
-        else:
-            dropped.append(Dropped(day, a))
-    conditions = []
-    for day, f in course.conditions:
-        a = other(f.ref)
-        if a is None:
-            conditions.append((day, f))
-        else:
-            dropped.append(Dropped(day, a))
+
+    def kept(pairs: Sequence[tuple[int, F]]) -> list[tuple[int, F]]:
+        out = []
+        for day, finding in pairs:
+            a = other(finding.ref)
+            if a is None:
+                out.append((day, finding))
+            else:
+                dropped.append(Dropped(day, a))
+        return out
+
+    readings, conditions = kept(course.readings), kept(course.conditions)
     if not dropped:
         return course, []
     narrowed = Course(course.patient, course.infusion, course.number, course.until, readings, course.drugs,

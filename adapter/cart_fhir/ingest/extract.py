@@ -380,10 +380,7 @@ class Extractor:
         if kind == "quantity":
             q = holder.get("valueQuantity")
             if q is None:
-                other = next((k for k in holder if k.startswith("value")), None)
-                if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueQuantity, got {other}", at.loc)
-                return None
+                return _no_value(holder, row, "valueQuantity", path, at)
             return self._quantity(q, row, path, at)
         if kind == "integer":
             v = holder.get("valueInteger")
@@ -392,10 +389,7 @@ class Extractor:
                 if isinstance(v, float) and v.is_integer():
                     v = int(v)
             if v is None:
-                other = next((k for k in holder if k.startswith("value")), None)
-                if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueInteger, got {other}", at.loc)
-                return None
+                return _no_value(holder, row, "valueInteger", path, at)
             if not isinstance(v, int) or isinstance(v, bool):
                 raise BadInput(f"{path}: {row.concept} must be an integer, got {json_type(v)}", at.loc, shown(v))
             if (row.min is not None and v < row.min) or (row.max is not None and v > row.max):
@@ -404,10 +398,7 @@ class Extractor:
         if kind == "code":
             cc = holder.get("valueCodeableConcept")
             if cc is None:
-                other = next((k for k in holder if k.startswith("value")), None)
-                if other:
-                    raise BadInput(f"{path}: {row.concept} must be a valueCodeableConcept, got {other}", at.loc)
-                return None
+                return _no_value(holder, row, "valueCodeableConcept", path, at)
             if not isinstance(cc, dict):
                 raise BadInput(f"{path}: valueCodeableConcept must be an object", at.loc)
             assert row.value_system is not None
@@ -715,3 +706,10 @@ def microbiology_positive(res: dict[str, Any]) -> bool:
     if not words:
         return False
     return not any(w in words for w in _NEGATIVE_WORDS)
+
+
+def _no_value(holder: dict[str, Any], row: ConceptRow, expected: str, path: str, at: Indexed) -> None:
+    """No value of the concept's type: None (nothing to read), or bad input when another value[x] stands there."""
+    other = next((k for k in holder if k.startswith("value")), None)
+    if other:
+        raise BadInput(f"{path}: {row.concept} must be a {expected}, got {other}", at.loc)

@@ -39,13 +39,18 @@ def codeable(cc: Any, path: str, at: Indexed) -> None:
                 raise BadInput(f"{path}.coding[{i}].{key} must be a string, got {json_type(v)}", at.loc, shown(v))
 
 
-def codeables(value: Any, path: str, at: Indexed) -> None:
-    """A list of CodeableConcepts (Observation.category, interpretation, reasonCode, ...)."""
+def _items(value: Any, path: str, at: Indexed) -> list[Any]:
+    """The items of a list element (none when absent); bad input when it is not a list."""
     if value is None:
-        return
+        return []
     if type(value) is not list:
         raise BadInput(f"{path} must be a list, got {json_type(value)}", at.loc, shown(value))
-    for i, cc in enumerate(value):
+    return value
+
+
+def codeables(value: Any, path: str, at: Indexed) -> None:
+    """A list of CodeableConcepts (Observation.category, interpretation, reasonCode, ...)."""
+    for i, cc in enumerate(_items(value, path, at)):
         codeable(cc, f"{path}[{i}]", at)
 
 
@@ -56,11 +61,7 @@ def obj(value: Any, path: str, at: Indexed, what: str = "an object") -> None:
 
 def objects(value: Any, path: str, at: Indexed) -> None:
     """A list of objects (component, referenceRange, reasonReference, dosage of a MedicationStatement)."""
-    if value is None:
-        return
-    if type(value) is not list:
-        raise BadInput(f"{path} must be a list, got {json_type(value)}", at.loc, shown(value))
-    for i, v in enumerate(value):
+    for i, v in enumerate(_items(value, path, at)):
         if type(v) is not dict:
             raise BadInput(f"{path}[{i}] must be an object, got {json_type(v)}", at.loc, shown(v))
 
