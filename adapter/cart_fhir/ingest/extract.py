@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, date, timezone
 from typing import Any
 
@@ -25,7 +24,7 @@ from .fast import OBS_USABLE, FastObservation
 from .index import Indexed, InputIndex
 from .timeparse import TimeError, has_offset, parse_moment
 from .units import UnitConverter
-from .values import ValueChecks
+from .values import ValueChecks, component_path
 
 MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
 MS_USABLE = frozenset({"active", "completed", "intended"})
@@ -35,10 +34,6 @@ MALIGNANCY_TABLE = "second-malignancy"  # ConditionFact.table of new malignancie
 CART_ICD10_PREFIXES = ("D89.83", "G92.0")
 
 
-@functools.lru_cache(maxsize=256)
-def _component_path(code: str) -> str:
-    """Message path of a component (one per concept code in the tables: built once, not per Observation)."""
-    return f"Observation.component[{code}]"
 
 
 # effective[x] / performed[x] elements that hold one time, in the order they are read.
@@ -266,11 +261,13 @@ class Extractor:
         # The hot path of a run (one call per input Observation): no Location is built unless a message
         # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
         res = ent.resource
-        if type(res) is FastObservation:  # read on the fast path (ingest/fast.py): its Reading is made
-            data.readings.append(res.reading)
+        if type(res) is FastObservation:  # read on the fast path (ingest/fast.py): its Readings are made
+            if res.ignored is not None:
+                self.report.ignored[res.ignored] += 1
+                return
+            data.readings.extend(res.readings)
             self.report.resources_used += 1
-            if res.unverified is not None:
-                self.report.unverified_rows.add(res.unverified)
+            self.report.unverified_rows.update(res.unverified)
             return
         status = res.get("status")
         if type(status) is not str or status not in OBS_USABLE:
@@ -324,7 +321,7 @@ class Extractor:
                 data.readings.append(Reading(concept.concept, when, value, key, key, low, high))
                 made += 1
         for row, comp in sub:
-            value = self.values.observation_value(comp, row, _component_path(row.code), ent)
+            value = self.values.observation_value(comp, row, component_path(row.code), ent)
             if value is not None:
                 data.readings.append(Reading(row.concept, when, value, key, key))
                 made += 1

@@ -24,19 +24,20 @@ from typing import Any
 
 from ..errors import BadInput, Location
 from ..model import Moment, Reading
+from ..tables import ConceptRow
 from .codes import Terminology
 from .read import Item
 from .timeparse import TimeError, has_offset, parse_moment
 from .units import UnitConverter
-from .values import ValueChecks
+from .values import ValueChecks, component_path
 
 ENV = "CART_FHIR_FAST_READ"  # "0": every Observation through the extractor (the equivalence tests compare)
 # Elements of a plain Observation kept in its stand-in: what build_index (resourceType, id, meta, subject),
 # Item.loc (resourceType, id) and Extractor._charting_offset (effectiveDateTime) read.
 _KEPT = ("resourceType", "id", "meta", "subject", "effectiveDateTime")
-# Elements that would change what the resource means or how the extractor reads it: such an Observation
-# is read by the extractor (components, other time shapes and value[x] types are caught by the checks below).
-_UNUSUAL = frozenset({"component", "modifierExtension", "implicitRules", "dataAbsentReason"})
+# Elements that change what a resource (or a component) means: such an Observation is read by the extractor
+# (other time shapes and value[x] types are caught by the checks below).
+_UNUSUAL = frozenset({"modifierExtension", "implicitRules", "dataAbsentReason"})
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})  # Observation.status read (both paths)
 _CACHE_MAX = 4096  # timestamps and values repeat within a patient; lines of many patients interleave
 # Given to parse_moment as the patient's offset, which a time with its own offset never takes: a Moment that
@@ -50,12 +51,14 @@ def enabled() -> bool:
 
 
 class FastObservation(dict[str, Any]):
-    """The slim stand-in of a plain Observation (see the module docstring), with its finished Reading."""
+    """The slim stand-in of an Observation read on the fast path (see the module docstring): what the
+    extractor would have made of it, for Extractor._observation to add to the patient and the run report."""
 
-    __slots__ = ("reading", "unverified")
+    __slots__ = ("ignored", "readings", "unverified")
 
-    reading: Reading
-    unverified: str | None  # the input-concepts row the Reading used, when not yet verified (run report)
+    readings: tuple[Reading, ...]
+    unverified: tuple[str, ...]  # input-concepts rows used that are not yet verified (run report)
+    ignored: str | None  # the run report's reason when the Observation is not used (a status not read)
 
 
 class _NotPlain(Exception):
@@ -89,39 +92,64 @@ class FastReader:
                     item = Item(slim, item.full_url, item.file, item.line, item.entry)
             yield item
 
+    def _row(self, cc: Any) -> ConceptRow | None:
+        """concept(cc) when cc's first coding is a well-formed (system, code) the table holds; else None (the
+        extractor then reads the resource, checking the shape)."""
+        try:
+            c0 = cc["coding"][0]
+            return self._concepts.get((c0["system"], c0["code"]))
+        except (TypeError, KeyError, IndexError):
+            return None
+
     def _plain(self, item: Item) -> FastObservation | None:
         res = item.resource
         rid = res.get("id")
         status = res.get("status")
-        if type(rid) is not str or type(status) is not str or status not in OBS_USABLE \
-                or not _UNUSUAL.isdisjoint(res):
+        if type(rid) is not str or type(status) is not str or not _UNUSUAL.isdisjoint(res):
             return None
-        try:
-            c0 = res["code"]["coding"][0]
-            row = self._concepts.get((c0["system"], c0["code"]))
-        except (TypeError, KeyError, IndexError):
+        key = f"Observation/{rid}"  # build_index's key for a resource with an id
+        if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
+            return _stand_in(res, (), (), f"Observation status {status}")
+        concept = self._row(res.get("code"))
+        if concept is None:
             return None
-        if row is None or row.kind == "panel":
-            return None
+        sub: list[tuple[ConceptRow, dict[str, Any]]] = []
+        components = res.get("component")
+        if components is not None:  # a BP panel: its two components are the readings
+            if type(components) is not list:
+                return None
+            for comp in components:
+                row = self._row(comp.get("code")) if type(comp) is dict and _UNUSUAL.isdisjoint(comp) else None
+                if row is None:
+                    return None
+                if row.kind != "panel":
+                    sub.append((row, comp))
+        own = concept.kind != "panel"
         when = self._moment(res.get("effectiveDateTime"))
-        if when is None:
+        if when is None or not (own or sub):
             return None
         values = self._values
         if len(values.quantities) > _CACHE_MAX:
             values.quantities.clear()
-        try:
-            value = values.observation_value(res, row, "Observation", item)
-            if value is None:
-                return None
-            low, high = values.reference_range(res, row, item, _not_plain) \
-                if row.kind == "quantity" and "referenceRange" in res else (None, None)
+        readings: list[Reading] = []
+        try:  # the extractor's steps (Extractor._observation), in its order, through the same checks
+            if own:
+                value = values.observation_value(res, concept, "Observation", item)
+                if value is not None:
+                    low, high = values.reference_range(res, concept, item, _not_plain) \
+                        if concept.kind == "quantity" and "referenceRange" in res else (None, None)
+                    readings.append(Reading(concept.concept, when, value, key, key, low, high))
+            for row, comp in sub:
+                value = values.observation_value(comp, row, component_path(row.code), item)
+                if value is not None:
+                    readings.append(Reading(row.concept, when, value, key, key))
         except (BadInput, _NotPlain):
             return None
-        key = f"Observation/{rid}"  # build_index's key for a resource with an id
-        slim = FastObservation((k, res[k]) for k in _KEPT if k in res)
-        slim.reading = Reading(row.concept, when, value, key, key, low, high)
-        slim.unverified = None if row.verified else f"input-concepts:{row.system}|{row.code}"
-        return slim
+        if not readings:
+            return None
+        unverified = tuple(f"input-concepts:{r.system}|{r.code}" for r in (concept, *(r for r, _ in sub))
+                           if not r.verified)
+        return _stand_in(res, tuple(readings), unverified, None)
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);
@@ -141,3 +169,10 @@ class FastReader:
             self._moments.clear()
         self._moments[value] = m
         return m
+
+
+def _stand_in(res: dict[str, Any], readings: tuple[Reading, ...], unverified: tuple[str, ...],
+              ignored: str | None) -> FastObservation:
+    slim = FastObservation((k, res[k]) for k in _KEPT if k in res)
+    slim.readings, slim.unverified, slim.ignored = readings, unverified, ignored
+    return slim

@@ -4,6 +4,7 @@ the two paths cannot drift."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
@@ -17,6 +18,12 @@ from .units import UnitConverter, UnitError
 
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 Warn = Callable[[str, Location], None]  # RunReport.warn, or the fast reader's "not plain" signal
+
+
+@functools.lru_cache(maxsize=256)
+def component_path(code: str) -> str:
+    """Message path of a component (one per concept code in the tables: built once, not per Observation)."""
+    return f"Observation.component[{code}]"
 
 
 def _is_comparator(value: object) -> TypeGuard[Comparator]:
