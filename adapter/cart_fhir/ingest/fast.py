@@ -32,12 +32,10 @@ from .units import UnitConverter
 from .values import ValueChecks, component_path
 
 ENV = "CART_FHIR_FAST_READ"  # "0": every Observation through the extractor (the equivalence tests compare)
-# Elements of a plain Observation kept in its stand-in: what build_index (resourceType, id, meta, subject),
-# Item.loc (resourceType, id) and Extractor._charting_offset (effectiveDateTime) read.
-_KEPT = ("resourceType", "id", "meta", "subject", "effectiveDateTime")
-# Elements that change what a resource (or a component) means: such an Observation is read by the extractor
-# (other time shapes and value[x] types are caught by the checks below).
-_UNUSUAL = frozenset({"modifierExtension", "implicitRules", "dataAbsentReason"})
+# A stand-in keeps what build_index (resourceType, id, meta, subject), Item.loc (resourceType, id) and
+# Extractor._charting_offset (effectiveDateTime) read of the Observation (_stand_in). An Observation or
+# component with an element that changes its meaning (modifierExtension, implicitRules, dataAbsentReason:
+# _unusual) is read by the extractor; other time shapes and value[x] types are caught by the checks below.
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})  # Observation.status read (both paths)
 _CACHE_MAX = 4096  # timestamps and values repeat within a patient; lines of many patients interleave
 # Given to parse_moment as the patient's offset, which a time with its own offset never takes: a Moment that
@@ -83,7 +81,8 @@ class FastReader:
         """The items, each plain Observation replaced by its stand-in; everything else passed through as is."""
         plain = self._plain
         for item in items:
-            if type(item) is Item and item.resource.get("resourceType") == "Observation":
+            if type(item) is Item and item.resource.get("resourceType") == "Observation" \
+                    and type(item.resource) is not FastObservation:  # (items already compacted pass as they are)
                 slim = plain(item)
                 if slim is None:
                     self.fallback += 1
@@ -105,11 +104,11 @@ class FastReader:
         res = item.resource
         rid = res.get("id")
         status = res.get("status")
-        if type(rid) is not str or type(status) is not str or not _UNUSUAL.isdisjoint(res):
+        if type(rid) is not str or type(status) is not str or _unusual(res):
             return None
         key = f"Observation/{rid}"  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
-            return _stand_in(res, (), (), f"Observation status {status}")
+            return _stand_in(res, rid, (), (), f"Observation status {status}")
         concept = self._row(res.get("code"))
         if concept is None:
             return None
@@ -119,7 +118,7 @@ class FastReader:
             if type(components) is not list:
                 return None
             for comp in components:
-                row = self._row(comp.get("code")) if type(comp) is dict and _UNUSUAL.isdisjoint(comp) else None
+                row = self._row(comp.get("code")) if type(comp) is dict and not _unusual(comp) else None
                 if row is None:
                     return None
                 if row.kind != "panel":
@@ -147,9 +146,9 @@ class FastReader:
             return None
         if not readings:
             return None
-        unverified = tuple(f"input-concepts:{r.system}|{r.code}" for r in (concept, *(r for r, _ in sub))
-                           if not r.verified)
-        return _stand_in(res, tuple(readings), unverified, None)
+        unverified = () if concept.verified and all(r.verified for r, _ in sub) else \
+            tuple(f"input-concepts:{r.system}|{r.code}" for r in (concept, *(r for r, _ in sub)) if not r.verified)
+        return _stand_in(res, rid, tuple(readings), unverified, None)
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);
@@ -171,8 +170,14 @@ class FastReader:
         return m
 
 
-def _stand_in(res: dict[str, Any], readings: tuple[Reading, ...], unverified: tuple[str, ...],
+def _unusual(holder: dict[str, Any]) -> bool:
+    return "modifierExtension" in holder or "dataAbsentReason" in holder or "implicitRules" in holder
+
+
+def _stand_in(res: dict[str, Any], rid: str, readings: tuple[Reading, ...], unverified: tuple[str, ...],
               ignored: str | None) -> FastObservation:
-    slim = FastObservation((k, res[k]) for k in _KEPT if k in res)
+    # An absent element and one set to None read the same to every reader of the stand-in (.get()).
+    slim = FastObservation(resourceType="Observation", id=rid, meta=res.get("meta"), subject=res.get("subject"),
+                           effectiveDateTime=res.get("effectiveDateTime"))
     slim.readings, slim.unverified, slim.ignored = readings, unverified, ignored
     return slim
