@@ -101,54 +101,71 @@ class FastReader:
             return None
 
     def _plain(self, item: Item) -> FastObservation | None:
+        # Per input Observation: the common shapes (one value, or a BP panel's two components) take no more
+        # calls than the checks themselves; a None anywhere leaves the resource to the extractor.
         res = item.resource
         rid = res.get("id")
         status = res.get("status")
-        if type(rid) is not str or type(status) is not str or _unusual(res):
+        if type(rid) is not str or type(status) is not str or "modifierExtension" in res \
+                or "dataAbsentReason" in res or "implicitRules" in res:
             return None
-        key = f"Observation/{rid}"  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
             return _stand_in(res, rid, (), (), f"Observation status {status}")
         concept = self._row(res.get("code"))
         if concept is None:
             return None
-        sub: list[tuple[ConceptRow, dict[str, Any]]] = []
-        components = res.get("component")
-        if components is not None:  # a BP panel: its two components are the readings
-            if type(components) is not list:
-                return None
-            for comp in components:
-                row = self._row(comp.get("code")) if type(comp) is dict and not _unusual(comp) else None
-                if row is None:
-                    return None
-                if row.kind != "panel":
-                    sub.append((row, comp))
-        own = concept.kind != "panel"
-        when = self._moment(res.get("effectiveDateTime"))
-        if when is None or not (own or sub):
+        when = self._moments.get(v) if type(v := res.get("effectiveDateTime")) is str else None
+        if when is None and (when := self._moment(v)) is None:
             return None
         values = self._values
         if len(values.quantities) > _CACHE_MAX:
             values.quantities.clear()
-        readings: list[Reading] = []
+        key = f"Observation/{rid}"  # build_index's key for a resource with an id
+        components = res.get("component")
         try:  # the extractor's steps (Extractor._observation), in its order, through the same checks
-            if own:
-                value = values.observation_value(res, concept, "Observation", item)
-                if value is not None:
-                    low, high = values.reference_range(res, concept, item, _not_plain) \
-                        if concept.kind == "quantity" and "referenceRange" in res else (None, None)
-                    readings.append(Reading(concept.concept, when, value, key, key, low, high))
-            for row, comp in sub:
-                value = values.observation_value(comp, row, component_path(row.code), item)
-                if value is not None:
-                    readings.append(Reading(row.concept, when, value, key, key))
+            if components is None:
+                if concept.kind == "panel" or (value := values.observation_value(res, concept, "Observation",
+                                                                                 item)) is None:
+                    return None
+                low, high = values.reference_range(res, concept, item, _not_plain) \
+                    if concept.kind == "quantity" and "referenceRange" in res else (None, None)
+                return _stand_in(res, rid, (Reading(concept.concept, when, value, key, key, low, high),),
+                                 () if concept.verified else _unverified((concept,)), None)
+            return self._panel(res, rid, key, concept, when, components, item)
         except (BadInput, _NotPlain):
             return None
+
+    def _panel(self, res: dict[str, Any], rid: str, key: str, concept: ConceptRow, when: Moment,
+               components: Any, item: Item) -> FastObservation | None:
+        """An Observation with components (a BP panel): the readings of its own value and of each component."""
+        if type(components) is not list:
+            return None
+        sub: list[tuple[ConceptRow, dict[str, Any]]] = []
+        for comp in components:
+            row = self._row(comp.get("code")) if type(comp) is dict and not _unusual(comp) else None
+            if row is None:
+                return None
+            if row.kind != "panel":
+                sub.append((row, comp))
+        own = concept.kind != "panel"
+        if not (own or sub):
+            return None
+        values = self._values
+        readings: list[Reading] = []
+        if own:
+            value = values.observation_value(res, concept, "Observation", item)
+            if value is not None:
+                low, high = values.reference_range(res, concept, item, _not_plain) \
+                    if concept.kind == "quantity" and "referenceRange" in res else (None, None)
+                readings.append(Reading(concept.concept, when, value, key, key, low, high))
+        for row, comp in sub:
+            value = values.observation_value(comp, row, component_path(row.code), item)
+            if value is not None:
+                readings.append(Reading(row.concept, when, value, key, key))
         if not readings:
             return None
-        unverified = () if concept.verified and all(r.verified for r, _ in sub) else \
-            tuple(f"input-concepts:{r.system}|{r.code}" for r in (concept, *(r for r, _ in sub)) if not r.verified)
-        return _stand_in(res, rid, tuple(readings), unverified, None)
+        rows = (concept, *(r for r, _ in sub))
+        return _stand_in(res, rid, tuple(readings), () if all(r.verified for r in rows) else _unverified(rows), None)
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);
@@ -168,6 +185,11 @@ class FastReader:
             self._moments.clear()
         self._moments[value] = m
         return m
+
+
+def _unverified(rows: tuple[ConceptRow, ...]) -> tuple[str, ...]:
+    """The run report's names of the input-concepts rows used that are not yet verified."""
+    return tuple(f"input-concepts:{r.system}|{r.code}" for r in rows if not r.verified)
 
 
 def _unusual(holder: dict[str, Any]) -> bool:
