@@ -18,6 +18,7 @@ their order: the stand-in goes through the index (versions, subject join) like t
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import timedelta, timezone
 from typing import Any
@@ -37,6 +38,7 @@ ENV = "CART_FHIR_FAST_READ"  # "0": every Observation through the extractor (the
 # component with an element that changes its meaning (modifierExtension, implicitRules, dataAbsentReason:
 # _unusual) is read by the extractor; other time shapes and value[x] types are caught by the checks below.
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})  # Observation.status read (both paths)
+_SUBJECTS_MAX = 1 << 16
 _CACHE_MAX = 4096  # timestamps and values repeat within a patient; lines of many patients interleave
 # Given to parse_moment as the patient's offset, which a time with its own offset never takes: a Moment that
 # carries it had none after all (a string has_offset misjudged), and the extractor reads that resource.
@@ -74,6 +76,7 @@ class FastReader:
         self._concepts = terminology.first_coding_concepts()
         self._values = ValueChecks(terminology, units)
         self._moments: dict[str, Moment] = {}
+        self._subjects: dict[str, dict[str, Any]] = {}
         self.fast = 0  # plain Observations read here
         self.fallback = 0  # Observations left to the extractor
 
@@ -110,7 +113,7 @@ class FastReader:
                 or "dataAbsentReason" in res or "implicitRules" in res:
             return None
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
-            return _stand_in(res, rid, (), (), f"Observation status {status}")
+            return self._stand_in(res, rid, (), (), f"Observation status {status}")
         concept = self._row(res.get("code"))
         if concept is None:
             return None
@@ -129,7 +132,7 @@ class FastReader:
                     return None
                 low, high = values.reference_range(res, concept, item, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
-                return _stand_in(res, rid, (Reading(concept.concept, when, value, key, key, low, high),),
+                return self._stand_in(res, rid, (Reading(concept.concept, when, value, key, key, low, high),),
                                  () if concept.verified else _unverified((concept,)), None)
             return self._panel(res, rid, key, concept, when, components, item)
         except (BadInput, _NotPlain):
@@ -165,7 +168,23 @@ class FastReader:
         if not readings:
             return None
         rows = (concept, *(r for r, _ in sub))
-        return _stand_in(res, rid, tuple(readings), () if all(r.verified for r in rows) else _unverified(rows), None)
+        unverified = () if all(r.verified for r in rows) else _unverified(rows)
+        return self._stand_in(res, rid, tuple(readings), unverified, None)
+
+    def _stand_in(self, res: dict[str, Any], rid: str, readings: tuple[Reading, ...], unverified: tuple[str, ...],
+                  ignored: str | None) -> FastObservation:
+        # An absent element and one set to None read the same to every reader of the stand-in (.get()). The
+        # stand-ins of one patient share one subject object, and one string per time: nothing writes to them.
+        subject = res.get("subject")
+        if type(subject) is dict and len(subject) == 1 and type(ref := subject.get("reference")) is str:
+            if len(self._subjects) > _SUBJECTS_MAX:
+                self._subjects.clear()
+            subject = self._subjects.setdefault(ref, subject)
+        when = res.get("effectiveDateTime")
+        slim = FastObservation(resourceType="Observation", id=rid, meta=res.get("meta"), subject=subject,
+                               effectiveDateTime=sys.intern(when) if type(when) is str else when)
+        slim.readings, slim.unverified, slim.ignored = readings, unverified, ignored
+        return slim
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);
@@ -194,12 +213,3 @@ def _unverified(rows: tuple[ConceptRow, ...]) -> tuple[str, ...]:
 
 def _unusual(holder: dict[str, Any]) -> bool:
     return "modifierExtension" in holder or "dataAbsentReason" in holder or "implicitRules" in holder
-
-
-def _stand_in(res: dict[str, Any], rid: str, readings: tuple[Reading, ...], unverified: tuple[str, ...],
-              ignored: str | None) -> FastObservation:
-    # An absent element and one set to None read the same to every reader of the stand-in (.get()).
-    slim = FastObservation(resourceType="Observation", id=rid, meta=res.get("meta"), subject=res.get("subject"),
-                           effectiveDateTime=res.get("effectiveDateTime"))
-    slim.readings, slim.unverified, slim.ignored = readings, unverified, ignored
-    return slim
