@@ -233,3 +233,18 @@ def test_superseded_versions(engines: Any, later: bool) -> None:
     assert report.ignored["superseded version"] == 1
     assert (report.observations_fast, report.observations_fallback) == (plain.observations_fast + 1,
                                                                          plain.observations_fallback)
+
+
+def test_tables_parse_the_same_with_libyaml() -> None:
+    """Start-up parses the mapping tables with libyaml's loader (tables.py): the same values as PyYAML's
+    pure-Python safe loader, for every shipped table."""
+    import yaml
+
+    from cart_fhir.tables import _SAFE_LOADER, mappings_dir
+
+    assert _SAFE_LOADER is yaml.CSafeLoader  # PyYAML's wheels ship the extension: start-up must not lose it
+    files = sorted(mappings_dir().rglob("*.yaml"))
+    assert len(files) > 20
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=yaml.CSafeLoader) == yaml.safe_load(text), path.name
