@@ -96,7 +96,7 @@ def test_streamed_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers build their Engine from the environment: CART_FHIR_FAST_READ=0 gives the same files."""
     write_cohort(tmp_path / "in", patients=4, seed=5, days=12, fmt=Format.NDJSON, options=Options(True, Noise.HEAVY))
     maps = [("conceptmap.json", json.loads((tmp_path / "in" / "conceptmap.json").read_text()))]
-    files = []
+    files, counts = [], []
     for value in ("1", "0"):
         monkeypatch.setenv(ENV, value)
         out = tmp_path / f"out{value}"
@@ -104,8 +104,11 @@ def test_streamed_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                              strict=False, concept_maps=maps), recorded=RECORDED)
         report = json.loads((out / "report.json").read_text())
         report.pop("timings_s"), report.pop("throughput")
+        counts.append(report.pop("observations_read"))
         files.append(({p.name: p.read_bytes() for p in out.glob("*.ndjson")}, report))
     assert files[0] == files[1] and files[0][0]
+    assert counts[1] == {"fast_path": 0, "extractor": 0}
+    assert counts[0]["fast_path"] > 19 * counts[0]["extractor"]  # >= 95 %
 
 
 def test_environment_forces_the_extractor(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
