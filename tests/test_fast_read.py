@@ -17,7 +17,7 @@ import pytest
 from helpers import RECORDED
 
 from cart_fhir.ingest.fast import ENV
-from cart_fhir.ingest.read import read_all, read_bundle
+from cart_fhir.ingest.read import Item, read_all, read_bundle
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.report import RunReport
 from cart_fhir.stream.run import StreamJob, run_stream
@@ -251,3 +251,15 @@ def test_tables_parse_the_same_with_libyaml() -> None:
     for path in files:
         text = path.read_text(encoding="utf-8")
         assert yaml.load(text, Loader=yaml.CSafeLoader) == yaml.safe_load(text), path.name
+
+
+def test_empty_id_from_a_server(engines: Any) -> None:
+    """read.py refuses an empty id; items a FHIR server gave (remote/read.py) are not checked there. The
+    index keys such a resource by its fullUrl: the extractor reads it."""
+    bundle = copy.deepcopy(_EXAMPLE)
+    bundle["entry"][_TEMP]["resource"]["id"] = ""
+
+    def items(doc: dict[str, Any]) -> Callable[[], list[Item]]:
+        return lambda: [Item(e["resource"], e.get("fullUrl"), "https://server.example/fhir") for e in doc["entry"]]
+    report, plain = _both(engines, items(bundle)), _both(engines, items(_EXAMPLE))
+    assert report.observations_fallback == plain.observations_fallback + 1

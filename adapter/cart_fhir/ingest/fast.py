@@ -54,7 +54,9 @@ class FastObservation(dict[str, Any]):
     """The slim stand-in of an Observation read on the fast path (see the module docstring): what the
     extractor would have made of it, for Extractor._observation to add to the patient and the run report."""
 
-    __slots__ = ("ignored", "readings", "unverified")
+    __slots__ = ("ignored", "key", "readings", "unverified")
+
+    key: str  # "Observation/<id>": build_index's key, and the ref of the readings
 
     readings: tuple[Reading, ...]
     unverified: tuple[str, ...]  # input-concepts rows used that are not yet verified (run report)
@@ -109,11 +111,12 @@ class FastReader:
         res = item.resource
         rid = res.get("id")
         status = res.get("status")
-        if type(rid) is not str or type(status) is not str or "modifierExtension" in res \
+        if type(rid) is not str or not rid or type(status) is not str or "modifierExtension" in res \
                 or "dataAbsentReason" in res or "implicitRules" in res:
             return None
+        key = f"Observation/{rid}"  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
-            return self._stand_in(res, rid, (), (), f"Observation status {status}")
+            return self._stand_in(res, rid, key, (), (), f"Observation status {status}")
         concept = self._row(res.get("code"))
         if concept is None:
             return None
@@ -123,7 +126,6 @@ class FastReader:
         values = self._values
         if len(values.quantities) > _CACHE_MAX:
             values.quantities.clear()
-        key = f"Observation/{rid}"  # build_index's key for a resource with an id
         components = res.get("component")
         try:  # the extractor's steps (Extractor._observation), in its order, through the same checks
             if components is None:
@@ -132,8 +134,9 @@ class FastReader:
                     return None
                 low, high = values.reference_range(res, concept, item, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
-                return self._stand_in(res, rid, (Reading(concept.concept, when, value, key, key, low, high),),
-                                 () if concept.verified else _unverified((concept,)), None)
+                reading = Reading(concept.concept, when, value, key, key, low, high)
+                return self._stand_in(res, rid, key, (reading,), () if concept.verified else _unverified((concept,)),
+                                      None)
             return self._panel(res, rid, key, concept, when, components, item)
         except (BadInput, _NotPlain):
             return None
@@ -169,10 +172,10 @@ class FastReader:
             return None
         rows = (concept, *(r for r, _ in sub))
         unverified = () if all(r.verified for r in rows) else _unverified(rows)
-        return self._stand_in(res, rid, tuple(readings), unverified, None)
+        return self._stand_in(res, rid, key, tuple(readings), unverified, None)
 
-    def _stand_in(self, res: dict[str, Any], rid: str, readings: tuple[Reading, ...], unverified: tuple[str, ...],
-                  ignored: str | None) -> FastObservation:
+    def _stand_in(self, res: dict[str, Any], rid: str, key: str, readings: tuple[Reading, ...],
+                  unverified: tuple[str, ...], ignored: str | None) -> FastObservation:
         # An absent element and one set to None read the same to every reader of the stand-in (.get()). The
         # stand-ins of one patient share one subject object, and one string per time: nothing writes to them.
         subject = res.get("subject")
@@ -183,7 +186,7 @@ class FastReader:
         when = res.get("effectiveDateTime")
         slim = FastObservation(resourceType="Observation", id=rid, meta=res.get("meta"), subject=subject,
                                effectiveDateTime=sys.intern(when) if type(when) is str else when)
-        slim.readings, slim.unverified, slim.ignored = readings, unverified, ignored
+        slim.key, slim.readings, slim.unverified, slim.ignored = key, readings, unverified, ignored
         return slim
 
     def _moment(self, value: Any) -> Moment | None:
