@@ -16,7 +16,8 @@ from .app_launch import timeline_link
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
-from .feedback import FEEDBACK_SCHEMA, CardIndex, card_keys, check_feedback, record
+from .card_store import CARD_INDEX, CardIndex, MemoryCardIndex
+from .feedback import FEEDBACK_SCHEMA, card_keys, check_feedback, record
 from .guard import json_body
 from .openapi import check, document
 
@@ -134,7 +135,7 @@ def feedback() -> Response:
     for item in items:
         key = index.get(item["card"])
         if key is None or svc.settings.server is None:
-            outcome = "not recorded: " + ("no result of ours behind this card (or issued by another process)"
+            outcome = "not recorded: " + ("no result of ours behind this card (or not issued by this service)"
                                           if key is None else "no upstream FHIR server")
         else:
             outcome = record(svc.upstream(), key, item)
@@ -143,8 +144,9 @@ def feedback() -> Response:
 
 
 def _card_index() -> CardIndex:
-    """One per app (and process): which result each issued card is about."""
-    return current_app.extensions.setdefault("cart_fhir.cds_cards", CardIndex())  # type: ignore[no-any-return]
+    """Which result each issued card is about: the app's store (create_app opens it: shared by every worker
+    when CART_FHIR_CARD_STORE is set, as `cart-fhir serve` does), else one per process."""
+    return current_app.extensions.setdefault(CARD_INDEX, MemoryCardIndex())  # type: ignore[no-any-return]
 
 
 # ---- request -----------------------------------------------------------------------------------

@@ -1,19 +1,19 @@
 """CDS Hooks 2.0 feedback: an accepted or overridden card recorded as the clinician's review of the result.
 
-The service remembers, per process, which result each card it issued is about (card uuid -> the episode
-Condition's business key): CDS Hooks feedback carries only the card's uuid. On feedback the Condition is
+The service remembers which result each card it issued is about (card uuid -> the episode Condition's
+business key; card_store.py: one store shared by all workers of `cart-fhir serve`): CDS Hooks feedback
+carries only the card's uuid. On feedback the Condition is
 read from the upstream FHIR server and its `verificationStatus` set by the clinician's decision (accepted:
 `confirmed`, overridden: `refuted`), with a note giving the outcome, its time and the override reason. A
 Condition confirmed or refuted by a person is never overwritten or retracted by a later run
 (remote/changes.py, clinician authority). Cards without a Condition of ours (a CAR-HEMATOTOX score, an
-event recorded by an input Condition) and cards this process did not issue are acknowledged, not recorded.
+event recorded by an input Condition) and cards this service did not issue (or has forgotten) are acknowledged,
+not recorded.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from ..constants import COND_VERIFICATION
@@ -26,7 +26,6 @@ from .errors import ServiceError
 
 log = logging.getLogger("cart_fhir.cds")
 
-MAX_CARDS = 10_000  # cards remembered per process (oldest forgotten first)
 DECISION = {"accepted": ("confirmed", "Confirmed"), "overridden": ("refuted", "Refuted")}
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "minItems": 1,
@@ -38,29 +37,6 @@ FEEDBACK_SCHEMA: dict[str, Any] = {
             "acceptedSuggestions": {"type": "array"},
             "overrideReason": {"type": "object", "properties": {
                 "reason": {"type": "object"}, "userComment": {"type": "string", "maxLength": 2000}}}}}}}}
-
-
-class CardIndex:
-    """card uuid -> "Condition?identifier=system|value" of the result the card is about (bounded, thread-safe)."""
-
-    def __init__(self, size: int = MAX_CARDS) -> None:
-        self.size = size
-        self._cards: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def remember(self, cards: list[dict[str, Any]], keys: dict[str, str]) -> None:
-        with self._lock:
-            for card in cards:
-                key = keys.get(card.get("uuid", ""))
-                if key is not None:
-                    self._cards[card["uuid"]] = key
-                    self._cards.move_to_end(card["uuid"])
-            while len(self._cards) > self.size:
-                self._cards.popitem(last=False)
-
-    def get(self, card: str) -> str | None:
-        with self._lock:
-            return self._cards.get(card)
 
 
 def card_keys(result: RunResult, patient_id: str, scale_of: Any) -> dict[str, str]:
