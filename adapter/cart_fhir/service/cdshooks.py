@@ -13,10 +13,10 @@ from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
 from .app_launch import timeline_link
+from .card_store import CARD_INDEX, CardIndex, MemoryCardIndex
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
-from .card_store import CARD_INDEX, CardIndex, MemoryCardIndex
 from .feedback import FEEDBACK_SCHEMA, card_keys, check_feedback, record
 from .guard import json_body
 from .openapi import check, document
