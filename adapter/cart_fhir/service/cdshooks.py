@@ -114,7 +114,7 @@ def patient_view() -> Response:
         cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
                                timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
                                criteria=criteria_of(svc.engine))
-    _card_index().remember(cards, card_keys(result, pid, lambda tox: svc.engine.codes.scale(tox)[0]))
+    _card_index().remember(cards, card_keys(result, pid))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")
 

@@ -14,13 +14,14 @@ not recorded.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from ..constants import COND_VERIFICATION
-from ..output.ids import stable_hash
 from ..pipeline import RunResult
 from ..remote.client import FhirClient
 from ..remote.errors import ServerError
+from ..reviews import episode_key, event_key
 from .cards import NAMESPACE
 from .errors import ServiceError
 
@@ -39,31 +40,23 @@ FEEDBACK_SCHEMA: dict[str, Any] = {
                 "reason": {"type": "object"}, "userComment": {"type": "string", "maxLength": 2000}}}}}}}}
 
 
-def card_keys(result: RunResult, patient_id: str, scale_of: Any) -> dict[str, str]:
+def card_keys(result: RunResult, patient_id: str) -> dict[str, str]:
     """For every card toxicity_cards can issue: its uuid -> the business key of the episode Condition, the
-    same hashes output/resources.py writes (daily episodes and events with a Condition of our own)."""
-    import uuid
-
-    from ..constants import ID_EPISODE
-
+    same identifiers output/resources.py writes (daily episodes and events with a Condition of our own)."""
     out: dict[str, str] = {}
     for pr in result.patients:
         if pr.patient.id != patient_id:
             continue
         for cr in pr.courses:
-            c = cr.course
+            ref = cr.course.infusion.ref
             for tox, eps in cr.episodes.items():
                 for ep in eps:
-                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{tox.value}|episode-{ep.number}"))
-                    value = stable_hash(c.patient.key, c.infusion.ref, tox.value, scale_of(tox.value), ep.onset_day,
-                                        "episode")
-                    out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{ref}|{tox.value}|episode-{ep.number}"))
+                    out[card] = episode_key(cr.course, ep, result.tables)
             for ev in cr.events:
-                if ev.condition_ref is not None:
-                    continue
-                card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{ev.toxicity.value}|event-{ev.key}"))
-                value = stable_hash(c.patient.key, c.infusion.ref, ev.toxicity.value, ev.key, "episode")
-                out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+                if ev.condition_ref is None:  # an event an input Condition records has no Condition of ours
+                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{ref}|{ev.toxicity.value}|event-{ev.key}"))
+                    out[card] = event_key(cr.course, ev)
     return out
 
 
