@@ -195,6 +195,27 @@ def test_cds_cards_show_the_clinicians_grade(engine, source, edit, summary, indi
     assert "- Clinician review: " in card["detail"] and "cart-fhir computes grade 2" in card["detail"]
 
 
+@pytest.mark.parametrize(("edit", "verdict", "shown", "max_grade"), [
+    pytest.param(refute, "refuted", "refuted by a clinician (cart-fhir computes grade 2)",
+                 "refuted (clinician review; computed 2)", id="refuted"),
+    pytest.param(grade_3, "edited", "grade 3 (edited by a clinician; cart-fhir computes grade 2)",
+                 "3 (clinician review; computed 2)", id="edited"),
+])
+def test_the_timeline_lists_the_review_and_marks_the_max_grade(engine, source, edit, verdict, shown, max_grade):
+    from cart_fhir.view.render import patient_views, report_html
+
+    plain = patient_views(engine, run(engine, source))
+    assert plain[0].courses[0].reviews == [] and 'class="card reviews"' not in report_html(plain)
+    [view] = patient_views(engine, engine.grade(_items(_written_back(engine, source, edit))))
+    [course] = view.courses
+    [row] = course.reviews
+    assert (row.toxicity, row.onset_day, row.verdict, row.shown) == ("crs", 2, verdict, shown)
+    assert course.max_grades["crs"] == max_grade
+    assert course.max_grades["icans"] == plain[0].courses[0].max_grades["icans"]
+    html = report_html([view])
+    assert f'<tr data-review="{verdict}" data-toxicity="crs">' in html and shown in html
+
+
 def test_is_ours_reads_only_our_identifier_systems():
     assert is_ours({"identifier": [{"system": "https://cart-fhir.org/fhir/identifier/toxicity-episode",
                                     "value": "a"}]})
