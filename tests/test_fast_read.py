@@ -18,6 +18,7 @@ from helpers import RECORDED
 
 from cart_fhir.ingest.fast import ENV
 from cart_fhir.ingest.read import Item, read_all, read_bundle
+from cart_fhir.ours import OUR_IDENTIFIERS
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.report import RunReport
 from cart_fhir.stream.run import StreamJob, run_stream
@@ -194,6 +195,9 @@ CASES = [
     ("site-code-through-conceptmap", _TEMP, _site_code, True),
     ("known-code-second", _TEMP, _site_code_second, False),
     ("coding-not-a-list", _TEMP, lambda r: r.update(code={"coding": {"system": "http://loinc.org"}}), False),
+    ("site-identifier", _TEMP, _set(identifier=[{"system": "https://hospital.example/obs", "value": "1"}]), True),
+    ("cart-fhir-own-result", _TEMP, _set(identifier=[{"system": OUR_IDENTIFIERS + "daily-grade", "value": "1"}]),
+     False),
     ("no-id", _TEMP, _set(id=None), False),
     ("no-subject", _TEMP, _set(subject=None), True),
     ("subject-not-an-object", _TEMP, _set(subject="Patient/x"), True),

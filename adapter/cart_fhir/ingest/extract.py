@@ -16,6 +16,7 @@ from ..model import (
     PatientData,
     Reading,
 )
+from ..ours import is_ours
 from ..report import RunReport
 from ..tables import ConceptRow, DrugRow
 from . import shape
@@ -51,6 +52,9 @@ class Extractor:
         self.report = report
         self.medications_used: set[str] = set()  # Medication resources some administration referred to
         self._attributing: set[str] = set()  # Conditions read as a clinician's attribution (not "unused")
+        # cart-fhir's own results found in the input ($everything returns them): never input findings or a
+        # clinician's attribution; kept for reviews.py (a clinician's review of them is shown, not graded)
+        self.ours: list[dict[str, Any]] = []
         self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
         self.values = ValueChecks(terminology, units)  # the value checks, shared with the fast reader
 
@@ -240,9 +244,15 @@ class Extractor:
             return
         data.infusions.append(Infusion(ref=ent.key, when=eff[0], product=product))
 
+    def _ours(self, ent: Indexed) -> None:
+        self.ours.append(ent.resource)
+        self.report.ignored[f"{ent.resource['resourceType']} of cart-fhir's own (a result, not input)"] += 1
+
     def _resource(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
         rtype = ent.resource["resourceType"]
-        if rtype == "Observation":
+        if rtype == "Condition" and is_ours(ent.resource):
+            self._ours(ent)
+        elif rtype == "Observation":
             self._observation(ent, data, tz)
         elif rtype in ("MedicationAdministration", "MedicationStatement"):
             self._drug(ent, idx, data, tz)
@@ -268,6 +278,9 @@ class Extractor:
             data.readings.extend(res.readings)
             self.report.resources_used += 1
             self.report.unverified_rows.update(res.unverified)
+            return
+        if "identifier" in res and is_ours(res):  # (never a stand-in: the fast reader leaves ours to us)
+            self._ours(ent)
             return
         status = res.get("status")
         if type(status) is not str or status not in OBS_USABLE:

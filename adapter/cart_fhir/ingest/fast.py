@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import BadInput, Location
 from ..model import Moment, Reading
+from ..ours import is_ours
 from ..tables import ConceptRow
 from .codes import Terminology
 from .read import Item
@@ -112,8 +113,8 @@ class FastReader:
         rid = res.get("id")
         status = res.get("status")
         if type(rid) is not str or not rid or type(status) is not str or "modifierExtension" in res \
-                or "dataAbsentReason" in res or "implicitRules" in res:
-            return None
+                or "dataAbsentReason" in res or "implicitRules" in res or "identifier" in res and is_ours(res):
+            return None  # (cart-fhir's own results: the extractor keeps them whole for reviews.py)
         key = f"Observation/{rid}"  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
             return self._stand_in(res, rid, key, (), (), f"Observation status {status}")
