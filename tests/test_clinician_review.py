@@ -236,7 +236,7 @@ def test_a_clinicians_edit_on_the_server_is_what_the_next_run_shows(fhir, tmp_pa
     edited = copy.deepcopy(cond)
     grade_3(edited)
     # An EHR's edit keeps the resource's tags (R4 meta.tag is kept across versions unless removed). One that
-    # drops our content-hash tag is read as written before content hashes and updated: see the report.
+    # drops our content-hash tag is kept by write-back too (test_write_corrections.py).
     edited["meta"] = {"tag": cond["meta"]["tag"]}
     reply = requests.put(f"{fhir.base_url}/Condition/{cond['id']}", json=edited, timeout=30,
                          headers={"Content-Type": "application/fhir+json"})

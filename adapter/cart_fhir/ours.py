@@ -74,6 +74,14 @@ def hash_tags(resource: Mapping[str, Any]) -> list[str]:
     return [str(t.get("code")) for t in tags if isinstance(t, dict) and t.get("system") == CONTENT_TAG]
 
 
+def with_hash(resource: Mapping[str, Any], digest: str) -> dict[str, Any]:
+    """A copy carrying `digest` as its only content-hash tag (other tags kept)."""
+    meta = dict(resource.get("meta") or {})
+    meta["tag"] = [t for t in meta.get("tag") or [] if t.get("system") != CONTENT_TAG] + \
+        [{"system": CONTENT_TAG, "code": digest}]
+    return {**resource, "meta": meta}
+
+
 def business_key(resource: Mapping[str, Any]) -> str | None:
     """"Type?identifier=system|value" (or Provenance's run tag) as output/resources.py spells conditions."""
     rtype = resource.get("resourceType")
@@ -92,12 +100,19 @@ def verification(resource: Mapping[str, Any]) -> set[str]:
             if isinstance(c, dict) and c.get("system") == COND_VERIFICATION}
 
 
-def clinician_owned(stored: Mapping[str, Any], to_key: Mapping[str, str]) -> bool:
+def clinician_owned(stored: Mapping[str, Any], to_key: Mapping[str, str], now: Mapping[str, Any] | None = None
+                    ) -> bool:
     """True when someone else has changed or reviewed our result: it no longer hashes to any of its tags,
-    or a person set a Condition's verification to confirmed/refuted (cart-fhir writes only provisional)."""
+    or a person set a Condition's verification to confirmed/refuted (cart-fhir writes only provisional).
+
+    Every writer of cart-fhir tags what it writes (write-back, push, the service, and the transaction file
+    `grade --bundle-type transaction` hands out), so a result of ours without a content-hash tag had it
+    removed by someone else's edit. Given `now`, what cart-fhir produces for it now, such a result is ours
+    to touch only while it holds exactly that (then there is nothing to write anyway): never overwritten on
+    a guess. Without `now` (the summaries), only a tag or a confirmed/refuted status tells."""
     tags = hash_tags(stored)
     if stored.get("resourceType") == "Condition" and verification(stored) & REVIEWED:
         return True
     if not tags:
-        return False  # written before content hashes (or by the transaction file): ours to update
+        return now is not None and content_hash(stored, to_key) != content_hash(now)
     return content_hash(stored, to_key) not in tags

@@ -20,18 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..constants import COND_VERIFICATION
-from ..ours import CONTENT_TAG, business_key, clinician_owned, content_hash, hash_tags
+from ..ours import CONTENT_TAG, business_key, clinician_owned, content_hash, hash_tags, with_hash
 
 __all__ = ["CONTENT_TAG", "Kept", "business_key", "clinician_owned", "content_hash", "hash_tags", "retracted",
            "retraction", "summary", "version_of", "with_hash"]
-
-
-def with_hash(resource: dict[str, Any], digest: str) -> dict[str, Any]:
-    """A copy carrying `digest` as its only content-hash tag (other tags kept)."""
-    meta = dict(resource.get("meta") or {})
-    meta["tag"] = [t for t in meta.get("tag") or [] if t.get("system") != CONTENT_TAG] + \
-        [{"system": CONTENT_TAG, "code": digest}]
-    return {**resource, "meta": meta}
 
 
 def version_of(resource: Mapping[str, Any]) -> str | None:
