@@ -6,13 +6,16 @@ when the item is read and hands the index a slim stand-in (`FastObservation`: th
 extractor's patient-level steps read, and the finished Reading), so the full parsed resource is freed at once.
 
 Only a *plain* Observation takes this path; anything else keeps its parsed dict and goes through the
-extractor (`Extractor._observation`), decided per resource. Plain means: an id; a usable status; a first
-coding whose (system, code), ConceptMap translations included, is a concept with one value (not a panel);
-no component, no modifierExtension or implicitRules; an effectiveDateTime with a time and a UTC offset; a
-value that passes the checks without an error, and a reference range (if any) without a warning. The value
-checks are `values.ValueChecks`, the same code the extractor runs: the fast path only decides "plain", and any
-message a check would give is left for the extractor to give in its place in the run report. Readings keep
-their order: the stand-in goes through the index (versions, subject join) like the resource it replaces.
+extractor (`Extractor._observation`), decided per resource. Plain means: a non-empty id; not one of
+cart-fhir's own results (ours.is_ours); no modifierExtension, implicitRules or dataAbsentReason (nor in a
+component); a status string (one the graders do not read, e.g. entered-in-error, is counted as ignored and
+nothing else is read, as the extractor does); a first coding whose (system, code), ConceptMap translations
+included, is a concept, and for a panel (a BP panel) components whose first codings are concepts too; an
+effectiveDateTime with a time and a UTC offset; values that pass the checks without an error, at least one
+reading, and a reference range (if any) without a warning. The checks are `values.ValueChecks`, the same code
+the extractor runs: the fast path only decides "plain", and any message a check would give is left for the
+extractor to give in its place in the run report. Readings keep their order: the stand-in goes through the
+index (versions, subject join) like the resource it replaces.
 """
 
 from __future__ import annotations
