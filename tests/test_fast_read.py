@@ -26,8 +26,6 @@ from cart_fhir.summary import episode_rows
 from cart_fhir.synth.generate import Format, Options, write_cohort
 from cart_fhir.synth.noise import Noise
 
-pytest_plugins = ["r4_examples_fixture"]
-
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = "http://example.org/site-codes"
 SITE_MAP = {"resourceType": "ConceptMap", "group": [{"source": LOCAL, "target": "http://loinc.org", "element": [
