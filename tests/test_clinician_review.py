@@ -54,9 +54,10 @@ def grade_3(cond: dict[str, Any]) -> None:
             c.update(code="3", display="Grade 3")
 
 
-def _written_back(engine: Engine, source: dict[str, Any], edit: Edit | None) -> dict[str, Any]:
+def _written_back(engine: Engine, source: dict[str, Any], edit: Edit | None,
+                  target: Callable[[dict[str, Any]], bool] = _crs_condition) -> dict[str, Any]:
     """The input plus our results as a server holds them after write-back (ids, content-hash tags), the CRS
-    Condition changed by `edit`."""
+    Condition (or what `target` picks) changed by `edit`."""
     result = engine.grade(_items(source))
     bundle = engine.bundle(engine.resources(result, RECORDED))
     entries = []
@@ -66,7 +67,7 @@ def _written_back(engine: Engine, source: dict[str, Any], edit: Edit | None) -> 
             continue
         res["id"] = f"ours-{i}"
         res = with_hash(res, content_hash(res))
-        if edit is not None and _crs_condition(res):
+        if edit is not None and target(res):
             edit(res)
         entries.append({"fullUrl": e["fullUrl"], "resource": res})
     return {**source, "entry": [*source["entry"], *entries]}
@@ -174,6 +175,48 @@ def test_a_reviewed_result_no_longer_computed_keeps_its_row(engine, source):
                                         "computes it from the current data)")
 
 
+def _crs_event(r: dict[str, Any]) -> bool:
+    return r["resourceType"] == "AdverseEvent" and r["event"]["coding"][0]["code"] == "crs"
+
+
+def ae_grade_3(event: dict[str, Any]) -> None:
+    for ext in event["extension"]:
+        for c in ext.get("valueCodeableConcept", {}).get("coding", []):
+            if c["system"] == CS_GRADE:
+                c.update(code="3", display="Grade 3")
+
+
+def test_an_adverse_event_of_ours_a_clinician_regraded_reviews_its_episode(engine, source):
+    """Our AdverseEvents come back in the input too: one regraded (or its outcome or seriousness edited) is a
+    review of the episode Condition it results in, shown with our computation beside it."""
+    result = engine.grade(_items(_written_back(engine, source, ae_grade_3, _crs_event)))
+    [row] = _crs_rows(result)
+    assert (row["max_grade"], row["computed_max_grade"], row["review"]) == (3, 2, "edited")
+    assert row["reviewed_result"].startswith("AdverseEvent/ours-")
+    assert _crs_table(result) == ["grade 3 (edited by a clinician; cart-fhir computes grade 2)"]
+    assert result.report.ignored["AdverseEvent of cart-fhir's own (a result, not input)"] == 1
+    assert engine.bundle(engine.resources(result, RECORDED)) == \
+        engine.bundle(engine.resources(run(engine, source), RECORDED))
+
+
+def test_the_conditions_own_review_outweighs_an_edited_adverse_event(engine, source):
+    def edit(r: dict[str, Any]) -> None:
+        (refute if r["resourceType"] == "Condition" else ae_grade_3)(r)
+
+    result = engine.grade(_items(_written_back(engine, source, edit, lambda r: _crs_condition(r) or _crs_event(r))))
+    [row] = _crs_rows(result)
+    assert (row["max_grade"], row["review"]) == (None, "refuted")
+    assert row["reviewed_result"].startswith("Condition/ours-")
+
+
+def test_an_adverse_event_not_ours_is_still_ignored(engine, source):
+    foreign = {"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual",
+               "subject": {"reference": source["entry"][0]["fullUrl"]}}
+    bundle = {**source, "entry": [*source["entry"], {"fullUrl": "urn:uuid:ae1", "resource": foreign}]}
+    result = engine.grade(_items(bundle))
+    assert result.reviews == {} and result.report.ignored["AdverseEvent"] == 1
+
+
 def _cards(engine: Engine, result: RunResult) -> list[dict[str, Any]]:
     pid = result.patients[0].patient.id
     return toxicity_cards(result, today=date(2024, 3, 20), source_url="https://x.test/cds-services",
@@ -262,3 +305,22 @@ def main_grade(fhir: Any, *args: str) -> int:
     from cart_fhir.cli import main
 
     return main(["grade", "--server", fhir.base_url, *args])
+
+
+def test_an_adverse_event_regraded_on_the_server_is_what_the_next_run_shows(fhir, tmp_path):
+    """The AdverseEvents $everything returns reach the reviews too (remote/read.py keeps our results of types
+    the grading does not read otherwise)."""
+    seed(fhir, crs_patient("p2"))
+    assert grade(fhir, "--patient", "p2", "--write-back") == 0
+    [event] = [e for e in _all(fhir, "AdverseEvent") if e["subject"]["reference"] == "Patient/p2"
+               and e["event"]["coding"][0]["code"] == "crs"]
+    edited = copy.deepcopy(event)
+    ae_grade_3(edited)
+    edited["meta"] = {"tag": event["meta"]["tag"]}
+    reply = requests.put(f"{fhir.base_url}/AdverseEvent/{event['id']}", json=edited, timeout=30,
+                         headers={"Content-Type": "application/fhir+json"})
+    assert reply.status_code == 200, reply.text[:300]
+    summary = tmp_path / "s.json"
+    assert main_grade(fhir, "--patient", "p2", "--summary-json", str(summary)) == 0
+    [row] = [r for r in orjson.loads(summary.read_bytes()) if r["toxicity"] == "crs"]
+    assert (row["max_grade"], row["review"], row["reviewed_result"]) == (3, "edited", f"AdverseEvent/{event['id']}")

@@ -98,7 +98,42 @@ def reviews_in(resources: Iterable[Mapping[str, Any]]) -> dict[str, Review]:
         ref = f"Condition/{r['id']}" if isinstance(r.get("id"), str) else key
         out[key] = Review(key, ref, verdict, _grade(r), _toxicity(r),
                           (r.get("subject") or {}).get("reference"), r.get("onsetDateTime"))
+    _adverse_event_reviews(ours, to_key, out)
     return out
+
+
+def _adverse_event_reviews(ours: list[Mapping[str, Any]], to_key: Mapping[str, str], out: dict[str, Review]) -> None:
+    """An AdverseEvent of ours someone edited (its grade, outcome or seriousness: it no longer hashes to its
+    tag) reviews the episode its `resultingCondition` is, unless that Condition carries a review of its own
+    (the Condition is the result CDS feedback and EHR problem lists act on). Its grade is the AE's."""
+    key_of_url = {}
+    for r in ours:
+        key = business_key(r)
+        if r.get("resourceType") == "Condition" and key is not None:
+            key_of_url[full_url(*key.partition("=")[2].split("|", 1))] = key
+    for r in ours:
+        if r.get("resourceType") != "AdverseEvent" or not clinician_owned(r, to_key):
+            continue
+        refs = [str(c.get("reference")) for c in r.get("resultingCondition") or [] if isinstance(c, dict)]
+        keys = [key_of_url.get(to_key.get(ref, ref)) for ref in refs]
+        key = next((k for k in keys if k is not None and k.startswith(f"Condition?identifier={ID_EPISODE}|")), None)
+        if key is None or key in out:
+            continue
+        ref = f"AdverseEvent/{r['id']}" if isinstance(r.get("id"), str) else key
+        out[key] = Review(key, ref, Verdict.EDITED, _ae_grade(r), _toxicity(r, "event"),
+                          (r.get("subject") or {}).get("reference"), r.get("date"))
+
+
+def _ae_grade(event: Mapping[str, Any]) -> int | None:
+    """The grade an AdverseEvent of ours holds: our toxicity-grade coding in its grade extension."""
+    for ext in event.get("extension") or []:
+        for c in ((ext or {}).get("valueCodeableConcept") or {}).get("coding") or [] if isinstance(ext, dict) else []:
+            if isinstance(c, dict) and c.get("system") == CS_GRADE:
+                try:
+                    return int(str(c.get("code")))
+                except ValueError:
+                    return None
+    return None
 
 
 def _grade(condition: Mapping[str, Any]) -> int | None:
@@ -112,8 +147,8 @@ def _grade(condition: Mapping[str, Any]) -> int | None:
     return None
 
 
-def _toxicity(condition: Mapping[str, Any]) -> str | None:
-    for c in (condition.get("code") or {}).get("coding") or []:
+def _toxicity(resource: Mapping[str, Any], element: str = "code") -> str | None:
+    for c in (resource.get(element) or {}).get("coding") or []:
         if isinstance(c, dict) and c.get("system") == CS_TOXICITY:
             return str(c.get("code"))
     return None

@@ -250,7 +250,7 @@ class Extractor:
 
     def _resource(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
         rtype = ent.resource["resourceType"]
-        if rtype == "Condition" and is_ours(ent.resource):
+        if rtype in ("Condition", "AdverseEvent") and is_ours(ent.resource):  # (the index reads no other AE)
             self._ours(ent)
         elif rtype == "Observation":
             self._observation(ent, data, tz)

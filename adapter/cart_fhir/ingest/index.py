@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import BadInput, Location
+from ..ours import is_ours
 from ..report import RunReport
 from .fast import FastObservation
 from .read import Item
@@ -18,6 +19,15 @@ USED_TYPES = frozenset({"Patient", "Observation", "MedicationAdministration", "M
 # Types joined to a patient through this element (FHIR R4).
 SUBJECT_ELEMENT = {"Observation": "subject", "MedicationAdministration": "subject", "Procedure": "subject",
                    "Condition": "subject", "MedicationStatement": "subject"}
+# Types read only when they are cart-fhir's own results coming back ($everything, an EHR export): a clinician's
+# edit of them is a review (reviews.py); any other resource of these types is ignored like an unused type.
+RESULT_TYPES = {"AdverseEvent": "subject"}
+
+
+def used(res: dict[str, Any]) -> bool:
+    """Whether the grading reads this resource at all (its type, or a result of ours of RESULT_TYPES)."""
+    rtype = res.get("resourceType")
+    return rtype in USED_TYPES or rtype in RESULT_TYPES and is_ours(res)
 
 
 def ref_key(ref: str) -> str:
@@ -96,7 +106,7 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             read += 1
             res = item.resource
             rtype = res["resourceType"]
-            if rtype not in USED_TYPES:
+            if rtype not in USED_TYPES and not (rtype in RESULT_TYPES and is_ours(res)):
                 if rtype == "OperationOutcome":
                     report.warn("OperationOutcome in the input skipped", item.loc)
                 ignored[rtype] += 1
@@ -130,7 +140,7 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
     subject_keys: dict[str, str] = {}  # a patient's resources all name the same subject: normalise it once
     for ent in by_key.values():
         rtype = ent.resource["resourceType"]
-        element = SUBJECT_ELEMENT.get(rtype)
+        element = SUBJECT_ELEMENT.get(rtype) or RESULT_TYPES.get(rtype)
         if element is None:
             continue
         subj = ent.resource.get(element)

@@ -17,7 +17,7 @@ from typing import Any
 from ..constants import CS_PRODUCT, RXNORM
 from ..errors import BadInput, Location
 from ..ingest.codes import Terminology, texts_of
-from ..ingest.index import USED_TYPES, ref_key
+from ..ingest.index import ref_key, used
 from ..ingest.read import Item
 from .client import FhirClient, next_link, page_resources
 from .errors import ServerError, status_code
@@ -231,8 +231,9 @@ class PatientReader:
 
 
 def _used(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Only the types the grading reads (the run report would count the rest as ignored anyway)."""
-    return [r for r in resources if r.get("resourceType") in USED_TYPES]
+    """Only what the grading reads (the run report would count the rest as ignored anyway): the types it
+    uses, and our own results of other types (a clinician may have reviewed them: reviews.py)."""
+    return [r for r in resources if used(r)]
 
 
 def _query(rtype: str, params: dict[str, list[Any]]) -> str:

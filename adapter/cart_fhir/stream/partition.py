@@ -11,8 +11,9 @@ from typing import IO, Any
 import orjson
 
 from ..errors import BadInput, Location
-from ..ingest.index import SUBJECT_ELEMENT, ref_key
+from ..ingest.index import RESULT_TYPES, SUBJECT_ELEMENT, ref_key
 from ..ingest.read import looks_like_ndjson
+from ..ours import is_ours
 
 SHARED = "shared.lines"
 _BUFFER = 1 << 20  # reading an input file, and the unit of progress reports
@@ -58,6 +59,8 @@ def route(res: Any, origin: str) -> str | None:
         rid = res.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and rid else origin
     element = SUBJECT_ELEMENT.get(rtype) if isinstance(rtype, str) else None
+    if element is None and rtype in RESULT_TYPES and is_ours(res):  # a result of ours: its patient's bucket
+        element = RESULT_TYPES[rtype]
     if element is not None:
         subj = res.get(element)
         ref = subj.get("reference") if isinstance(subj, dict) else None
