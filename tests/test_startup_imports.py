@@ -8,7 +8,8 @@ from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HEAVY = ("requests", "fhirpy", "flask", "jsonschema", "aiohttp", "jwt", "cart_fhir.service",
-         "cart_fhir.remote.connect", "cart_fhir.view.render")
+         "cart_fhir.remote.connect", "cart_fhir.view.render",
+         "pydantic_settings", "cart_fhir.remote.settings")  # server settings: only with --server (remote/defaults.py)
 
 
 def test_file_run_imports_no_server_stack(tmp_path: Path) -> None:
