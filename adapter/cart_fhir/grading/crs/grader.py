@@ -69,14 +69,14 @@ class CrsGrader:
         ox = hypoxia(data.oxygen, self.devices, self.t.oxygen.low_flow_max_l_min)
         g = gate(f, open_since, lifting, start, end)
         out = combine(f, hypo, ox, g, start)
-        domains = (f, hypo, ox)
+        # The three domains in order (fever, hypotension, hypoxia), then the gate and the combination.
         # grading.md decision 9: no clinician attribution in the input.
-        flags = ("attribution-unconfirmed", *(x for d in domains for x in d.flags))
+        flags = ("attribution-unconfirmed",) + f.flags + hypo.flags + ox.flags
         return DayGrade(Toxicity.CRS, day, out.state, out.grade, out.onset if out.grade else None,
-                        window, tuple(c for d in domains for c in d.components),
-                        _unique([r for d in domains for r in d.evidence]),
-                        _unique([*(r for d in domains for r in d.supporting), *g.supporting]), out.missing,
-                        (*(r for d in domains for r in d.reasons), *g.reasons, *out.reasons), _unique(flags))
+                        window, f.components + hypo.components + ox.components,
+                        _unique(f.evidence + hypo.evidence + ox.evidence),
+                        _unique(f.supporting + hypo.supporting + ox.supporting + g.supporting), out.missing,
+                        f.reasons + hypo.reasons + ox.reasons + g.reasons + out.reasons, _unique(flags))
 
 
 def _days(course: Course) -> dict[int, DayData]:
