@@ -93,7 +93,7 @@ def test_http_only_in_the_client_and_web_layers() -> None:
 # in the package ("grading" for grading/crs.py, "cli_*" for cli_remote.py); "" is the package's __init__.
 LAYERS: list[set[str]] = [
     # Base: facts, tables, errors, settings machinery; no I/O beyond reading the shipped tables.
-    {"", "constants", "errors", "files", "model", "tables", "table_ids", "report", "layering"},
+    {"", "constants", "errors", "files", "model", "tables", "table_ids", "report", "layering", "ours"},
     # Translation, pure grading, and the client layer. remote/ sits here, below the engine (issue 12): it
     # reads FHIR into ingest's items (remote/read.py uses ingest.codes/index/read) and writes output's
     # resources (remote/write.py), and knows nothing of grading. validate.py is here too, not with the entry
@@ -101,7 +101,7 @@ LAYERS: list[set[str]] = [
     {"ingest", "timeline", "grading", "output", "remote", "validate"},
     # The engine and what drives it.
     {"pipeline", "coverage", "summary", "summary_table", "registry", "follow_up", "conformance", "synth", "stream",
-     "view"},
+     "view", "reviews"},
     # Entry points.
     {"service", "cli", "cli_*"},
 ]

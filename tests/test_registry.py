@@ -19,6 +19,7 @@ from cart_fhir.registry import (
     NOT_APPLICABLE,
     NOT_ASSESSABLE,
     NOT_RESOLVED,
+    NOT_REVIEWED,
     UNKNOWN,
     columns,
     registry_rows,
@@ -214,5 +215,6 @@ def test_column_table_rows_are_complete() -> None:
 
 def test_every_cell_of_a_patient_without_data_says_why(engine: Engine) -> None:
     [row] = rows_for(engine, [])
-    assert set(row.values()) - {UNKNOWN, NOT_ASSESSABLE, NOT_APPLICABLE, "0", "1"} <= {
+    assert row["crs_review"] == row["icans_review"] == NOT_REVIEWED and row["clinician_reviews"] == "none"
+    assert set(row.values()) - {UNKNOWN, NOT_ASSESSABLE, NOT_APPLICABLE, NOT_REVIEWED, "none", "0", "1"} <= {
         row["patient_id"], row["f4006_q1_product_name"], row["product_rxnorm"], row["f4006_q6_infusion_date"]}

@@ -134,7 +134,7 @@ def test_a_row_without_an_id_in_a_dict_of_lists_is_named(folder: Path) -> None:
     ("synth-cohort.yaml", "{id: tisa-cel-b-all,", "{id: tisa-cel-lbcl,",
      r"synth-cohort\.yaml: products\[2\]: id 'tisa-cel-lbcl' repeats products\[1\]"),
     ("registry-columns.yaml", "{id: icans, column: icans,", "{column: icans,",
-     r"registry-columns\.yaml: rows\[13\]: row has no id"),
+     r"registry-columns\.yaml: rows\[15\]: row has no id"),
 ], ids=["treatments-missing", "treatments-repeated", "synth-repeated", "registry-missing"])
 def test_own_loader_tables_are_checked_too(folder: Path, name: str, old: str, new: str, message: str) -> None:
     edit(folder / name, old, new)

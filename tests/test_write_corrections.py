@@ -202,6 +202,47 @@ def test_a_clinician_edit_survives_a_rerun(fhir, capsys):
     assert after["meta"]["versionId"] == reply.json()["meta"]["versionId"]
 
 
+def test_an_edit_that_drops_our_content_hash_tag_is_kept_not_overwritten(fhir, capsys):
+    """Seen: an EHR edit that also removed our content-hash `meta.tag` was read as a result written before
+    content hashes and overwritten by the next write-back ("2 updated, 0 kept"). Every writer of ours tags
+    what it writes, so an untagged result of ours that differs from what we compute is someone else's."""
+    seed(fhir, crs_patient("p1"))
+    assert grade(fhir, "--patient", "p1", "--write-back") == 0
+    cond = next(c for c in _live(fhir, "Condition") if c["code"]["coding"][0]["code"] == "crs")
+    edited = {k: v for k, v in cond.items() if k != "meta"}  # the edit drops meta (and our tag) entirely
+    edited["stage"][0]["summary"]["coding"] = [{"system": "https://cart-fhir.org/fhir/CodeSystem/toxicity-grade",
+                                                "code": "3"}]
+    reply = requests.put(f"{fhir.base_url}/Condition/{cond['id']}", json=edited, timeout=30,
+                         headers={"Content-Type": "application/fhir+json"})
+    assert reply.status_code == 200, reply.text[:300]
+    assert "tag" not in reply.json().get("meta", {}), "the server kept the tag: the test no longer drops it"
+    capsys.readouterr()
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    err = capsys.readouterr().err
+    assert f"Condition/{cond['id']}: changed on the server by someone else, kept (grade 3)" in err
+    after = requests.get(f"{fhir.base_url}/Condition/{cond['id']}", timeout=30).json()
+    assert after["meta"]["versionId"] == reply.json()["meta"]["versionId"]
+    assert after["stage"][0]["summary"]["coding"][0]["code"] == "3"
+
+
+def test_results_posted_from_the_transaction_file_are_known_unchanged_by_write_back(fhir, tmp_path, capsys):
+    """The transaction file tags its entries with their content hash, as write-back does: writing back the
+    same results afterwards changes nothing (and a clinician's later edit is recognised, not guessed)."""
+    seed(fhir, crs_patient("p1"))
+    out = tmp_path / "tx.json"
+    assert grade(fhir, "--patient", "p1", "-o", str(out), "--bundle-type", "transaction") == 0
+    bundle = orjson.loads(out.read_bytes())
+    assert all(any(t["system"] == "https://cart-fhir.org/fhir/CodeSystem/content-hash"
+                   for t in e["resource"]["meta"]["tag"]) for e in bundle["entry"])
+    assert _post(fhir, bundle).status_code == 200
+    before = counts(fhir)
+    capsys.readouterr()
+    assert main(["grade", "--server", fhir.base_url, "--patient", "p1", "--write-back"]) == 0
+    line = _written_line(capsys.readouterr().err)
+    assert "0 created, 0 updated" in line and "0 kept" in line, line
+    assert counts(fhir) == before
+
+
 def test_locks_are_keyed_by_the_normalised_server_url(tmp_path):
     """Seen: a trailing slash or upper case in the URL gave a second lock for the same server."""
     from cart_fhir.remote.locks import PatientLocks

@@ -248,7 +248,7 @@ def _registry_csv(result: Any) -> bytes:
     """Header and one row per infusion course (adapter.registry, imported only when asked for)."""
     from .registry import csv_text, registry_rows
 
-    return csv_text((row for pr in result.patients for row in registry_rows(pr, result.tables)),
+    return csv_text((row for pr in result.patients for row in registry_rows(pr, result.tables, result.reviews)),
                     result.tables).encode()
 
 

@@ -171,6 +171,7 @@ def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWr
     device, groups = engine.resources_by_patient(result, recorded)  # counts the grades and resources produced
     run.result.report.merge(result.report)
     run.result.patients.extend(result.patients)
+    run.result.reviews.update(result.reviews)  # a clinician's reviews of our results read back from the server
     run.device = device
     run.groups.extend(groups)
     if writer is not None and run.verify is not None:

@@ -26,6 +26,7 @@ from .output.requests import transaction_entry
 from .output.resources import PatientResources, Writer, Written
 from .output.templates import Fixed
 from .report import Issue, RunReport
+from .reviews import Review, reviews_in
 from .tables import Tables
 from .timeline import Course, courses
 
@@ -72,6 +73,9 @@ class RunResult:
     # "none" too), and per toxicity the coverage groups its graders read (a "none" says what it lacked).
     toxicities: tuple[Toxicity, ...] = ()
     needs: dict[Toxicity, frozenset[str]] = field(default_factory=dict)
+    # Our own results in the input that a clinician reviewed or changed, by business key (reviews.py): the
+    # summaries, registry rows and CDS cards show the clinician's grade with ours beside it.
+    reviews: dict[str, Review] = field(default_factory=dict)
 
 
 class Engine:
@@ -129,7 +133,8 @@ class Engine:
             report.ignored["Medication (not referenced)"] += len(medications) - used
         if strict and report.errors:
             raise InputErrors([i.bad_input() for i in report.errors])
-        return RunResult(results, report, self.tables, self.toxicities, self.needs)
+        reviews = reviews_in(extractor.ours) if extractor.ours else {}
+        return RunResult(results, report, self.tables, self.toxicities, self.needs, reviews)
 
     def grade_patient(self, data: PatientData, report: RunReport | None = None) -> PatientResult:
         """Pure: one patient's facts in, their courses with daily grades and episodes out."""

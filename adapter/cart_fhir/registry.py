@@ -11,6 +11,7 @@ from typing import IO, Any
 from .grading.result import Assessment, Event, State, Toxicity
 from .pipeline import CourseResult, PatientResult, RunResult
 from .report import RunReport
+from .reviews import Review, computed_text, describe
 from .summary import episode_rows
 from .tables import Tables
 from .timeline import Course
@@ -21,6 +22,7 @@ UNKNOWN = "unknown"  # no data at all
 NOT_APPLICABLE = "not applicable"  # e.g. a CRS date when there was no CRS
 NOT_RESOLVED = "not resolved"  # still open at the end of the data
 YES, NO = "yes", "no"
+NOT_REVIEWED, REFUTED = "not reviewed", "refuted"  # a clinician's review of our results (reviews.py)
 
 
 def columns(tables: Tables) -> list[str]:
@@ -28,14 +30,17 @@ def columns(tables: Tables) -> list[str]:
     return [r.column for r in tables.registry_columns.rows]
 
 
-def registry_rows(pr: PatientResult, tables: Tables) -> list[dict[str, str]]:
-    """One row per infusion course of the patient: every column of the table, every cell a non-empty string."""
+def registry_rows(pr: PatientResult, tables: Tables,
+                  reviews: Mapping[str, Review] | None = None) -> list[dict[str, str]]:
+    """One row per infusion course of the patient: every column of the table, every cell a non-empty string.
+    `reviews` (RunResult.reviews): a clinician's grade is reported, cart-fhir's computation beside it."""
     by_course: dict[int, list[dict[str, Any]]] = {}
     rxnorm = {p.product: ";".join(p.rxnorm) for p in tables.products.rows}
     names = columns(tables)
     # The per-episode summary already renders episodes, events and the score: the registry row aggregates it.
-    for row in episode_rows(RunResult([pr], RunReport(), tables)):
-        by_course.setdefault(row["infusion_number"], []).append(row)
+    for row in episode_rows(RunResult([pr], RunReport(), tables, reviews=dict(reviews or {}))):
+        if row.get("infusion_number") is not None:
+            by_course.setdefault(row["infusion_number"], []).append(row)
     out = []
     for cr in pr.courses:
         rows = by_course.get(cr.course.number, [])
@@ -43,8 +48,10 @@ def registry_rows(pr: PatientResult, tables: Tables) -> list[dict[str, str]]:
                "f4006_q1_product_name": cr.course.infusion.product or UNKNOWN,
                "product_rxnorm": rxnorm.get(cr.course.infusion.product or "") or UNKNOWN,
                "f4006_q6_infusion_date": cr.course.infusion.day0.isoformat()}
-        row.update(_crs(cr, rows))
-        row.update(_icans(cr, rows))
+        current = [r for r in rows if "computed" not in r]  # a reviewed result no longer computed: reviews only
+        row.update(_crs(cr, current))
+        row.update(_icans(cr, current))
+        row.update(_computed(cr, current))
         row.update(_iechs(cr, row["f4100_q80_crs"]))
         row.update(_icaht(cr))
         row.update(_hematotox(rows))
@@ -52,6 +59,7 @@ def registry_rows(pr: PatientResult, tables: Tables) -> list[dict[str, str]]:
                            "type"))
         row.update(_events(rows, Toxicity.NEURO_OTHER, ("neurotoxicity_other", "neurotoxicity_other_worst_grade",
                                                         "neurotoxicity_other_kinds"), "category"))
+        row["clinician_reviews"] = _reviews(rows)
         out.append({c: row[c] for c in names})  # KeyError here: a YAML column this module does not fill
     return out
 
@@ -84,7 +92,7 @@ def csv_columns_text(rows: Iterable[Mapping[str, str]], names: list[str], header
 
 
 def _crs(cr: CourseResult, rows: list[dict[str, Any]]) -> dict[str, str]:
-    eps = [r for r in rows if r["toxicity"] == Toxicity.CRS.value]
+    eps = [r for r in rows if r["toxicity"] == Toxicity.CRS.value and r.get("review") != REFUTED]
     present = _present(cr, Toxicity.CRS, eps)
     responses = cr.treatments.get(Toxicity.CRS, [])
     agents = {d.ref: d.agent for d in cr.course.drugs}
@@ -103,7 +111,7 @@ def _crs(cr: CourseResult, rows: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def _icans(cr: CourseResult, rows: list[dict[str, Any]]) -> dict[str, str]:
-    eps = [r for r in rows if r["toxicity"] == Toxicity.ICANS.value]
+    eps = [r for r in rows if r["toxicity"] == Toxicity.ICANS.value and r.get("review") != REFUTED]
     present = _present(cr, Toxicity.ICANS, eps)
     responses = cr.treatments.get(Toxicity.ICANS, [])
     return {
@@ -115,6 +123,31 @@ def _icans(cr: CourseResult, rows: list[dict[str, Any]]) -> dict[str, str]:
         "icans_therapy_corticosteroids": (_yes_no(any(tr.steroid_days for tr in responses))
                                           if present == YES else _absent(present)),
     }
+
+
+def _computed(cr: CourseResult, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """CRS and ICANS as cart-fhir computes them, and whether a clinician reviewed their episodes."""
+    out = {}
+    for tox in (Toxicity.CRS, Toxicity.ICANS):
+        mine = [r for r in rows if r["toxicity"] == tox.value]
+        computed = [{**r, "max_grade": r["computed_max_grade"],
+                     "max_grade_is_lower_bound": r["computed_max_grade_is_lower_bound"]} if "review" in r else r
+                    for r in mine]
+        out[f"{tox.value}_max_grade_computed"] = _max_grade(computed, _present(cr, tox, computed))
+        out[f"{tox.value}_review"] = ";".join(sorted({r["review"] for r in mine if "review" in r})) or NOT_REVIEWED
+    return out
+
+
+def _reviews(rows: list[dict[str, Any]]) -> str:
+    """Every reviewed result of the course, the clinician's word first and cart-fhir's beside it."""
+    out = []
+    for r in rows:
+        if "review" not in r:
+            continue
+        where = f"{r['toxicity']} day {r['onset_day']}" if r.get("onset_day") is not None else str(r["toxicity"])
+        ours = r.get("computed") or computed_text(r["computed_max_grade"], r["computed_max_grade_is_lower_bound"])
+        out.append(f"{where}: {describe(r['review'], r['max_grade'], ours)}")
+    return "; ".join(out) or "none"
 
 
 def _present(cr: CourseResult, tox: Toxicity, eps: list[dict[str, Any]]) -> str:

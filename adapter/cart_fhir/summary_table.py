@@ -2,8 +2,10 @@
 
 Results read `grade N` (an episode or event and its maximum grade), `>= N` (the data prove at least N),
 `none` (assessed, nothing found), `not assessable: <missing input>` (grading.md decision 2: never a silent
-0), or `score N (<risk>)` for a risk score. Every toxicity the registered graders assess has a row per
-infusion, from what they produced (CourseResult.days / events / assessments / scores), grade 0 too.
+0), or `score N (<risk>)` for a risk score. A result a clinician reviewed shows their word, cart-fhir's beside
+it: `grade 3 (edited by a clinician; cart-fhir computes grade 2)`, `refuted by a clinician (...)`. Every
+toxicity the registered graders assess has a row per infusion, from what they produced (CourseResult.days /
+events / assessments / scores), grade 0 too.
 
 "days assessed" is defined once, as in summary.json: the days of the row's span (its episode, or the whole
 course when there is none) on which the toxicity could be graded (a state other than not-assessable).
@@ -12,13 +14,14 @@ course when there is none) on which the toxicity could be graded (a state other 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .grading.registry import CourseResult
 from .grading.result import Assessment, DayGrade, Event, State, Toxicity
 from .grading.treatments import TreatmentResponse
 from .pipeline import PatientResult, RunResult
+from .reviews import REFUTED_SHOWN, computed_text, episode_key, event_key, unmatched
 
 HEAD = ("patient", "infusion", "toxicity", "result", "onset day", "resolution day", "days assessed",
         "treatments")
@@ -67,6 +70,41 @@ def rows(result: RunResult) -> list[Row]:
             gaps = set(pr.missing[n] or ()) if n < len(pr.missing) else set()
             for tox in result.toxicities or _produced(cr):
                 out.extend(_toxicity_rows(result, cr, tox, label, gaps))
+        if result.reviews:
+            out.extend(_no_longer_computed(result, pr, label))
+    return out
+
+
+def _reviewed(result: RunResult, key: str, computed: str) -> str:
+    """The clinician's word when they reviewed the result (reviews.py), else cart-fhir's."""
+    review = result.reviews.get(key) if result.reviews else None
+    if review is None:
+        return computed
+    return review.phrase(computed_text(*_as_grade(computed)))
+
+
+def _as_grade(shown: str) -> tuple[int | None, bool]:
+    """("grade 2" | ">= 2" | "not assessable: ...") -> (grade, only a minimum)"""
+    if shown.startswith(">= "):
+        return int(shown[3:]), True
+    if shown.startswith("grade "):
+        return int(shown[6:]), False
+    return (0, False) if shown == NONE else (None, False)
+
+
+def _no_longer_computed(result: RunResult, pr: PatientResult, label: str) -> list[Row]:
+    """Reviewed results of ours the current data no longer produce: the clinician's word still shows."""
+    keys = {episode_key(cr.course, ep, result.tables) for cr in pr.courses for eps in cr.episodes.values()
+            for ep in eps} | {event_key(cr.course, ev) for cr in pr.courses for ev in cr.events}
+    out = []
+    for review in unmatched(result.reviews, keys, pr.patient.key):
+        try:
+            tox = Toxicity(review.toxicity)
+        except ValueError:
+            continue  # not a toxicity this engine grades (a Condition from another version): the report names it
+        number = pr.courses[-1].course.number if pr.courses else 0
+        out.append(Row(label, number, tox, tox.value,
+                       review.phrase("cart-fhir no longer computes it from the current data")))
     return out
 
 
@@ -89,13 +127,16 @@ def _produced(cr: CourseResult) -> list[Toxicity]:
 def _toxicity_rows(result: RunResult, cr: CourseResult, tox: Toxicity, patient: str, gaps: set[str]) -> list[Row]:
     number = cr.course.number
     if tox in cr.days:
-        return _daily_rows(cr, tox, patient)
+        return _daily_rows(result, cr, tox, patient)
     if tox in cr.scores:
         return [_score_row(cr.scores[tox], tox, patient, number)]
     facts = result.tables.output.toxicities
     events = [e for e in cr.events if e.toxicity == tox]
     standalone = [a for a in cr.assessments if a.toxicity == tox]
     out = [_event_row(e, tox, patient, number, facts[tox].label_detail if tox in facts else None) for e in events]
+    if result.reviews:  # our own event Conditions (not those an input Condition records) may be reviewed
+        out = [replace(r, result=_reviewed(result, event_key(cr.course, e), r.result)) if e.condition_ref is None
+               else r for r, e in zip(out, events, strict=True)]
     out.extend(Row(patient, number, tox, tox.value, _state(a.state, a.value, a.missing)) for a in standalone)
     if not out:  # assessed, nothing found; say what it could not read
         lacking = sorted(gaps & result.needs.get(tox, frozenset()))
@@ -104,7 +145,7 @@ def _toxicity_rows(result: RunResult, cr: CourseResult, tox: Toxicity, patient: 
     return out
 
 
-def _daily_rows(cr: CourseResult, tox: Toxicity, patient: str) -> list[Row]:
+def _daily_rows(result: RunResult, cr: CourseResult, tox: Toxicity, patient: str) -> list[Row]:
     days, number = cr.days[tox], cr.course.number
     eps = cr.episodes[tox]
     if not eps:
@@ -114,8 +155,10 @@ def _daily_rows(cr: CourseResult, tox: Toxicity, patient: str) -> list[Row]:
     responses = cr.treatments.get(tox)
     out = []
     for i, ep in enumerate(eps):
-        out.append(Row(patient, number, tox, tox.value,
-                       f">= {ep.max_grade}" if ep.max_is_lower_bound else f"grade {ep.max_grade}",
+        shown = f">= {ep.max_grade}" if ep.max_is_lower_bound else f"grade {ep.max_grade}"
+        if result.reviews:
+            shown = _reviewed(result, episode_key(cr.course, ep, result.tables), shown)
+        out.append(Row(patient, number, tox, tox.value, shown,
                        str(ep.onset_day), str(ep.resolved_day) if ep.resolved_day is not None else "not resolved",
                        str(sum(1 for d in ep.days if d.state != State.NOT_ASSESSABLE)),
                        _treated(responses[i]) if responses is not None else "-"))
@@ -200,7 +243,7 @@ def cohort_totals(result: RunResult) -> list[str]:
         else:
             shown = ", ".join(f"{k}: {counts[k]}" for k in grades)
             parts = [f"{episodes} episode{'' if episodes == 1 else 's'}" + (f" ({shown})" if grades else "")]
-        parts.extend(f"{k} {counts[k]}" for k in (NONE, NOT_ASSESSABLE) if counts[k])
+        parts.extend(f"{k} {counts[k]}" for k in (NONE, NOT_ASSESSABLE, REFUTED_SHOWN) if counts[k])
         lines.append(f"  {tox.value}: {'; '.join(parts)}")
     lines.append(DAYS_ASSESSED)
     return lines

@@ -19,6 +19,7 @@ from ..model import (
     Quantity,
     Reading,
 )
+from ..ours import is_ours
 from ..report import RunReport
 from ..tables import ConceptRow, DrugRow, PlausibilityRow, UnitMixupRow
 from . import shape
@@ -61,6 +62,9 @@ class Extractor:
         self.report = report
         self.medications_used: set[str] = set()  # Medication resources some administration referred to
         self._attributing: set[str] = set()  # Conditions read as a clinician's attribution (not "unused")
+        # cart-fhir's own results found in the input ($everything returns them): never input findings or a
+        # clinician's attribution; kept for reviews.py (a clinician's review of them is shown, not graded)
+        self.ours: list[dict[str, Any]] = []
         self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
         self._quantities: dict[tuple[Any, ...], Quantity] = {}  # see _quantity()
         plaus = terminology.tables.plausibility
@@ -255,9 +259,15 @@ class Extractor:
             return
         data.infusions.append(Infusion(ref=ent.key, when=eff[0], product=product))
 
+    def _ours(self, ent: Indexed) -> None:
+        self.ours.append(ent.resource)
+        self.report.ignored[f"{ent.resource['resourceType']} of cart-fhir's own (a result, not input)"] += 1
+
     def _resource(self, ent: Indexed, idx: InputIndex, data: PatientData, tz: timezone) -> None:
         rtype = ent.resource["resourceType"]
-        if rtype == "Observation":
+        if rtype == "Condition" and is_ours(ent.resource):
+            self._ours(ent)
+        elif rtype == "Observation":
             self._observation(ent, data, tz)
         elif rtype in ("MedicationAdministration", "MedicationStatement"):
             self._drug(ent, idx, data, tz)
@@ -276,6 +286,9 @@ class Extractor:
         # The hot path of a run (one call per input Observation): no Location is built unless a message
         # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
         res = ent.resource
+        if "identifier" in res and is_ours(res):
+            self._ours(ent)
+            return
         status = res.get("status")
         if type(status) is not str or status not in OBS_USABLE:
             shape.string(status, "Observation.status", ent)

@@ -5,12 +5,14 @@ Observation, Condition and Device have an R4 `identifier` search parameter, and 
 no `identifier` search parameter for AdverseEvent (http://hl7.org/fhir/R4/adverseevent.html#search): a
 server answers 400 to that search or ignores it and creates the AdverseEvent again on every post. Those go
 as `PUT AdverseEvent/cart-<identifier value>`, an update by a stable client id (FHIR R4 update-as-create).
+Each entry carries its content-hash `meta.tag`, as write-back's do (ours.py, remote/plan.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..ours import content_hash, with_hash
 from .resources import Written
 
 # Types whose business identifier R4 cannot search: written by stable id, not by a conditional update.
@@ -31,7 +33,9 @@ def request_url(w: Written) -> str:
 def transaction_entry(w: Written) -> dict[str, Any]:
     """A transaction entry for `w`; an update by id carries that id in the body (FHIR R4 update rules)."""
     url = request_url(w)
-    resource = w.resource
+    # Tagged with its content hash like every resource cart-fhir writes (ours.py): a later write-back then
+    # knows it unchanged, or changed by someone else (kept), instead of guessing.
+    resource = with_hash(w.resource, content_hash(w.resource))
     if "?" not in url:
         resource = {"resourceType": resource["resourceType"], "id": url.split("/", 1)[1],
                     **{k: v for k, v in resource.items() if k not in ("resourceType", "id")}}

@@ -118,13 +118,13 @@ def plan(group: PatientResources, existing: dict[str, dict[str, Any]], pw: Patie
             resolved.pop(w.full_url, None)
             continue
         ref = f"{stored['resourceType']}/{stored['id']}"
-        if clinician_owned(stored, to_key):
+        if clinician_owned(stored, to_key, w.resource):
             if digest not in hash_tags(stored):
                 pw.kept.append(Kept(ref, summary(stored), summary(w.resource)))
             else:
                 pw.kept.append(Kept(ref, summary(stored), "the same as before"))
             continue
-        if digest in hash_tags(stored):
+        if digest in hash_tags(stored) or not hash_tags(stored):  # untagged here: holds exactly this
             pw.unchanged += 1
             continue
         version = version_of(stored)
@@ -135,7 +135,7 @@ def plan(group: PatientResources, existing: dict[str, dict[str, Any]], pw: Patie
         if key in produced or key.startswith("Provenance?") or retracted(stored):
             continue
         ref = f"{stored['resourceType']}/{stored['id']}"
-        if clinician_owned(stored, to_key):
+        if clinician_owned(stored, to_key) or not hash_tags(stored):  # untagged: someone removed our tag
             pw.kept.append(Kept(ref, summary(stored), "no such result any more (not retracted)"))
             continue
         version = version_of(stored)

@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..pipeline import Engine
 from ..remote.deadline import deadline
 from .artefacts import artefacts
+from .card_store import CARD_INDEX, open_card_index
 from .cdshooks import cds
 from .config import load_concept_maps, load_service_settings
 from .context import EXTENSION, Services
@@ -67,6 +68,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     else:
         log.warning("inbound auth is OFF (CART_FHIR_AUTH=off): every caller is trusted; for local trials only")
     app.extensions[EXTENSION] = svc
+    # Opened (and its schema made) here, in gunicorn's master before the workers fork: a bad path stops start-up.
+    app.extensions[CARD_INDEX] = open_card_index(settings.card_store)
     app.wsgi_app = _Deadline(app.wsgi_app, settings.deadline)  # type: ignore[method-assign]
     register_error_handlers(app)
     _register_request_log(app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import Enum
 from typing import Any
@@ -16,6 +16,8 @@ from ..constants import CS_TOXICITY
 from ..grading.result import Assessment, DayGrade, Event, State, Toxicity
 from ..grading.treatments import TreatmentResponse
 from ..pipeline import CourseResult, Engine, RunResult
+from ..reviews import Review, Verdict, episode_key, event_key
+from ..tables import Tables
 
 # Card uuids are uuid5 under this namespace, so the same episode keeps its uuid from call to call and the
 # EHR can de-duplicate or remember a dismissal (CDS Hooks 2.0, Card.uuid).
@@ -84,7 +86,8 @@ def toxicity_cards(result: RunResult, *, today: date | None = None, source_url: 
     if not started:
         return []
     cr, day = started[-1]
-    ctx = _Context(cr, (day - cr.course.infusion.day0).days, source_url, timeline_url, patient_id, criteria)
+    ctx = _Context(cr, (day - cr.course.infusion.day0).days, source_url, timeline_url, patient_id, criteria,
+                   result.reviews, result.tables)
     cards: list[dict[str, Any]] = []
     for tox in cr.days:  # the daily-graded toxicities, in registry order
         card = ctx.daily_card(tox)
@@ -108,6 +111,8 @@ class _Context:
     timeline_url: str
     patient_id: str
     criteria: Mapping[Toxicity, Criteria]
+    reviews: Mapping[str, Review] = field(default_factory=dict)  # RunResult.reviews (reviews.py)
+    tables: Tables | None = None  # to spell an episode's business key (only when there are reviews)
 
     # ---- CRS and ICANS: daily grades --------------------------------------------------------
 
@@ -166,6 +171,11 @@ class _Context:
         flags = sorted({f for d in days for f in d.flags})
         if flags:
             lines.append(f"- Review flags: {', '.join(flags)}")
+        if self.reviews and self.tables is not None:
+            review = self.reviews.get(episode_key(self.cr.course, ep, self.tables))
+            if review is not None:
+                computed = f">={ep.max_grade}" if ep.max_is_lower_bound else str(ep.max_grade)
+                summary, level = _reviewed(review, crit.name, computed, ep.onset_day, resolved, lines, level)
         return self._card(tox, f"episode-{ep.number}", summary, lines, level)
 
     # ---- events (IEC-HS, ICAHT, infections, other neurotoxicity) -----------------------------
@@ -208,6 +218,10 @@ class _Context:
         elif ev.evidence:
             lines.append(f"- Evidence: {', '.join(ev.evidence)}")
         lines.append(f"- Status: resolved on day {resolved}" if resolved is not None else "- Status: ongoing")
+        review = self.reviews.get(event_key(self.cr.course, ev)) if self.reviews and ev.condition_ref is None \
+            else None
+        if review is not None:
+            summary, level = _reviewed(review, name, shown, ev.onset_day, resolved, lines, level)
         return self._card(ev.toxicity, f"event-{ev.key}", summary, lines, level)
 
     # ---- CAR-HEMATOTOX: a pre-infusion risk score --------------------------------------------
@@ -251,6 +265,21 @@ class _Context:
                                             "toxicity": tox.value}).decode(),
             }] if self.timeline_url else [],  # no timeline app configured: no link (never a placeholder)
         }
+
+
+def _reviewed(review: Review, name: str, computed: str, onset_day: int, resolved: int | None, lines: list[str],
+              level: Indicator) -> tuple[str, Indicator]:
+    """A result a clinician reviewed on the record (reviews.py): their word in the summary and the indicator,
+    cart-fhir's computation beside it; a refuted one is not shown as an active toxicity. `lines` gains the
+    review as its third line (after the heading)."""
+    ours = f"cart-fhir computes {'grade ' if computed[0].isdigit() else ''}{computed}"
+    lines.insert(2, f"- Clinician review: {review.verdict.value} on the record ({review.ref}); {ours}")
+    if review.verdict == Verdict.REFUTED:
+        return f"{name} from day {onset_day} refuted by a clinician ({ours})", Indicator.INFO
+    grade = "unreadable grade" if review.grade is None else f"grade {review.grade}"
+    when = f"day {onset_day}, resolved day {resolved}" if resolved is not None else f"since day {onset_day}"
+    summary = f"{name} {grade} ({review.verdict.value} by a clinician; {ours}), {when}"
+    return summary, Indicator.INFO if resolved is not None else indicator(review.grade) if review.grade else level
 
 
 def _grade(d: DayGrade | None) -> str:

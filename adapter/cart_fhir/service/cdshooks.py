@@ -13,10 +13,11 @@ from ..ingest.read import Item, read_bundle
 from ..remote.client import FhirClient, next_link, page_resources
 from ..remote.read import PatientNotFound, PatientReader
 from .app_launch import timeline_link
+from .card_store import CARD_INDEX, CardIndex, MemoryCardIndex
 from .cards import criteria_of, toxicity_cards
 from .context import Services, services
 from .errors import ServiceError, fhir_response
-from .feedback import FEEDBACK_SCHEMA, CardIndex, card_keys, check_feedback, record
+from .feedback import FEEDBACK_SCHEMA, card_keys, check_feedback, record
 from .guard import json_body
 from .openapi import check, document
 
@@ -113,7 +114,7 @@ def patient_view() -> Response:
         cards = toxicity_cards(result, source_url=request.host_url.rstrip("/") + "/cds-services",
                                timeline_url=timeline_link(svc.settings.timeline_url), patient_id=pid,
                                criteria=criteria_of(svc.engine))
-    _card_index().remember(cards, card_keys(result, pid, lambda tox: svc.engine.codes.scale(tox)[0]))
+    _card_index().remember(cards, card_keys(result, pid))
     log.info("cds %s hookInstance=%s patient=%s cards=%d", HOOK, body["hookInstance"], pid, len(cards))
     return fhir_response({"cards": cards}, mimetype="application/json")
 
@@ -134,7 +135,7 @@ def feedback() -> Response:
     for item in items:
         key = index.get(item["card"])
         if key is None or svc.settings.server is None:
-            outcome = "not recorded: " + ("no result of ours behind this card (or issued by another process)"
+            outcome = "not recorded: " + ("no result of ours behind this card (or not issued by this service)"
                                           if key is None else "no upstream FHIR server")
         else:
             outcome = record(svc.upstream(), key, item)
@@ -143,8 +144,9 @@ def feedback() -> Response:
 
 
 def _card_index() -> CardIndex:
-    """One per app (and process): which result each issued card is about."""
-    return current_app.extensions.setdefault("cart_fhir.cds_cards", CardIndex())  # type: ignore[no-any-return]
+    """Which result each issued card is about: the app's store (create_app opens it: shared by every worker
+    when CART_FHIR_CARD_STORE is set, as `cart-fhir serve` does), else one per process."""
+    return current_app.extensions.setdefault(CARD_INDEX, MemoryCardIndex())  # type: ignore[no-any-return]
 
 
 # ---- request -----------------------------------------------------------------------------------

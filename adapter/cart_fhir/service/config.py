@@ -60,6 +60,10 @@ class ServiceSettings(LayeredSettings):
     # CapabilityStatement's oauth-uris). Without it the service checks tokens but does not claim SMART.
     smart_token_endpoint: str | None = None
     smart_authorize_endpoint: str | None = None
+    # The CDS card store (card uuid -> Condition business key, service/card_store.py): a SQLite file every
+    # worker of the service opens, so feedback reaching any worker is recorded. Unset: one per process
+    # (`cart-fhir serve` sets a private temporary file when this is unset).
+    card_store: str | None = None
 
     @field_validator("auth", "upstream", mode="before")
     @classmethod

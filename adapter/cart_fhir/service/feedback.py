@@ -1,32 +1,32 @@
 """CDS Hooks 2.0 feedback: an accepted or overridden card recorded as the clinician's review of the result.
 
-The service remembers, per process, which result each card it issued is about (card uuid -> the episode
-Condition's business key): CDS Hooks feedback carries only the card's uuid. On feedback the Condition is
+The service remembers which result each card it issued is about (card uuid -> the episode Condition's
+business key; card_store.py: one store shared by all workers of `cart-fhir serve`): CDS Hooks feedback
+carries only the card's uuid. On feedback the Condition is
 read from the upstream FHIR server and its `verificationStatus` set by the clinician's decision (accepted:
 `confirmed`, overridden: `refuted`), with a note giving the outcome, its time and the override reason. A
 Condition confirmed or refuted by a person is never overwritten or retracted by a later run
 (remote/changes.py, clinician authority). Cards without a Condition of ours (a CAR-HEMATOTOX score, an
-event recorded by an input Condition) and cards this process did not issue are acknowledged, not recorded.
+event recorded by an input Condition) and cards this service did not issue (or has forgotten) are acknowledged,
+not recorded.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
+import uuid
 from typing import Any
 
 from ..constants import COND_VERIFICATION
-from ..output.ids import stable_hash
 from ..pipeline import RunResult
 from ..remote.client import FhirClient
 from ..remote.errors import ServerError
+from ..reviews import episode_key, event_key
 from .cards import NAMESPACE
 from .errors import ServiceError
 
 log = logging.getLogger("cart_fhir.cds")
 
-MAX_CARDS = 10_000  # cards remembered per process (oldest forgotten first)
 DECISION = {"accepted": ("confirmed", "Confirmed"), "overridden": ("refuted", "Refuted")}
 FEEDBACK_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "minItems": 1,
@@ -40,54 +40,23 @@ FEEDBACK_SCHEMA: dict[str, Any] = {
                 "reason": {"type": "object"}, "userComment": {"type": "string", "maxLength": 2000}}}}}}}}
 
 
-class CardIndex:
-    """card uuid -> "Condition?identifier=system|value" of the result the card is about (bounded, thread-safe)."""
-
-    def __init__(self, size: int = MAX_CARDS) -> None:
-        self.size = size
-        self._cards: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def remember(self, cards: list[dict[str, Any]], keys: dict[str, str]) -> None:
-        with self._lock:
-            for card in cards:
-                key = keys.get(card.get("uuid", ""))
-                if key is not None:
-                    self._cards[card["uuid"]] = key
-                    self._cards.move_to_end(card["uuid"])
-            while len(self._cards) > self.size:
-                self._cards.popitem(last=False)
-
-    def get(self, card: str) -> str | None:
-        with self._lock:
-            return self._cards.get(card)
-
-
-def card_keys(result: RunResult, patient_id: str, scale_of: Any) -> dict[str, str]:
+def card_keys(result: RunResult, patient_id: str) -> dict[str, str]:
     """For every card toxicity_cards can issue: its uuid -> the business key of the episode Condition, the
-    same hashes output/resources.py writes (daily episodes and events with a Condition of our own)."""
-    import uuid
-
-    from ..constants import ID_EPISODE
-
+    same identifiers output/resources.py writes (daily episodes and events with a Condition of our own)."""
     out: dict[str, str] = {}
     for pr in result.patients:
         if pr.patient.id != patient_id:
             continue
         for cr in pr.courses:
-            c = cr.course
+            ref = cr.course.infusion.ref
             for tox, eps in cr.episodes.items():
                 for ep in eps:
-                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{tox.value}|episode-{ep.number}"))
-                    value = stable_hash(c.patient.key, c.infusion.ref, tox.value, scale_of(tox.value), ep.onset_day,
-                                        "episode")
-                    out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{ref}|{tox.value}|episode-{ep.number}"))
+                    out[card] = episode_key(cr.course, ep, result.tables)
             for ev in cr.events:
-                if ev.condition_ref is not None:
-                    continue
-                card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{c.infusion.ref}|{ev.toxicity.value}|event-{ev.key}"))
-                value = stable_hash(c.patient.key, c.infusion.ref, ev.toxicity.value, ev.key, "episode")
-                out[card] = f"Condition?identifier={ID_EPISODE}|{value}"
+                if ev.condition_ref is None:  # an event an input Condition records has no Condition of ours
+                    card = str(uuid.uuid5(NAMESPACE, f"{patient_id}|{ref}|{ev.toxicity.value}|event-{ev.key}"))
+                    out[card] = event_key(cr.course, ev)
     return out
 
 

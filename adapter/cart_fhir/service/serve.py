@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from ..errors import ConfigError
-from .config import is_loopback, serve_defaults
+from .config import ServiceSettings, is_loopback, serve_defaults
 from .worker import BODY_TIMEOUT, HEADER_TIMEOUT, ServiceWorker
 
 log = logging.getLogger("cart_fhir.service")
@@ -77,12 +79,31 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int | None = None,
     """Check the settings (out of the box: bundle-only, auth off, loopback only), then run gunicorn."""
     from .app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+                        force=True)  # the pid: which worker handled what
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     overrides, notes = serve_defaults(host, os.environ)
     for note in notes:
         log.info("%s", note)
-    app = create_app(overrides)  # ConfigError here: the CLI prints it and exits 2, nothing is listening
+    scratch, master = None, os.getpid()
+    if not os.environ.get(ServiceSettings.env_name("card_store")):
+        # The workers must share the CDS card store (feedback may reach another worker than the one that
+        # issued the card): a private folder of this instance, removed when it stops.
+        scratch = tempfile.mkdtemp(prefix="cart-fhir-cards-")
+        overrides["card_store"] = os.path.join(scratch, "cards.sqlite3")
+    try:
+        _serve(create_app(overrides), host, port, workers, timeout, threads, allow_no_auth, control_socket,
+               header_timeout, body_timeout)
+    finally:
+        # gunicorn's workers leave by sys.exit through this frame too (they are forks of it): only the master
+        # removes the store, when the whole instance stops.
+        if scratch is not None and os.getpid() == master:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _serve(app: Flask, host: str, port: int, workers: int | None, timeout: int, threads: int, allow_no_auth: bool,
+           control_socket: str | None, header_timeout: float, body_timeout: float) -> None:
+    # ConfigError from create_app or here: the CLI prints it and exits 2, nothing is listening
     settings = app.extensions["cart_fhir"].settings
     if not settings.auth and not is_loopback(host):
         if not allow_no_auth:
@@ -100,6 +121,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int | None = None,
     ServiceWorker.header_timeout, ServiceWorker.body_timeout = header_timeout, body_timeout
     workers = workers or default_workers()
     log.info("cart-fhir service on http://%s:%d: %d workers x %d threads, %d gradings in flight per worker, "
-             "deadline %g s per request, request head %g s and body %g s", host, port, workers, threads,
-             settings.max_gradings, settings.deadline, header_timeout, body_timeout)
+             "deadline %g s per request, request head %g s and body %g s; CDS card store shared by the workers%s",
+             host, port, workers, threads, settings.max_gradings, settings.deadline, header_timeout, body_timeout,
+             "" if os.environ.get(ServiceSettings.env_name("card_store")) else " (temporary: CART_FHIR_CARD_STORE "
+             "keeps it across restarts)")
     _Server(app, gunicorn_options(host, port, workers, timeout, threads, control_socket)).run()

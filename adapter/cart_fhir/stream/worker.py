@@ -199,8 +199,8 @@ def _write_parts(engine: Engine, result: RunResult, task: Task, out: TaskResult)
         if _outputs.registry:
             from ..registry import csv_text, registry_rows
 
-            text = csv_text((row for pr in result.patients for row in registry_rows(pr, engine.tables)),
-                            engine.tables, header=False)
+            text = csv_text((row for pr in result.patients
+                             for row in registry_rows(pr, engine.tables, result.reviews)), engine.tables, header=False)
             if text:
                 emit("registry", text.encode())
     finally:

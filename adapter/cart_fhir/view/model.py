@@ -13,6 +13,8 @@ from typing import Any
 
 from ..grading.result import Assessment, Event, State, Toxicity
 from ..pipeline import CourseResult, PatientResult, RunResult
+from ..reviews import Review, computed_text, episode_key, event_key, unmatched
+from ..tables import Tables
 from ..timeline import Course
 from .cells import Cell, Detail, InputValue, assessment_cell, day_cell, event_cell, readings_by_ref
 from .evidence import EvidenceLane, Marker, evidence_lanes, treatment_markers
@@ -55,6 +57,17 @@ class EventRow:
     attribution: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    """A result of ours a clinician reviewed (reviews.py): their word, and cart-fhir's computation beside it."""
+
+    toxicity: str
+    onset_day: int | None
+    verdict: str  # confirmed / refuted / edited
+    shown: str  # "grade 3 (edited by a clinician; cart-fhir computes grade 2)"
+    ref: str  # "Condition/123"
+
+
 @dataclass(slots=True)
 class CourseView:
     patient_id: str
@@ -73,6 +86,7 @@ class CourseView:
     versions: tuple[tuple[str, str], ...]
     max_grades: dict[str, str]  # toxicity -> "2", ">=3", "n/a", "-" for the cohort index
     off_axis: list[Cell] = field(default_factory=list)  # assessments whose window starts after the data
+    reviews: list[ReviewRow] = field(default_factory=list)  # a clinician's reviews of our results (issue 14)
 
     @property
     def anchor(self) -> str:
@@ -102,15 +116,54 @@ def build_patients(result: RunResult, *, versions: Mapping[str, int | str] | Non
     for pr in result.patients:
         if wanted is not None and pr.patient.id not in wanted:
             continue
-        out.append(build_patient(pr, versions=versions, units=units, attribute=attribute))
+        out.append(build_patient(pr, versions=versions, units=units, attribute=attribute, reviews=result.reviews,
+                                 tables=result.tables))
     return out
 
 
 def build_patient(pr: PatientResult, *, versions: Mapping[str, int | str] | None = None,
-                  units: Mapping[str, str] | None = None, attribute: Attribute | None = None) -> PatientView:
+                  units: Mapping[str, str] | None = None, attribute: Attribute | None = None,
+                  reviews: Mapping[str, Review] | None = None, tables: Tables | None = None) -> PatientView:
     vers = tuple(sorted((k, str(v)) for k, v in (versions or {}).items()))
-    return PatientView(pr.patient.id, [_course(pr.patient.id, cr, vers, {**DISPLAY_UNITS, **(units or {})},
+    view = PatientView(pr.patient.id, [_course(pr.patient.id, cr, vers, {**DISPLAY_UNITS, **(units or {})},
                                                attribute) for cr in pr.courses])
+    if reviews and tables is not None:
+        _add_reviews(pr, view, reviews, tables)
+    return view
+
+
+def _add_reviews(pr: PatientResult, view: PatientView, reviews: Mapping[str, Review], tables: Tables) -> None:
+    """Each course lists the reviewed results of its episodes and events; its max grade per toxicity (the
+    cohort index) is the clinician's, marked, with ours beside it. A reviewed result the current data no
+    longer produce is listed on the last course."""
+    matched: set[str] = set()
+    for cr, cv in zip(pr.courses, view.courses, strict=True):
+        # per toxicity: the grade each episode or event shows (the clinician's where reviewed, else ours)
+        shown: dict[str, list[int | None]] = {}
+        reviewed: set[str] = set()
+        items: list[tuple[str, int, int | None, bool, Review | None]] = [
+            (ep.toxicity.value, ep.onset_day, ep.max_grade, ep.max_is_lower_bound,
+             reviews.get(episode_key(cr.course, ep, tables))) for eps in cr.episodes.values() for ep in eps]
+        items += [(ev.toxicity.value, ev.onset_day, ev.max_grade, ev.state == State.AT_LEAST,
+                   reviews.get(event_key(cr.course, ev)) if ev.condition_ref is None else None) for ev in cr.events]
+        for tox, day, grade, lower, review in items:
+            if review is None:
+                shown.setdefault(tox, []).append(grade)
+                continue
+            matched.add(review.key)
+            reviewed.add(tox)
+            shown.setdefault(tox, []).append(review.shown_grade)
+            cv.reviews.append(ReviewRow(tox, day, review.verdict.value, review.phrase(computed_text(grade, lower)),
+                                        review.ref))
+        for tox in reviewed:
+            grades = [g for g in shown[tox] if g is not None]
+            head = str(max(grades)) if grades else "refuted"
+            cv.max_grades[tox] = f"{head} (clinician review; computed {cv.max_grades.get(tox, '-')})"
+    if view.courses:
+        for review in unmatched(reviews, matched, pr.patient.key):
+            view.courses[-1].reviews.append(ReviewRow(
+                review.toxicity or "?", None, review.verdict.value,
+                review.phrase("cart-fhir no longer computes it from the current data"), review.ref))
 
 
 # ---- one course -------------------------------------------------------------------------------------
@@ -250,4 +303,4 @@ def _slug(text: str) -> str:
 
 
 __all__ = ["Cell", "CourseView", "Detail", "EventRow", "EvidenceLane", "InputValue", "Lane", "PatientView",
-           "ScoreCard", "build_patient", "build_patients"]
+           "ReviewRow", "ScoreCard", "build_patient", "build_patients"]

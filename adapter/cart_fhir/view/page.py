@@ -131,7 +131,7 @@ def course_section(c: CourseView, focus: bool = False) -> str:
              '</p></div>')
     return (f'<section class="course" id="{c.anchor}" data-course="{c.number}"{" data-focus" if focus else ""} '
             f'data-infusion="{escape(c.infusion_ref)}" aria-labelledby="{c.anchor}-h">{head}{grid}{panel}'
-            f'<div class="cards">{_events(c)}{_hematotox(c)}{_versions(c)}</div>{details}</section>')
+            f'<div class="cards">{_reviews(c)}{_events(c)}{_hematotox(c)}{_versions(c)}</div>{details}</section>')
 
 
 def _unit(unit: str) -> str:
@@ -250,6 +250,22 @@ def _events(c: CourseView) -> str:
             '<th scope="col">Toxicity</th><th scope="col">Grade</th><th scope="col">Onset day</th>'
             '<th scope="col">Resolved</th><th scope="col">Details</th><th scope="col">Attribution</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>{later}</section>')
+
+
+def _reviews(c: CourseView) -> str:
+    """A clinician's reviews of our results on the record: their grade first, cart-fhir's beside it."""
+    if not c.reviews:
+        return ""
+    rows = "".join(
+        f'<tr data-review="{escape(r.verdict)}" data-toxicity="{escape(r.toxicity)}">'
+        f'<th scope="row">{escape(lane_label(r.toxicity))}</th>'
+        f'<td>{"-" if r.onset_day is None else r.onset_day}</td><td>{escape(r.shown)}</td>'
+        f"<td>{escape(r.ref)}</td></tr>" for r in c.reviews)
+    return ('<section class="card reviews"><h3>Clinician review</h3><p>Results a clinician confirmed, refuted or '
+            "changed on the record: their word stands (cart-fhir does not overwrite it); a refuted result is not "
+            "an active toxicity. The day lanes above show cart-fhir's own daily grades.</p><table><thead><tr>"
+            '<th scope="col">Toxicity</th><th scope="col">Onset day</th><th scope="col">Clinician (cart-fhir)</th>'
+            f'<th scope="col">Result</th></tr></thead><tbody>{rows}</tbody></table></section>')
 
 
 def _hematotox(c: CourseView) -> str:
