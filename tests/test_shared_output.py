@@ -67,7 +67,10 @@ def test_shared_parts_serialise_and_copy_as_plain_json() -> None:
     plain = {"code": "c", "coding": [{"system": "s", "code": "c"}, {"system": "s", "code": "d"}]}
     for option in (None, orjson.OPT_INDENT_2, orjson.OPT_SORT_KEYS):
         assert orjson.dumps(part, option=option) == orjson.dumps(plain, option=option)
-    assert copy.deepcopy(part) is part and copy.copy(part) is part  # read-only: a copy may share it
+    deep = copy.deepcopy(part)  # the caller's to change, all the way down
+    assert deep == plain and type(deep) is dict and type(deep["coding"]) is list and type(deep["coding"][0]) is dict
+    deep["coding"][0]["code"] = "x"
+    assert type(copy.copy(part)) is dict and part["coding"][0]["code"] == "c"
     back = pickle.loads(pickle.dumps(part))  # the stream workers send results between processes
     assert back == plain and type(back) is SharedDict and type(back["coding"]) is SharedList
     mine = dict(part)

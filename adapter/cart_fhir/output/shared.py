@@ -5,13 +5,14 @@ components repeat: each is built once and the same object is put in every resour
 (issue 18, "a lean output writer"). Output dicts are only serialised, so sharing is safe as long as nobody
 changes one in place: `SharedDict` and `SharedList` refuse every change (TypeError), so a consumer that
 would edit a resource in place (a write-back adding an id, a tag) fails loudly instead of silently changing
-every other resource. Copy first: `dict(x)`, `list(x)`, `copy.deepcopy` (which keeps the shared parts,
-being read-only) or a rebuild as remote/write.py and remote/changes.py do. orjson and json serialise them as
-the dict and list they are.
+every other resource. Copy first: `copy.deepcopy` of a resource gives plain dicts and lists throughout (the
+caller's to change), as do `dict(x)`, `list(x)`, `copy.copy` one level down and the rebuilds remote/write.py
+and ours.py do. orjson and json serialise them as the dict and list they are.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NoReturn
 
 
@@ -25,11 +26,11 @@ class SharedDict(dict[str, Any]):
     __slots__ = ()
     __setitem__ = __delitem__ = __ior__ = update = setdefault = pop = popitem = clear = _refuse
 
-    def __copy__(self) -> SharedDict:
-        return self
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)  # a copy is the caller's to change
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedDict:
-        return self
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v, memo) for k, v in self.items()}
 
     def __reduce__(self) -> tuple[type[SharedDict], tuple[dict[str, Any]]]:
         return SharedDict, (dict(self),)
@@ -42,11 +43,11 @@ class SharedList(list[Any]):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = append = extend = insert = pop = remove = clear = \
         sort = reverse = _refuse
 
-    def __copy__(self) -> SharedList:
-        return self
+    def __copy__(self) -> list[Any]:
+        return list(self)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> SharedList:
-        return self
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(v, memo) for v in self]
 
     def __reduce__(self) -> tuple[type[SharedList], tuple[list[Any]]]:
         return SharedList, (list(self),)
