@@ -89,7 +89,7 @@ def _input_ref(key: str) -> dict[str, str]:
     return {"reference": key}
 
 
-RELATIONSHIP = shared({"url": "relationship", "valueCode": "after-start"})
+_RELATIONSHIP = shared({"url": "relationship", "valueCode": "after-start"})  # of every relative-day extension
 # Input references that are not Observations: derivedFrom may only point at Observations.
 _NOT_OBSERVATION = ("Condition/", "MedicationAdministration/", "MedicationStatement/", "Procedure/")
 
@@ -110,7 +110,7 @@ class _CourseParts:
         self._target = (  # the relative-day extension's parts naming the infusion
             shared({"url": "target", "valueReference": _input_ref(inf)}),
             shared({"url": "targetPath", "valueString": "performed" if inf.startswith("Procedure/") else "effective"}),
-            RELATIONSHIP)
+            _RELATIONSHIP)
         self._days: dict[int, SharedDict] = {}
         self._periods: dict[tuple[int, datetime, datetime], SharedDict] = {}
 
