@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 PARSE = """
@@ -47,7 +48,7 @@ def run(argv: list[str]) -> tuple[float, float, float]:
     return ru.ru_utime + ru.ru_stime, time.perf_counter() - t, ru.ru_maxrss / 1024
 
 
-def stages(src: Path, data: Path) -> dict[str, float]:
+def stages(src: Path, data: Path, maps: list[str]) -> dict[str, Any]:
     """One in-process pass of the tree at `src`, split by stage (CPU seconds); run in a child process."""
     code = f"""
 import sys, time, gc, json, orjson
@@ -59,6 +60,10 @@ from cart_fhir.ingest.index import build_index
 from cart_fhir.ingest.extract import Extractor
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.report import RunReport
+try:  # the fast Observation reader (issue 18 item 1), in trees that have it
+    from cart_fhir.ingest.fast import FastReader
+except ImportError:
+    FastReader = None
 files = sorted(Path({str(data)!r}).rglob('*.ndjson'))
 c = time.process_time
 t = c()
@@ -67,10 +72,13 @@ for p in files:
         if line.strip():
             orjson.loads(line)
 parse = c() - t
-eng = Engine(strict=False)
+eng = Engine(strict=False, concept_maps=[(m, orjson.loads(Path(m).read_bytes())) for m in {maps!r}])
+fast = FastReader(eng.terminology, eng.units) if FastReader is not None and getattr(eng, 'fast_read', 0) else None
 out = {{}}
 gc.disable()
-t = c(); items = list(read_all([str(p) for p in files])); out['read'] = c() - t
+t = c()
+items = list(read_all([str(p) for p in files]) if fast is None else fast.compact(read_all([str(p) for p in files])))
+out['read'] = c() - t
 report = RunReport()
 t = c(); idx = build_index(items, report); out['index'] = c() - t
 ex = Extractor(eng.terminology, eng.units, report)
@@ -81,6 +89,8 @@ t = c(); w = eng.resources(rr, datetime(2026, 1, 2, tzinfo=UTC)); b = eng.bundle
 t = c(); orjson.dumps(b); out['dumps'] = c() - t
 out['total'] = sum(out.values())
 out['parse'] = parse
+if fast is not None:
+    out['observations'] = {{'fast': fast.fast, 'fallback': fast.fallback}}
 print(json.dumps(out))
 """
     return json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
@@ -94,6 +104,8 @@ def main() -> None:
     ap.add_argument("--ref", type=Path, help="another source tree to measure in the same rounds (before)")
     ap.add_argument("--stages", type=int, default=0, metavar="N",
                     help="also N in-process passes (fresh processes) split by stage; the min of each stage")
+    ap.add_argument("--concept-map", action="append", default=[], metavar="FILE",
+                    help="a site ConceptMap to grade with (cart-fhir synth --local-codes writes conceptmap.json)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args()
     trees = {"after": HERE, **({"before": a.ref} if a.ref else {})}
@@ -103,7 +115,7 @@ def main() -> None:
             for name, tree in trees.items():
                 out = str(Path(tmp) / f"{name}.json")
                 argv = [sys.executable, "-c", GRADE.format(src=str(tree / "adapter")), "grade", str(a.data),
-                        "-o", out, "-q"]
+                        "-o", out, "-q", *(x for m in a.concept_map for x in ("--concept-map", m))]
                 for k, v in zip(("cpu", "wall", "rss"), run(argv), strict=True):
                     res[name][k].append(v)
             for k, v in zip(("cpu", "wall", "rss"), run([sys.executable, "-c", PARSE, str(a.data)]), strict=True):
@@ -116,12 +128,19 @@ def main() -> None:
         print(f"{name:8} {cmin:8.2f} {cmed:8.2f} {cmin / p_min:11.2f} {cmed / p_med:9.2f} {max(r['rss']):11.0f}")
     if a.stages:
         for name, tree in trees.items():
-            passes = [stages(tree, a.data) for _ in range(a.stages)]
+            passes = [stages(tree, a.data, a.concept_map) for _ in range(a.stages)]
+            obs = passes[0].pop("observations", None)
+            for p in passes[1:]:
+                p.pop("observations", None)
             s = {k: min(p[k] for p in passes) for k in passes[0]}
-            report[f"stages_{name}"] = s
+            report[f"stages_{name}"] = {**s, **({"observations": obs} if obs else {})}
             parse = s.pop("parse")
             print(f"in-process {name}: parse {parse:.2f} s; "
                   + "; ".join(f"{k} {v:.2f} s ({v / parse:.2f}x)" for k, v in s.items()))
+            if obs:  # Observations read on the fast path (ingest/fast.py) and by the extractor
+                total = obs["fast"] + obs["fallback"]
+                print(f"  Observations on the fast path: {obs['fast']} of {total} "
+                      f"({100 * obs['fast'] / total if total else 0:.2f} %), {obs['fallback']} by the extractor")
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 

@@ -11,8 +11,9 @@ from cart_fhir.conformance import Checker, Package, default_package_dir
 from cart_fhir.conformance.validate import validate_bundle
 from cart_fhir.pipeline import Engine
 
-# The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use).
-pytest_plugins = ["fhir_server_fixture", "browser_fixture"]  # browser: Debian chromium + Playwright
+# The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use); browser:
+# Debian chromium + Playwright; r4_examples: the official HL7 R4 examples from npm (tests/test_fast_read.py).
+pytest_plugins = ["fhir_server_fixture", "browser_fixture", "r4_examples_fixture"]
 
 
 class CheckingEngine(Engine):

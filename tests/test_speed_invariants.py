@@ -146,11 +146,11 @@ def test_quantity_cache_equals_uncached(quantities: tuple[dict[str, Any], ...]) 
     for q in quantities:
         cached_row = row.model_copy(update={"unit": "Cel" if "Cel" in str(q) or "degF" in str(q) else "%"})
         try:
-            want: Any = ext._convert_quantity(q, cached_row, "p", _AT)
+            want: Any = ext.values._convert(q, cached_row, "p", _AT)
         except BadInput as exc:
             want = str(exc)
         try:
-            got: Any = ext._quantity(q, cached_row, "p", _AT)
+            got: Any = ext.values.quantity(q, cached_row, "p", _AT)
         except BadInput as exc:
             got = str(exc)
         assert got == want and repr(got) == repr(want)

@@ -179,23 +179,3 @@ def test_rows_built_in_code_may_omit_the_id() -> None:
 def test_a_list_of_models_without_an_id_field_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"demo\.yaml: plain\[0\]: row has no id"):
         check_row_ids("demo.yaml", _demo(plain=[{"code": "x"}]))
-
-
-def _typed(value: Any) -> Any:
-    """The value with every scalar's type beside it (1 == 1.0 == True must not hide a difference)."""
-    if isinstance(value, dict):
-        return {(type(k).__name__, k): _typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    return type(value).__name__, value
-
-
-@pytest.mark.parametrize("path", sorted(mappings_dir().rglob("*.yaml")), ids=lambda p: p.name)
-def test_libyaml_reads_each_table_as_pyyaml_does(path: Path) -> None:
-    # tables.py parses with libyaml's CSafeLoader (start-up speed); every shipped table must give the same
-    # values, of the same types, as PyYAML's pure-Python SafeLoader.
-    text = path.read_text(encoding="utf-8")
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is None:
-        pytest.skip("PyYAML built without libyaml: tables.py uses the pure-Python SafeLoader")
-    assert _typed(yaml.load(text, Loader=loader)) == _typed(yaml.load(text, Loader=yaml.SafeLoader))

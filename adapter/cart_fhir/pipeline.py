@@ -17,6 +17,8 @@ from .grading.registry import GRADERS, CourseResult, GraderSpec, OutputKind, bui
 from .grading.result import Toxicity
 from .ingest.codes import Terminology
 from .ingest.extract import Extractor
+from .ingest.fast import FastReader
+from .ingest.fast import enabled as fast_read_enabled
 from .ingest.index import build_index
 from .ingest.read import Item
 from .ingest.units import UnitConverter
@@ -82,7 +84,10 @@ class Engine:
     """Configured once (tables, ConceptMaps); grades any number of inputs."""
 
     def __init__(self, tables: Tables | None = None, concept_maps: Iterable[tuple[str, dict[str, Any]]] = (),
-                 strict: bool = True, graders: Sequence[GraderSpec] | None = None) -> None:
+                 strict: bool = True, graders: Sequence[GraderSpec] | None = None,
+                 fast_read: bool | None = None) -> None:
+        """fast_read: plain Observations become readings as they are read (ingest/fast.py); False reads every
+        one through the extractor; None (the default) follows CART_FHIR_FAST_READ (on unless "0")."""
         self.specs = tuple(GRADERS if graders is None else graders)
         # Every table parsed and cross-checked once, here, at start-up; each grader gets its own from them.
         self.tables = tables or load_all(registry=self.specs)
@@ -97,6 +102,7 @@ class Engine:
         self.codes = OutputCodes(self.tables)
         self.fixed = Fixed(self.codes)  # the output's shared, read-only parts (output/templates.py)
         self.strict = strict
+        self.fast_read = fast_read_enabled() if fast_read is None else fast_read
         self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
         self.coverage = CoverageGate(self.tables, self.specs)
         self.toxicities = tuple(dict.fromkeys(t for spec in self.specs for t in spec.toxicities))
@@ -115,7 +121,10 @@ class Engine:
 
     def _grade(self, items: Iterable[Item | BadInput], strict: bool) -> RunResult:
         report = RunReport()
-        idx = build_index(items, report)
+        fast = FastReader(self.terminology, self.units) if self.fast_read else None
+        idx = build_index(items if fast is None else fast.compact(items), report)
+        if fast is not None:
+            report.observations_fast, report.observations_fallback = fast.fast, fast.fallback
         extractor = Extractor(self.terminology, self.units, report)
         results: list[PatientResult] = []
         for pkey in idx.by_patient:

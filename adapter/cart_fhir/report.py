@@ -46,6 +46,10 @@ class RunReport:
     coverage_routine: set[str] = field(default_factory=set)  # inputs charted for everyone: warned about
     coverage_gaps: list[str] = field(default_factory=list)  # "Patient/x infusion N: a, b" (the first few)
     unmapped_codes: Counter[str] = field(default_factory=Counter)  # "system|code" of Observations not used
+    # Observations read on the fast path (ingest/fast.py) and by the extractor (issue 18): the only figures
+    # that differ between the two paths, so no summary line shows them (bench_ratio.py does).
+    observations_fast: int = 0
+    observations_fallback: int = 0
 
     def merge(self, other: RunReport) -> None:
         """Add another run's counts and issues (a server cohort is graded one patient at a time)."""
@@ -63,6 +67,8 @@ class RunReport:
         self.missing_inputs.update(other.missing_inputs)
         self.missing_concepts.update(other.missing_concepts)
         self.unmapped_codes.update(other.unmapped_codes)
+        self.observations_fast += other.observations_fast
+        self.observations_fallback += other.observations_fallback
         self.coverage_window = other.coverage_window
         self.coverage_routine |= other.coverage_routine
         self.coverage_gaps.extend(other.coverage_gaps[:max(0, GAPS_LISTED - len(self.coverage_gaps))])

@@ -133,6 +133,18 @@ class Terminology:
                 return row
         return None
 
+    def first_coding_concepts(self) -> dict[tuple[str, str], ConceptRow]:
+        """(system, code) -> what concept() returns for a CodeableConcept whose first coding is that code:
+        the code's own concept, else its first ConceptMap target that is one (the fast reader's one lookup,
+        ingest/fast.py; concept() tries the first coding and its translations before any later coding)."""
+        table = dict(self._concepts)
+        for source, targets in self._map.items():
+            if source not in table:
+                hit = next((self._concepts[t] for t in targets if t in self._concepts), None)
+                if hit is not None:
+                    table[source] = hit
+        return table
+
     def answer(self, cc: Any, value_system: str) -> str | None:
         """The answer code from `value_system` that a valueCodeableConcept carries (after translation)."""
         for system, code in self._pairs(cc):

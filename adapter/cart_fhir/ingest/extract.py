@@ -2,46 +2,39 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, date, timezone
-from typing import Any, TypeGuard
+from typing import Any
 
 from ..constants import CS_TOXICITY, ICD10CM
 from ..errors import BadInput, Location, json_type, shown
 from ..model import (
     ClinicianAttribution,
-    Comparator,
     ConditionFact,
     DrugAdmin,
     Infusion,
     Moment,
     PatientData,
-    Quantity,
     Reading,
 )
 from ..ours import is_ours
 from ..report import RunReport
-from ..tables import ConceptRow, DrugRow, PlausibilityRow, UnitMixupRow
+from ..tables import ConceptRow, DrugRow
 from . import shape
 from .codes import Terminology, codings, texts_of
+from .fast import OBS_USABLE, FastObservation
 from .index import Indexed, InputIndex
 from .timeparse import TimeError, has_offset, parse_moment
-from .units import UnitConverter, UnitError
+from .units import UnitConverter
+from .values import ValueChecks, component_path
 
-OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})
 MA_USABLE = frozenset({"completed", "in-progress", "stopped"})
 MS_USABLE = frozenset({"active", "completed", "intended"})
 COND_EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
-COMPARATORS = frozenset({"<", "<=", ">=", ">"})
 MALIGNANCY_TABLE = "second-malignancy"  # ConditionFact.table of new malignancies (second-malignancy.yaml)
 # ICD-10-CM categories that are CAR-T toxicities themselves: CRS D89.83-, ICANS G92.0- (output-codes.yaml).
 CART_ICD10_PREFIXES = ("D89.83", "G92.0")
 
 
-@functools.lru_cache(maxsize=256)
-def _component_path(code: str) -> str:
-    """Message path of a component (one per concept code in the tables: built once, not per Observation)."""
-    return f"Observation.component[{code}]"
 
 
 # effective[x] / performed[x] elements that hold one time, in the order they are read.
@@ -49,9 +42,6 @@ _TIME_ELEMENTS = {p: (p + "DateTime", p + "Instant") for p in ("effective", "per
 
 
 
-def _is_comparator(value: object) -> TypeGuard[Comparator]:
-    """None (an exact value) or one of FHIR's Quantity comparators."""
-    return value is None or (type(value) is str and value in COMPARATORS)
 
 class Extractor:
     """Holds the lookups for a run; `patient()` turns one patient's resources into a PatientData."""
@@ -66,12 +56,7 @@ class Extractor:
         # clinician's attribution; kept for reviews.py (a clinician's review of them is shown, not graded)
         self.ours: list[dict[str, Any]] = []
         self._moments: dict[tuple[str, timezone], tuple[Moment, bool]] = {}  # see _moment()
-        self._quantities: dict[tuple[Any, ...], Quantity] = {}  # see _quantity()
-        plaus = terminology.tables.plausibility
-        self._limits: dict[str, PlausibilityRow] = {r.concept: r for r in plaus.rows}
-        self._mixups: dict[tuple[str, str], list[UnitMixupRow]] = {}
-        for m in plaus.mixups:
-            self._mixups.setdefault((m.concept, m.unit), []).append(m)
+        self.values = ValueChecks(terminology, units)  # the value checks, shared with the fast reader
 
     # ---- entry point ---------------------------------------------------------------------------
 
@@ -79,7 +64,7 @@ class Extractor:
         pat = idx.by_key[pkey]
         res = pat.resource
         self._moments.clear()  # timestamps rarely repeat across patients: keep the caches small
-        self._quantities.clear()
+        self.values.quantities.clear()
         shape.objects(res.get("identifier"), "Patient.identifier", pat)
         birth = self._birth_date(res, pat.loc)
         pid = res.get("id") or pkey
@@ -286,7 +271,15 @@ class Extractor:
         # The hot path of a run (one call per input Observation): no Location is built unless a message
         # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
         res = ent.resource
-        if "identifier" in res and is_ours(res):
+        if type(res) is FastObservation:  # read on the fast path (ingest/fast.py): its Readings are made
+            if res.ignored is not None:
+                self.report.ignored[res.ignored] += 1
+                return
+            data.readings.extend(res.readings)
+            self.report.resources_used += 1
+            self.report.unverified_rows.update(res.unverified)
+            return
+        if "identifier" in res and is_ours(res):  # (never a stand-in: the fast reader leaves ours to us)
             self._ours(ent)
             return
         status = res.get("status")
@@ -334,23 +327,14 @@ class Extractor:
         made = 0
         if own:
             assert concept is not None
-            # Quantities (most readings) go straight to _quantity: the checks _value would make first are
-            # the two conditions here. Calls saved per Observation: _value, and _range when there is none.
-            quantity = concept.kind == "quantity"
-            if quantity and type(q := res.get("valueQuantity")) is dict and "dataAbsentReason" not in res:
-                value = self._quantity(q, concept, "Observation", ent)
-            else:
-                value = self._value(res, concept, "Observation", ent)
+            value = self.values.observation_value(res, concept, "Observation", ent)
             if value is not None:
-                low, high = self._range(res, concept, ent) if quantity and "referenceRange" in res else (None, None)
+                low, high = self.values.reference_range(res, concept, ent, self.report.warn) \
+                    if concept.kind == "quantity" and "referenceRange" in res else (None, None)
                 data.readings.append(Reading(concept.concept, when, value, key, key, low, high))
                 made += 1
         for row, comp in sub:
-            if row.kind == "quantity" and type(q := comp.get("valueQuantity")) is dict \
-                    and "dataAbsentReason" not in comp:  # as above: a BP panel's two components
-                value = self._quantity(q, row, _component_path(row.code), ent)
-            else:
-                value = self._value(comp, row, _component_path(row.code), ent)
+            value = self.values.observation_value(comp, row, component_path(row.code), ent)
             if value is not None:
                 data.readings.append(Reading(row.concept, when, value, key, key))
                 made += 1
@@ -384,142 +368,6 @@ class Extractor:
                       if k not in ("system", "code", "display", "verified", "source") and v is not None)
         data.conditions.append(ConditionFact(table, row.key, code, row.display, eff[0], None, ent.key, attrs))
         self.report.resources_used += 1
-
-    def _value(self, holder: dict[str, Any], row: ConceptRow, path: str, at: Indexed) -> Any:
-        """The value of an Observation or component for a concept, converted and range-checked."""
-        if "dataAbsentReason" in holder and not any(k.startswith("value") for k in holder):
-            return None
-        kind = row.kind
-        if kind == "quantity":
-            q = holder.get("valueQuantity")
-            if q is None:
-                return _no_value(holder, row, "valueQuantity", path, at)
-            return self._quantity(q, row, path, at)
-        if kind == "integer":
-            v = holder.get("valueInteger")
-            if v is None and isinstance(holder.get("valueQuantity"), dict):
-                v = holder["valueQuantity"].get("value")
-                if isinstance(v, float) and v.is_integer():
-                    v = int(v)
-            if v is None:
-                return _no_value(holder, row, "valueInteger", path, at)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be an integer, got {json_type(v)}", at.loc, shown(v))
-            if (row.min is not None and v < row.min) or (row.max is not None and v > row.max):
-                raise BadInput(f"{path}: {row.concept} is outside {row.min}-{row.max}", at.loc, shown(v))
-            return v
-        if kind == "code":
-            cc = holder.get("valueCodeableConcept")
-            if cc is None:
-                return _no_value(holder, row, "valueCodeableConcept", path, at)
-            if not isinstance(cc, dict):
-                raise BadInput(f"{path}: valueCodeableConcept must be an object", at.loc)
-            assert row.value_system is not None
-            code = self.term.answer(cc, row.value_system)
-            if code is None or not self.term.is_answer(row.value_system, code):
-                answer: list[Any] = [f"{c.get('system')}|{c.get('code')}" for c in codings(cc)] or [cc.get("text")]
-                # Codes, not values: the unmapped system|code is what a site needs to write its ConceptMap.
-                raise BadInput(f"{path}: {row.concept} answer {answer} is not in {row.value_system} "
-                               "(map site codes with --concept-map)", at.loc)
-            return code
-        if kind == "boolean":
-            v = holder.get("valueBoolean")
-            if v is None:
-                return None
-            if not isinstance(v, bool):
-                raise BadInput(f"{path}: {row.concept} must be a valueBoolean, got {json_type(v)}", at.loc, shown(v))
-            return v
-        return None
-
-    def _quantity(self, q: Any, row: ConceptRow, path: str, at: Indexed) -> Quantity:
-        # Values repeat within a patient (SpO2 98 %, 37.0 Cel): the checked, converted Quantity for one
-        # (value, comparator, code, unit, target unit) is kept, so a repeat costs one dict lookup instead of
-        # the checks, the unit conversion and a frozen dataclass (~1.8 us). Bools are excluded (True == 1) and
-        # so is zero (0.0 == -0.0, whose sign must survive); unhashable parts (malformed input) take the slow path.
-        if type(q) is dict:
-            value = q.get("value")
-            if value and value.__class__ is not bool:
-                key = (value, q.get("comparator"), q.get("code"), q.get("unit"), row.unit, row.concept)
-                try:
-                    found = self._quantities.get(key)
-                except TypeError:
-                    return self._convert_quantity(q, row, path, at)
-                if found is None:
-                    found = self._quantities[key] = self._convert_quantity(q, row, path, at)
-                return found
-        return self._convert_quantity(q, row, path, at)
-
-    def _convert_quantity(self, q: Any, row: ConceptRow, path: str, at: Indexed) -> Quantity:
-        if not isinstance(q, dict):
-            raise BadInput(f"{path}.valueQuantity must be an object", at.loc)
-        value = q.get("value")
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise BadInput(f"{path}.valueQuantity.value must be a number, got {json_type(value)}", at.loc, shown(value))
-        comparator = q.get("comparator")
-        if not _is_comparator(comparator):
-            raise BadInput(f"{path}.valueQuantity.comparator is not one of < <= >= >", at.loc, shown(comparator))
-        code = q.get("code")
-        if not isinstance(code, str):
-            code = None
-        unit = code
-        if not unit:
-            unit = q.get("unit")
-            if not isinstance(unit, str):
-                unit = None
-        assert row.unit is not None
-        if unit is None:
-            raise BadInput(f"{path}: {row.concept} ({row.system}|{row.code}) has no unit; expected {row.unit}", at.loc)
-        try:
-            v = self.units.convert(float(value), unit, row.unit)
-        except UnitError as exc:
-            # A UCUM code that fails may still carry a recognisable display unit (e.g. code "degF", unit "°F").
-            alt = q.get("unit")
-            if code is not None and isinstance(alt, str) and alt != code:
-                try:
-                    v = self.units.convert(float(value), alt, row.unit)
-                except UnitError:
-                    raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
-            else:
-                raise BadInput(f"{path}: {row.concept}: {exc}", at.loc) from exc
-        limits = self._limits.get(row.concept)
-        if limits is not None and ((limits.min is not None and v < limits.min)
-                                   or (limits.max is not None and v > limits.max)):
-            raise self._implausible(limits, float(value), unit, path, at)
-        return Quantity(v, comparator)
-
-    def _implausible(self, limits: PlausibilityRow, raw: float, unit: str, path: str, at: Indexed) -> BadInput:
-        """Bad input for a value outside the concept's plausible range, naming a likely unit mix-up."""
-        written = self.units.canonical_code(unit)
-        hint = next((m.hint for m in self._mixups.get((limits.concept, written), ())
-                     if m.min <= raw <= m.max), None)
-        converted = f" after conversion from {written}" if written != limits.unit else ""
-        message = (f"{path}.valueQuantity: {limits.concept}{converted} is outside the plausible range "
-                   f"{limits.allowed()} (mappings/plausibility.yaml row {limits.id})")
-        if hint:
-            message += f": {hint}"
-        return BadInput(message, at.loc, f"{raw} {unit}")
-
-    def _range(self, res: dict[str, Any], row: ConceptRow, at: Indexed) -> tuple[float | None, float | None]:
-        """referenceRange[0] low/high in the concept's unit (labs judge ULN/LLN from the result's own range,
-        grading.md 0.4). A range whose unit cannot be converted is dropped with a warning, not guessed."""
-        ranges = res.get("referenceRange")
-        shape.objects(ranges, "Observation.referenceRange", at)
-        if not ranges:
-            return None, None
-        out: list[float | None] = []
-        for end in ("low", "high"):
-            q = ranges[0].get(end)
-            if not isinstance(q, dict) or not isinstance(q.get("value"), (int, float)) \
-                    or isinstance(q.get("value"), bool):
-                out.append(None)
-                continue
-            unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
-            try:
-                out.append(self.units.convert(float(q["value"]), unit, row.unit or "") if unit else None)
-            except UnitError as exc:
-                self.report.warn(f"referenceRange.{end} ignored: {exc}", at.loc)
-                out.append(None)
-        return out[0], out[1]
 
     # ---- medications and conditions ------------------------------------------------------------
 
@@ -719,10 +567,3 @@ def microbiology_positive(res: dict[str, Any]) -> bool:
     if not words:
         return False
     return not any(w in words for w in _NEGATIVE_WORDS)
-
-
-def _no_value(holder: dict[str, Any], row: ConceptRow, expected: str, path: str, at: Indexed) -> None:
-    """No value of the concept's type: None (nothing to read), or bad input when another value[x] stands there."""
-    other = next((k for k in holder if k.startswith("value")), None)
-    if other:
-        raise BadInput(f"{path}: {row.concept} must be a {expected}, got {other}", at.loc)

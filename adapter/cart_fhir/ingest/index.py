@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import BadInput, Location
 from ..report import RunReport
+from .fast import FastObservation
 from .read import Item
 
 # Resource types the adapter reads; everything else is counted as ignored in the run report.
@@ -103,7 +104,8 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             rid = res.get("id")
             full_url = item.full_url
             if rid:
-                key = f"{rtype}/{rid}"
+                # A fast-read stand-in brings the key its readings name (ingest/fast.py): one string, not two.
+                key = res.key if type(res) is FastObservation else f"{rtype}/{rid}"
             elif full_url and not full_url.startswith("urn:") and ref_key(full_url).startswith(rtype + "/"):
                 key = ref_key(full_url)  # a server address ending in Type/id: relative references resolve to it
             else:

@@ -107,9 +107,18 @@ def read_all(paths: Iterable[str | Path]) -> Iterator[Item | BadInput]:
     fails with all of them, --skip-invalid skips them). A missing path still stops at once."""
     for path in expand_paths(paths):
         try:
+            if path.suffix == ".ndjson":
+                # Line by line: the file's bytes and its list of lines (twice the file) are never held whole,
+                # and each line's parse is freed as soon as the index has what it keeps (issue 18).
+                with path.open("rb") as fh:
+                    yield from _read_ndjson(fh, str(path), inband=True, empty=Location(str(path)))
+                continue
             data = path.read_bytes()
         except OSError as exc:
             yield BadInput(f"cannot read: {exc.strerror}", Location(str(path)))
+            continue
+        except BadInput as err:  # an NDJSON file with no line at all
+            yield err
             continue
         try:
             yield from _read(data, str(path), inband=True)
@@ -130,12 +139,17 @@ def looks_like_ndjson(stripped: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("resourceType") not in (None, "Bundle")
 
 
-def _read_ndjson(data: bytes, name: str, inband: bool = False) -> Iterator[Item | BadInput]:
+def _read_ndjson(lines: bytes | Iterable[bytes], name: str, inband: bool = False, empty: Location | None = None
+                 ) -> Iterator[Item | BadInput]:
+    """Items of NDJSON given as bytes or as its lines (an open file); `empty`: raise "file is empty" there
+    when no line holds anything (bytes were checked by the caller)."""
     loads = orjson.loads  # hoisted: once per line
-    for n, line in enumerate(data.split(b"\n"), start=1):
+    seen = False
+    for n, line in enumerate(lines.split(b"\n") if isinstance(lines, bytes) else lines, start=1):
         line = line.strip()
         if not line:
             continue
+        seen = True
         try:
             try:
                 res = loads(line)
@@ -152,6 +166,8 @@ def _read_ndjson(data: bytes, name: str, inband: bool = False) -> Iterator[Item 
             if not inband:
                 raise
             yield err
+    if not seen and empty is not None:
+        raise BadInput("file is empty", empty)
 
 
 def check_resource(res: Any, loc: Location) -> None:

@@ -7,15 +7,22 @@ say what was found (a JSON type), never the value: resource contents are PHI.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import BadInput, json_type, shown
-from .index import Indexed
+from ..errors import BadInput, Location, json_type, shown
+
+
+class Located(Protocol):
+    """What a check needs of the resource it checks: its Location, built only for a message (Item, Indexed)."""
+
+    @property
+    def loc(self) -> Location: ...
+
 
 _CODING_STRINGS = ("system", "code", "display", "version")
 
 
-def codeable(cc: Any, path: str, at: Indexed) -> None:
+def codeable(cc: Any, path: str, at: Located) -> None:
     """A CodeableConcept: an object whose `coding` is a list of Coding objects with string parts."""
     if cc is None:
         return
@@ -39,7 +46,7 @@ def codeable(cc: Any, path: str, at: Indexed) -> None:
                 raise BadInput(f"{path}.coding[{i}].{key} must be a string, got {json_type(v)}", at.loc, shown(v))
 
 
-def _items(value: Any, path: str, at: Indexed) -> list[Any]:
+def _items(value: Any, path: str, at: Located) -> list[Any]:
     """The items of a list element (none when absent); bad input when it is not a list."""
     if value is None:
         return []
@@ -48,24 +55,24 @@ def _items(value: Any, path: str, at: Indexed) -> list[Any]:
     return value
 
 
-def codeables(value: Any, path: str, at: Indexed) -> None:
+def codeables(value: Any, path: str, at: Located) -> None:
     """A list of CodeableConcepts (Observation.category, interpretation, reasonCode, ...)."""
     for i, cc in enumerate(_items(value, path, at)):
         codeable(cc, f"{path}[{i}]", at)
 
 
-def obj(value: Any, path: str, at: Indexed, what: str = "an object") -> None:
+def obj(value: Any, path: str, at: Located, what: str = "an object") -> None:
     if value is not None and type(value) is not dict:
         raise BadInput(f"{path} must be {what}, got {json_type(value)}", at.loc, shown(value))
 
 
-def objects(value: Any, path: str, at: Indexed) -> None:
+def objects(value: Any, path: str, at: Located) -> None:
     """A list of objects (component, referenceRange, reasonReference, dosage of a MedicationStatement)."""
     for i, v in enumerate(_items(value, path, at)):
         if type(v) is not dict:
             raise BadInput(f"{path}[{i}] must be an object, got {json_type(v)}", at.loc, shown(v))
 
 
-def string(value: Any, path: str, at: Indexed) -> None:
+def string(value: Any, path: str, at: Located) -> None:
     if value is not None and type(value) is not str:
         raise BadInput(f"{path} must be a string, got {json_type(value)}", at.loc, shown(value))

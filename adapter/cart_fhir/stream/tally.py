@@ -34,6 +34,8 @@ class Tally:
             "errors": {"total": self.errors_total, "listed": [_issue(i) for i in self.errors]},
             "warnings": {"total": self.warnings_total, "listed": [_issue(i) for i in self.warnings]},
             "unverified_rows": sorted(r.unverified_rows),
+            # Observations read on the fast path and by the extractor (ingest/fast.py; CART_FHIR_FAST_READ=0)
+            "observations_read": {"fast_path": r.observations_fast, "extractor": r.observations_fallback},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "throughput": {"patients_per_s": round(r.patients / seconds, 1) if seconds else None},
         }

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..errors import AdapterError, BadInput, Location
+from ..ingest.fast import enabled as fast_read_enabled
 from ..ingest.index import ref_key
 from ..ingest.read import Item, check_resource, read_all, read_bundle
 from ..pipeline import BundleType, Engine, RunResult
@@ -74,8 +75,8 @@ def init(concept_maps: list[tuple[str, dict[str, Any]]], recorded: datetime, out
         # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and removes the
         # staging folder; a worker printing its own KeyboardInterrupt traceback would only add noise.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if isinstance(_engine, Engine) and _maps == concept_maps:
-        return  # in-process runs (one worker) reuse the engine of an earlier run with the same ConceptMaps
+    if isinstance(_engine, Engine) and _maps == concept_maps and _engine.fast_read == fast_read_enabled():
+        return  # in-process runs (one worker) reuse the engine of an earlier run with the same settings
     _maps = concept_maps
     try:
         _engine = Engine(concept_maps=concept_maps, strict=False)
