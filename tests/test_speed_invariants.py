@@ -154,3 +154,20 @@ def test_quantity_cache_equals_uncached(quantities: tuple[dict[str, Any], ...]) 
         except BadInput as exc:
             got = str(exc)
         assert got == want and repr(got) == repr(want)
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    pytest.param("2024-03-01T10:00:00-05:00", "2024-03-02T07:30:00-05:00", id="same-offset"),
+    pytest.param("2024-03-01T10:00:00Z", "2024-03-01T11:00:00+00:00", id="utc-spellings"),
+    pytest.param("2024-03-01T10:00:00+05:30", "2024-03-01T10:00:00.250+05:30", id="fractions"),
+])
+def test_parsed_times_share_one_tzinfo_per_offset(a: str, b: str) -> None:
+    # Sorting and comparing readings compares fields only when the tzinfo objects are the same
+    # (timeparse._ZONES); the values and their isoformat must be what fromisoformat gives.
+    from cart_fhir.ingest.timeparse import parse_moment
+
+    ma, mb = parse_moment(a, _TZ), parse_moment(b, _TZ)
+    assert ma.at.tzinfo is mb.at.tzinfo
+    for m, s in ((ma, a), (mb, b)):
+        assert m.at == datetime.fromisoformat(s)
+        assert m.at.isoformat() == datetime.fromisoformat(s).isoformat()

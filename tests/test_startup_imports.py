@@ -1,4 +1,4 @@
-"""Start-up (issue 18): a file run of `cart-fhir grade` imports no server, service or report stack."""
+"""Start-up (issue 18): a file run of `cart-fhir grade` imports no server, service, report or synth stack."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 HEAVY = ("requests", "fhirpy", "flask", "jsonschema", "aiohttp", "jwt", "cart_fhir.service",
-         "cart_fhir.remote.connect", "cart_fhir.view.render")
+         "cart_fhir.remote.connect", "cart_fhir.view.render",
+         "pydantic_settings", "cart_fhir.remote.settings",  # server settings: only with --server (remote/defaults.py)
+         "cart_fhir.synth.generate", "cart_fhir.synth.table")  # the generator: only for `synth` (synth/choices.py)
 
 
 def test_file_run_imports_no_server_stack(tmp_path: Path) -> None:

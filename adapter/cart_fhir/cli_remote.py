@@ -16,17 +16,8 @@ from .errors import BadInput, InputErrors, Location
 from .ingest.index import ref_key
 from .output.resources import PatientResources, Written
 from .pipeline import Engine, RunResult
+from .remote.defaults import CHUNK_SIZE, MAX_RESOURCES, PAGE_SIZE, RETRIES, TIMEOUT, AuthKind, WriteMode
 from .remote.errors import AuthFailed, ServerError
-from .remote.settings import (
-    CHUNK_SIZE,
-    MAX_RESOURCES,
-    PAGE_SIZE,
-    RETRIES,
-    TIMEOUT,
-    AuthKind,
-    WriteMode,
-    load_settings,
-)
 from .report import RunReport
 
 if TYPE_CHECKING:  # the client stack (requests, fhirpy, jwt) is imported only by the commands that talk to a server
@@ -115,6 +106,7 @@ def grade_from_server(args: argparse.Namespace, engine: Engine) -> ServerRun:
     and a patient with bad data or a failed write does not stop the others."""
     from .remote.connect import connect
     from .remote.read import PatientReader
+    from .remote.settings import load_settings
     from .remote.write import ResultWriter, WriteReport
 
     settings = load_settings(server_flags(args), args.config)
@@ -194,6 +186,7 @@ def _grade_one(pid: str, reader: PatientReader, engine: Engine, writer: ResultWr
 def push_command(args: argparse.Namespace) -> WriteReport:
     """Write a Bundle that `cart-fhir grade` produced (collection or transaction) to a server."""
     from .remote.connect import connect
+    from .remote.settings import load_settings
     from .remote.write import ResultWriter
 
     device, groups = written_from_bundle(args.bundle)

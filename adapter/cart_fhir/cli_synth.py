@@ -7,15 +7,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from .errors import AdapterError, ConfigError
 from .ingest.read import read_paths
 from .pipeline import Engine
-from .synth.compare import disagreements, expected_outcomes, graded_outcomes
-from .synth.generate import CONCEPT_MAP, DEFAULT_OPTIONS, FHIR_DIR, Format, Options, write_cohort
-from .synth.noise import Noise
+from .synth.choices import Format, Noise
+
+if TYPE_CHECKING:  # the generator, its table and models are imported by the synth command only
+    from .synth.generate import Options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,18 +53,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         sys.stderr.write("cart-fhir: error: synth needs -o DIR (or --check DIR)\n")
         return 2
+    from .synth.generate import Options
+
     return synth_command(args.patients, args.seed, args.out, args.format, args.days,
                          Options(args.local_codes, Noise(args.noise)))
 
 
 def synth_command(patients: int, seed: int, out_dir: str, fmt: str, days: int,
-                  options: Options = DEFAULT_OPTIONS) -> int:
+                  options: Options | None = None) -> int:
     """Write DIR/fhir/ (bundles or NDJSON) and DIR/expected.json; 0 done, 2 bad arguments or unwritable."""
+    from .synth.generate import DEFAULT_OPTIONS, FHIR_DIR, write_cohort
+
     if patients < 1 or days < 7:
         sys.stderr.write("cart-fhir: error: synth needs --patients >= 1 and --days >= 7\n")
         return 2
     try:
-        rows = write_cohort(out_dir, patients, seed, days, Format(fmt), options)
+        rows = write_cohort(out_dir, patients, seed, days, Format(fmt), options or DEFAULT_OPTIONS)
     except ValueError:
         sys.stderr.write(f"cart-fhir: error: --format must be one of {[f.value for f in Format]}\n")
         return 2
@@ -81,6 +87,9 @@ def synth_command(patients: int, seed: int, out_dir: str, fmt: str, days: int,
 def check_command(folder: str) -> int:
     """Grade DIR/fhir and compare with DIR/expected.json: 0 agree, 1 disagreements (one line each on
     stderr), 2 unreadable folder."""
+    from .synth.compare import disagreements, expected_outcomes, graded_outcomes
+    from .synth.generate import CONCEPT_MAP, FHIR_DIR
+
     root = Path(folder)
     try:
         doc = json.loads((root / "expected.json").read_text(encoding="utf-8"))

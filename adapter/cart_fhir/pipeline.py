@@ -26,6 +26,7 @@ from .model import PatientData
 from .output.codes import OutputCodes
 from .output.requests import transaction_entry
 from .output.resources import PatientResources, Writer, Written
+from .output.templates import Fixed
 from .report import Issue, RunReport
 from .reviews import Review, reviews_in
 from .tables import Tables
@@ -99,6 +100,7 @@ class Engine:
         # Every criteria table and its version: recorded on the engine Device (output-contract section 4).
         self.versions = self.tables.versions()
         self.codes = OutputCodes(self.tables)
+        self.fixed = Fixed(self.codes)  # the output's shared, read-only parts (output/templates.py)
         self.strict = strict
         self.fast_read = fast_read_enabled() if fast_read is None else fast_read
         self.daily = tuple(t for spec in self.specs if spec.output == OutputKind.DAILY for t in spec.toxicities)
@@ -187,7 +189,7 @@ class Engine:
             return self._resources(result, recorded)
 
     def _resources(self, result: RunResult, recorded: datetime) -> tuple[Written, list[PatientResources]]:
-        writer = Writer(self.codes, self.versions, recorded)
+        writer = Writer(self.fixed, self.versions, recorded)
         groups: list[PatientResources] = []
         grades = 0
         for pr in result.patients:

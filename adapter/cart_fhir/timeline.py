@@ -36,8 +36,11 @@ class Course:
                                                                         compare=False)
 
     def __post_init__(self) -> None:
-        # Computed once: day_of() runs for every event of the patient.
-        self._tz = self.infusion.tz
+        # Computed once: day_of() runs for every event of the patient. The infusion's own fixed-offset
+        # tzinfo where it has one (the same object as the readings' of that offset, ingest/timeparse.py), so
+        # that comparing a reading with a day's window compares fields, not utcoffset() calls.
+        own = self.infusion.when.at.tzinfo
+        self._tz = own if type(own) is timezone else self.infusion.tz
         self._offset = self._tz.utcoffset(None)
         self._day0 = self.infusion.day0
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..errors import ConfigError
 
@@ -55,7 +56,7 @@ class Package:
         resources = []
         for path in sorted(Path(folder).glob("*.json")):
             try:
-                resources.append(json.loads(path.read_text(encoding="utf-8")))
+                resources.append(orjson.loads(path.read_bytes()))  # every Engine start-up reads them (check_shipped)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: not a readable FHIR JSON resource: {exc}") from exc
         return cls(resources)

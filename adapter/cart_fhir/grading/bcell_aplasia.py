@@ -15,6 +15,7 @@ from __future__ import annotations
 from ..model import Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
+from .periods import low_periods
 from .result import Assessment, Component, Event, Findings, State, Toxicity, not_measured
 
 B_CELL_APLASIA = Toxicity("b-cell-aplasia")
@@ -45,19 +46,7 @@ class BCellAplasiaGrader:
 
     def grade(self, course: Course) -> Findings:
         limit = self.t.threshold.below_per_ul
-        periods: list[tuple[list[tuple[int, Reading]], tuple[int, Reading] | None]] = []
-        low: list[tuple[int, Reading]] = []
-        for day, r in course.of("cd19-b-cells"):
-            if day < self.t.settings.from_day or not isinstance(r.value, Quantity):
-                continue
-            below = r.value.below(limit)
-            if below:
-                low.append((day, r))
-            elif below is False and low:
-                periods.append((low, (day, r)))
-                low = []
-        if low:
-            periods.append((low, None))
+        periods = low_periods(course.of("cd19-b-cells"), self.t.settings.from_day, lambda q: q.below(limit))
         first = self.t.settings.from_day
         if not any(day >= first for day, _ in course.of("cd19-b-cells")):
             return Findings((not_measured(course.infusion.when.at, B_CELL_APLASIA, CODE, self.label,

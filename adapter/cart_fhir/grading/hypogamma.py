@@ -22,6 +22,7 @@ from datetime import timedelta
 from ..model import DrugAdmin, Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
+from .periods import low_periods
 from .result import Assessment, Component, Event, Findings, State, Toxicity, not_measured
 
 HYPOGAMMA = Toxicity("hypogammaglobulinemia")
@@ -63,21 +64,15 @@ class HypogammaGrader:
         s, limit = self.t.settings, self.t.severe.max_mg_dl
         masks = timedelta(days=s.replacement_masks_days)
         doses = [d for d in course.drugs if d.agent in s.replacement_agents and course.day_of(d.start) >= 0]
-        periods: list[_Period] = []
-        low: list[tuple[int, Reading]] = []
-        for day, r in course.of("igg"):
-            if day < s.from_day or not isinstance(r.value, Quantity):
-                continue
-            above = r.value.above(limit)
-            if above is False:
-                low.append((day, r))
-            elif above and low:
-                if any(r.when.at - masks <= d.start.at <= r.when.at for d in doses):
-                    continue  # an IgG raised by replacement is not recovery
-                periods.append(_Period(low, (day, r)))
-                low = []
-        if low:
-            periods.append(_Period(low, None))
+
+        def at_most(q: Quantity) -> bool | None:
+            above = q.above(limit)
+            return None if above is None else not above
+
+        def recovered(r: Reading) -> bool:  # an IgG raised by replacement is not recovery
+            return not any(r.when.at - masks <= d.start.at <= r.when.at for d in doses)
+
+        periods = [_Period(low, end) for low, end in low_periods(course.of("igg"), s.from_day, at_most, recovered)]
         if not any(day >= s.from_day for day, _ in course.of("igg")):
             # Never a silent "no hypogammaglobulinemia": without an IgG the effect cannot be assessed.
             return Findings((not_measured(course.infusion.when.at, HYPOGAMMA, CODE, self.label,

@@ -39,6 +39,8 @@ ICANS_CONCEPTS = frozenset({"ice-score", "capd-score", "consciousness", "seizure
                             "cannot-perform-ice", *ICE_ITEMS})
 CODED = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
          "cerebral-edema": "cerebral-edema-finding"}
+# The order a day's components and evidence follow, one per domain.
+DOMAIN_ORDER = ("ice-score", "capd-score", "cannot-perform-ice", "consciousness", "seizure", "motor", "cerebral-edema")
 
 
 def _score(r: Reading) -> int:
@@ -207,10 +209,12 @@ class IcansGrader:
         graded = [(r, g) for r in readings if (g := self.reading_grade(r)) is not None]
         top = max((g for _, g in graded), default=0)
         onset = min((r.when.at for r, g in graded if g >= 1), default=None)
+        by_concept: dict[str, list[tuple[Reading, int]]] = {}
+        for rg in graded:
+            by_concept.setdefault(rg[0].concept, []).append(rg)
         # The worst reading of each domain is the component and the evidence.
-        for concept in ("ice-score", "capd-score", "cannot-perform-ice", "consciousness", "seizure", "motor",
-                        "cerebral-edema"):
-            rs = [(r, g) for r, g in graded if r.concept == concept]
+        for concept in DOMAIN_ORDER:
+            rs = by_concept.get(concept)
             if not rs:
                 continue
             if concept in ("ice-score", "capd-score"):
@@ -227,7 +231,7 @@ class IcansGrader:
             evidence.append(worst.ref)
             if g >= 1:
                 reasons.append(f"{concept.replace('-', ' ')} {worst.value} (grade {g})")
-        instrument = any(r.concept in ("ice-score", "capd-score", "cannot-perform-ice") for r, _ in graded)
+        instrument = any(c in by_concept for c in ("ice-score", "capd-score", "cannot-perform-ice"))
         age = course.age_on(day)
         expected = "ice-score"
         if age is not None and age <= self.t.settings.capd_max_age_years:

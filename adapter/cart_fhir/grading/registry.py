@@ -273,9 +273,15 @@ def grade_course(graders: Sequence[Registered], course: Course) -> tuple[CourseR
     unverified table rows they used."""
     cr = CourseResult(course)
     unverified: set[str] = set()
+    # The course as each attribution rule sees it, made once per rule: CRS, ICANS, IEC-HS and ICAHT share one
+    # (and so its per-concept index) instead of rebuilding it per grader.
+    views: dict[tuple[str, ...], tuple[Course, list[clinician.Dropped]]] = {}
     for g in graders:
         if g.spec.attribution is not None:
-            seen, dropped = clinician.view(course, g.spec.attribution)
+            own = g.spec.attribution
+            if own not in views:
+                views[own] = clinician.view(course, own)
+            seen, dropped = views[own]
             out = clinician.annotate(g.spec.run(g.grader, seen, cr), dropped, course)
         else:
             out = g.spec.run(g.grader, course, cr)

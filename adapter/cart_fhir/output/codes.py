@@ -17,6 +17,7 @@ from ..constants import (
     NCIT,
 )
 from ..tables import Tables
+from .shared import SharedDict
 
 ANSWER_SYSTEMS = {
     "hypotension-tier": CS_HYPOTENSION_TIER,
@@ -27,18 +28,16 @@ ANSWER_SYSTEMS = {
     "cerebral-edema-finding": CS_EDEMA,
 }
 
-_CODINGS: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+_CODINGS: dict[tuple[str, str, str | None], SharedDict] = {}
 
 
-def coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
-    """A Coding, built once per (system, code, display) and shared by every resource that carries it
-    (a run repeats a few hundred codings ~100,000 times). Output dicts are only serialised, never mutated."""
+def coding(system: str, code: str, display: str | None = None) -> SharedDict:
+    """A Coding, built once per (system, code, display) and shared, read-only (output/shared.py), by every
+    resource that carries it (a run repeats a few hundred codings ~100,000 times)."""
     key = (system, code, display)
     c = _CODINGS.get(key)
     if c is None:
-        c = {"system": system, "code": code}
-        if display:
-            c["display"] = display
+        c = SharedDict({"system": system, "code": code, **({"display": display} if display else {})})
         if len(_CODINGS) < 4096:  # codes come from the tables: bounded, but never let a bug grow it
             _CODINGS[key] = c
     return c
@@ -53,7 +52,7 @@ class OutputCodes:
         """Local toxicity code; ICD-10-CM graded code of the maximum grade where the toxicity has one
         (CRS, ICANS); the NCIt/CTCAE term of the toxicity, or of the event (`term`) where one exists."""
         tox = self.t.toxicities[toxicity]
-        out = [coding(CS_TOXICITY, tox.code, tox.display)]
+        out: list[dict[str, Any]] = [coding(CS_TOXICITY, tox.code, tox.display)]
         if tox.icd10cm:
             icd = (tox.icd10cm.get(str(grade)) if grade else None) or tox.icd10cm["unspecified"]
             out.append(coding(ICD10CM, icd.code, icd.display))

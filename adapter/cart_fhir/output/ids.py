@@ -10,7 +10,11 @@ _NS = uuid.UUID("6f1c7a52-3f0e-5b7c-9a55-9c0f3d2b8e11")  # cart-fhir's own uuid5
 
 def stable_hash(*parts: object) -> str:
     """SHA-256 hex (first 32 chars) of what makes the record unique; never of the wall clock."""
-    text = "\x1f".join(str(p) for p in parts)
+    return hash_text("\x1f".join(str(p) for p in parts))
+
+
+def hash_text(text: str) -> str:
+    """stable_hash of parts already joined with "\\x1f" (writers keep the repeated first parts joined)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""FHIR server settings: each with its default (here only), its CART_FHIR_* variable, flag and TOML key.
+"""FHIR server settings: each with its default (defaults.py), its CART_FHIR_* variable, flag and TOML key.
 
 Layered by layering.py: command-line flags > CART_FHIR_* environment > TOML config file > defaults.
 """
@@ -7,27 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
 from ..layering import Env, LayeredSettings, read_toml_table
 
-AuthKind = Literal["none", "bearer", "smart"]
-WriteMode = Literal["auto", "transaction", "batch"]  # auto: transactions unless the server refuses them
+# The defaults and choices live in defaults.py (the CLI reads them without the settings machinery).
+from .defaults import CHUNK_SIZE, MAX_RESOURCES, PAGE_SIZE, RETRIES, SCOPE, TIMEOUT, AuthKind, WriteMode
 
-# Defaults, one place each: the settings below and the classes that take them as arguments (FhirHttp,
-# RetryPolicy, FhirClient, ResultWriter) and the CLI's help texts all read them from here.
-PAGE_SIZE: Final = 1000  # _count of searches and $everything
-CHUNK_SIZE: Final = 100  # entries per transaction
-TIMEOUT: Final = 60.0  # read timeout per request, seconds
-RETRIES: Final = 4  # attempts in all, for 429/502/503/504 and dropped connections
-MAX_RESOURCES: Final = 100_000  # stop reading one search after this many
-SCOPE: Final = ("system/Patient.rs system/Observation.rs system/MedicationAdministration.rs "
-                "system/MedicationStatement.rs system/Medication.rs system/Procedure.rs system/Condition.rs "
-                "system/Group.rs system/Observation.cu system/Condition.cu system/AdverseEvent.cu "
-                "system/Provenance.cu system/Device.cu")
+__all__ = ["CHUNK_SIZE", "MAX_RESOURCES", "PAGE_SIZE", "RETRIES", "SCOPE", "TIMEOUT", "AuthKind", "ServerSettings",
+           "WriteMode", "load_settings"]
 
 
 class ServerSettings(LayeredSettings):

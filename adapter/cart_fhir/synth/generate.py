@@ -11,13 +11,13 @@ import random
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
 from .builder import build
+from .choices import Format
 from .longterm import draw_late, realise
 from .longterm import expected as long_term_expected
 from .noise import Noise, add_noise
@@ -27,12 +27,6 @@ from .table import SynthTable, load_synth_table
 
 FHIR_DIR = "fhir"  # inputs under DIR/fhir/, so `cart-fhir grade DIR/fhir` never reads expected.json
 CONCEPT_MAP = "conceptmap.json"
-
-
-class Format(str, Enum):
-    BUNDLE = "bundle"
-    NDJSON = "ndjson"
-    TRANSACTION = "transaction"  # one transaction Bundle per patient, PUT Type/id: seeds a sandbox server as is
 
 
 @dataclass(frozen=True, slots=True)

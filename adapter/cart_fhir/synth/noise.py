@@ -17,9 +17,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import date
-from enum import Enum
 from typing import Any
 
+from .choices import Noise
 from .scenario import Scenario
 
 LOINC = "http://loinc.org"
@@ -28,12 +28,6 @@ DAILY = {"8310-5", "85354-9", "59408-5", "3151-8"}  # vital signs dropped on a m
 PROJECT_DAILY = {"oxygen-delivery-device", "ice-score", "capd-score", "consciousness-level", "cannot-perform-ice"}
 COUNTS = {"751-8", "777-3"}  # never dropped, never superseded with a wrong value
 WRONG = {"751-8": 0.01, "8310-5": 40.6, "59408-5": 81, "1988-5": 390.0, "2276-4": 9000.0, "3151-8": 15.0}
-
-
-class Noise(str, Enum):
-    NONE = "none"
-    SOME = "some"
-    HEAVY = "heavy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,17 @@ def fever(temps: Sequence[Reading], threshold: float) -> Finding:
 
     A bound that straddles the threshold decides nothing (flagged); a day whose temperatures decide
     nothing can still be fever: low 0, high 1, the temperature named as missing."""
-    fevers = [r for r in temps if isinstance(r.value, Quantity) and r.value.at_least(threshold)]
-    decided = [r for r in temps if isinstance(r.value, Quantity) and r.value.at_least(threshold) is not None]
-    flags = ("temperature-bound-straddles-threshold",) if len(decided) < len(temps) else ()
+    fevers: list[Reading] = []
+    decided = 0
+    for r in temps:  # one test per temperature
+        q = r.value
+        if isinstance(q, Quantity):
+            hot = q.at_least(threshold)
+            if hot is not None:
+                decided += 1
+                if hot:
+                    fevers.append(r)
+    flags = ("temperature-bound-straddles-threshold",) if decided < len(temps) else ()
     met = bool(fevers)
     components: tuple[Component, ...] = ()
     evidence: list[str] = []

@@ -17,6 +17,7 @@ from .hypoxia import hypoxia
 
 BP_CONCEPTS = ("systolic-bp", "diastolic-bp", "mean-bp")
 OXYGEN_CONCEPTS = ("oxygen-device", "oxygen-flow")
+_DOMAIN = {"body-temperature": 0, **dict.fromkeys(BP_CONCEPTS, 1), **dict.fromkeys(OXYGEN_CONCEPTS, 2)}
 
 
 @dataclass(slots=True)
@@ -58,7 +59,8 @@ class CrsGrader:
     def _grade_day(self, course: Course, day: int, data: DayData, pressors: list[DrugAdmin],
                    lifting: list[DrugAdmin], open_since: datetime | None) -> DayGrade:
         """The three domains, the gate, and their combination (R1-R4) into one DayGrade."""
-        start, end = course.window(day)
+        window = course.window(day)
+        start, end = window
         if day == 0 and not course.infusion.when.date_only:
             start = max(start, course.infusion.when.at)  # day 0 starts at the infusion
         f = fever(data.temps, self.t.fever.threshold_celsius)
@@ -67,26 +69,25 @@ class CrsGrader:
         ox = hypoxia(data.oxygen, self.devices, self.t.oxygen.low_flow_max_l_min)
         g = gate(f, open_since, lifting, start, end)
         out = combine(f, hypo, ox, g, start)
-        domains = (f, hypo, ox)
+        # The three domains in order (fever, hypotension, hypoxia), then the gate and the combination.
         # grading.md decision 9: no clinician attribution in the input.
-        flags = ("attribution-unconfirmed", *(x for d in domains for x in d.flags))
+        flags = ("attribution-unconfirmed",) + f.flags + hypo.flags + ox.flags
         return DayGrade(Toxicity.CRS, day, out.state, out.grade, out.onset if out.grade else None,
-                        course.window(day), tuple(c for d in domains for c in d.components),
-                        _unique([r for d in domains for r in d.evidence]),
-                        _unique([*(r for d in domains for r in d.supporting), *g.supporting]), out.missing,
-                        (*(r for d in domains for r in d.reasons), *g.reasons, *out.reasons), _unique(flags))
+                        window, f.components + hypo.components + ox.components,
+                        _unique(f.evidence + hypo.evidence + ox.evidence),
+                        _unique(f.supporting + hypo.supporting + ox.supporting + g.supporting), out.missing,
+                        f.reasons + hypo.reasons + ox.reasons + g.reasons + out.reasons, _unique(flags))
 
 
 def _days(course: Course) -> dict[int, DayData]:
     """The course's CRS readings by day, and every day a vasopressor runs (a day relevant to CRS)."""
     days: dict[int, DayData] = defaultdict(DayData)
-    for day, r in course.readings:
-        if r.concept == "body-temperature":
-            days[day].temps.append(r)
-        elif r.concept in BP_CONCEPTS:
-            days[day].bp.append(r)
-        elif r.concept in OXYGEN_CONCEPTS:
-            days[day].oxygen.append(r)
+    domain = _DOMAIN
+    for day, r in course.readings:  # one pass, in time order (oxygen evidence keeps the input's order)
+        k = domain.get(r.concept)
+        if k is not None:
+            data = days[day]
+            (data.temps if k == 0 else data.bp if k == 1 else data.oxygen).append(r)
     horizon = course.patient.horizon
     for d in course.drugs:
         if d.role not in PRESSOR_ROLES:

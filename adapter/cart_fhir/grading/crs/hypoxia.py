@@ -51,9 +51,16 @@ def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
     evidence: list[Reading] = []
     flags: list[str] = []
     for group in by_time.values():
-        flows = [r.value for r in group if r.concept == "oxygen-flow" and isinstance(r.value, Quantity)]
-        flow = max(flows, key=lambda q: q.value) if flows else None
-        for dev in [str(r.value) for r in group if r.concept == "oxygen-device"] or ["nasal-cannula"]:
+        flow: Quantity | None = None  # the highest flow of the group (the first of equal ones)
+        devs: list[str] = []
+        for r in group:
+            if r.concept == "oxygen-flow":
+                v = r.value
+                if isinstance(v, Quantity) and (flow is None or v.value > flow.value):
+                    flow = v
+            elif r.concept == "oxygen-device":
+                devs.append(str(r.value))
+        for dev in devs or ["nasal-cannula"]:
             row = devices[dev]
             rng, dev_tier = _device_range(row, flow, low_flow_max)
             if dev_tier == "low-flow" and row.tier == "high-flow":

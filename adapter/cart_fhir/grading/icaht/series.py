@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
 
@@ -35,12 +35,29 @@ class DayAnc:
 
     value: float
     readings: tuple[Reading, ...] = ()
+    # at_most() by threshold: the day counts, the notes and the late window ask each day the same few
+    # thresholds again and again (measured: ~90,000 calls for 200 patients, ~4 distinct per day).
+    _seen: dict[float, bool | None] = field(default_factory=dict, compare=False, repr=False)
 
     def at_most(self, threshold: float) -> bool | None:
+        """Is the day's ANC <= threshold: True when a reading shows it, None when none does but a bound
+        straddles it, else False."""
+        seen = self._seen
+        if threshold in seen:
+            return seen[threshold]
         if not self.readings:
-            return self.value <= threshold
-        seen = [at_most(r, threshold) for r in self.readings]
-        return True if True in seen else None if None in seen else False
+            out: bool | None = self.value <= threshold
+        else:
+            out = False
+            for r in self.readings:
+                one = at_most(r, threshold)
+                if one:
+                    out = True
+                    break
+                if one is None:
+                    out = None
+        seen[threshold] = out
+        return out
 
 
 @dataclass(frozen=True, slots=True)

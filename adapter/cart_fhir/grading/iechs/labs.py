@@ -46,12 +46,13 @@ class Labs:
     it (`pre`). Built per concept on first use from the course's per-concept index: the screen asks for
     about ten concepts, so this no longer walks every reading of the course (~780 at 30 days)."""
 
-    __slots__ = ("_course", "_post", "_pre")
+    __slots__ = ("_baselines", "_course", "_post", "_pre")
 
     def __init__(self, course: Course) -> None:
         self._course = course
         self._post: dict[str, list[tuple[int, Reading]]] = {}
         self._pre: dict[str, list[tuple[int, Reading]]] = {}
+        self._baselines: dict[str, tuple[int, Reading] | None] = {}  # baseline() by concept
 
     def post(self, concept: str) -> list[tuple[int, Reading]]:
         found = self._post.get(concept)
@@ -92,8 +93,9 @@ def limit(lk: Lookups, r: Reading, bound: Literal["low", "high"]) -> tuple[float
 
 def baseline(lk: Lookups, labs: Labs, concept: str) -> tuple[int, Reading] | None:
     """The last value at or before the infusion within baseline-lookback-days, else the first of day 0."""
-    lookback = lk.settings["baseline-lookback-days"]
-    pre = [(d, r) for d, r in labs.pre(concept) if d >= -lookback]
-    if pre:
-        return pre[-1]
-    return next(((d, r) for d, r in labs.post(concept) if d == 0), None)
+    known = labs._baselines
+    if concept not in known:  # once per course and concept: the screen asks again for each reading it tests
+        lookback = lk.settings["baseline-lookback-days"]
+        pre = [(d, r) for d, r in labs.pre(concept) if d >= -lookback]
+        known[concept] = pre[-1] if pre else next(((d, r) for d, r in labs.post(concept) if d == 0), None)
+    return known[concept]

@@ -120,19 +120,19 @@ def cytopenia_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
                     recent = [gx for _, gx in earlier[start:]]
                 else:
                     recent = [gx for x, gx in earlier if r.when.at - x.when.at <= prior]
-                value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
-                hit = _cytopenia_text(rule, f"{concept} {value} (CTCAE grade {g}) on day {day}", g, recent,
-                                      earlier[-1][1] if earlier else None)
-                if hit:
-                    out.append(Hit((rule.key,), r, day, hit, flags))
+                why = _cytopenia_why(rule, g, recent, earlier[-1][1] if earlier else None)
+                if why:  # the text is built for hits only (most readings are not one)
+                    value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
+                    out.append(Hit((rule.key,), r, day, f"{concept} {value} (CTCAE grade {g}) on day {day}: {why}",
+                                   flags))
             earlier.append((r, g))
     return out
 
 
-def _cytopenia_text(rule: CytopeniaRule, what: str, g: int, recent: list[int], last: int | None) -> str | None:
-    """Why this reading (`what`, of CTCAE grade g) is a cytopenia hit, or None."""
+def _cytopenia_why(rule: CytopeniaRule, g: int, recent: list[int], last: int | None) -> str | None:
+    """Why a reading of CTCAE grade g is a cytopenia hit, or None."""
     if recent and g >= max(recent) + rule.worsening_grades:
-        return f"{what}: worse than grade {max(recent)} in the prior {rule.prior_hours:g} h"
+        return f"worse than grade {max(recent)} in the prior {rule.prior_hours:g} h"
     if not recent and last is not None and last < rule.new_grade_at_least <= g:
-        return f"{what}: new grade >= {rule.new_grade_at_least} (last earlier value grade {last})"
+        return f"new grade >= {rule.new_grade_at_least} (last earlier value grade {last})"
     return None
