@@ -128,3 +128,24 @@ def test_feedback_reaching_another_worker_is_recorded(fhir, tmp_path):
     notes = [x["text"] for x in cond.get("note") or [] if "CDS Hooks card" in x["text"]]
     assert len(notes) == n  # all of the N feedbacks recorded
     assert not list(scratch.iterdir())  # the instance's temporary store goes when it stops
+
+
+def test_a_store_that_fails_later_never_fails_the_cards_and_feedback_is_told_to_retry(tmp_path, caplog):
+    """Busy beyond its timeout, or its file gone: issuing cards goes on (logged, without card or patient
+    data); a feedback lookup answers 503 transient so the EHR sends it again."""
+    import sqlite3
+
+    from cart_fhir.service.errors import ServiceError
+
+    store = SqliteCardIndex(tmp_path / "cards.db")
+
+    def broken() -> sqlite3.Connection:
+        raise sqlite3.OperationalError("database is locked")
+
+    store._connect = broken  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="cart_fhir.cds"):
+        store.remember([{"uuid": "u1"}], {"u1": "Condition?identifier=s|h"})
+    assert "1 cards not remembered (OperationalError)" in caplog.text and "u1" not in caplog.text
+    with pytest.raises(ServiceError) as err:
+        store.get("u1")
+    assert err.value.status == 503 and err.value.code == "transient"

@@ -16,6 +16,7 @@ with create_app directly, tests); `cart-fhir serve` always sets one (serve.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
+from .errors import ServiceError
+
+log = logging.getLogger("cart_fhir.cds")
 
 CARD_INDEX = "cart_fhir.cds_cards"  # its key in app.extensions
 MAX_CARDS = 10_000  # cards remembered (oldest forgotten first)
@@ -90,22 +94,31 @@ class SqliteCardIndex:
         pairs = _pairs(cards, keys)
         if not pairs:
             return
-        db = self._connect()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            # REPLACE deletes the old row: a card issued again becomes the newest (as move_to_end)
-            db.executemany("INSERT OR REPLACE INTO cards (card, key) VALUES (?, ?)", pairs)
-            db.execute("DELETE FROM cards WHERE seq <= (SELECT MAX(seq) FROM cards) - ?", (self.size,))
-            db.execute("COMMIT")
-        finally:
-            db.close()
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                # REPLACE deletes the old row: a card issued again becomes the newest (as move_to_end)
+                db.executemany("INSERT OR REPLACE INTO cards (card, key) VALUES (?, ?)", pairs)
+                db.execute("DELETE FROM cards WHERE seq <= (SELECT MAX(seq) FROM cards) - ?", (self.size,))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            # The cards are still answered: a clinician sees them; only feedback on them cannot be recorded
+            # (acknowledged as from a card this service does not know). No card or patient data in the line.
+            log.warning("CDS card store %s: %d cards not remembered (%s)", self.path, len(pairs), type(exc).__name__)
 
     def get(self, card: str) -> str | None:
-        db = self._connect()
         try:
-            row = db.execute("SELECT key FROM cards WHERE card = ?", (card,)).fetchone()
-        finally:
-            db.close()
+            db = self._connect()
+            try:
+                row = db.execute("SELECT key FROM cards WHERE card = ?", (card,)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:  # busy beyond BUSY_SECONDS, or the file went away: the EHR may retry
+            raise ServiceError(503, "the CDS card store cannot be read now; send the feedback again",
+                               code="transient", headers={"Retry-After": "5"}) from exc
         return None if row is None else str(row[0])
 
     def __len__(self) -> int:
