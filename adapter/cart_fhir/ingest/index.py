@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import BadInput, Location
 from ..ours import is_ours
 from ..report import RunReport
-from .fast import FastObservation
+from .fast import FastItem
 from .read import Item
 
 # Resource types the adapter reads; everything else is counted as ignored in the run report.
@@ -114,8 +114,8 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             rid = res.get("id")
             full_url = item.full_url
             if rid:
-                # A fast-read stand-in brings the key its readings name (ingest/fast.py): one string, not two.
-                key = res.key if type(res) is FastObservation else f"{rtype}/{rid}"
+                # A fast-read Observation brings the key its readings name (ingest/fast.py): one string, not two.
+                key = item.key if type(item) is FastItem else f"{rtype}/{rid}"
             elif full_url and not full_url.startswith("urn:") and ref_key(full_url).startswith(rtype + "/"):
                 key = ref_key(full_url)  # a server address ending in Type/id: relative references resolve to it
             else:
