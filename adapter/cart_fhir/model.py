@@ -11,9 +11,12 @@ import msgspec
 Comparator = Literal["<", "<=", ">=", ">"] | None
 
 
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """A point in time from the input; a bare FHIR date keeps date_only=True (it counts as that calendar date)."""
+class Moment(msgspec.Struct, frozen=True, gc=False):
+    """A point in time from the input; a bare FHIR date keeps date_only=True (it counts as that calendar date).
+
+    One per distinct input timestamp (38k in a 200-patient, 30-day cohort): a frozen msgspec Struct, as Reading,
+    builds several times faster than a frozen dataclass with the same attribute API, equality and hash. gc=False:
+    it holds a datetime and a bool only."""
 
     at: datetime  # always timezone-aware (bare dates and offset-less times take the patient's infusion offset)
     date_only: bool = False

@@ -135,7 +135,7 @@ class Engine:
                 report.error(err)
                 continue
             results.append(self.grade_patient(data, report))
-        medications = [k for k, e in idx.by_key.items() if e.resource["resourceType"] == "Medication"]
+        medications = idx.medications
         used = sum(1 for k in medications if k in extractor.medications_used)
         report.resources_used += used
         if len(medications) > used:

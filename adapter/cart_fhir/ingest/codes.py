@@ -147,6 +147,14 @@ class Terminology:
 
     def answer(self, cc: Any, value_system: str) -> str | None:
         """The answer code from `value_system` that a valueCodeableConcept carries (after translation)."""
+        # Fast path: the first coding is of that system (most input): it is the first pair _pairs would give,
+        # so it is the answer; any other or malformed shape falls through to the loop, as in concept().
+        try:
+            c0 = cc["coding"][0]
+            if c0["system"] == value_system and type(code := c0["code"]) is str:
+                return code
+        except (TypeError, KeyError, IndexError):
+            pass
         for system, code in self._pairs(cc):
             if system == value_system:
                 return code

@@ -21,7 +21,7 @@ from ..report import RunReport
 from ..tables import ConceptRow, DrugRow
 from . import shape
 from .codes import Terminology, codings, texts_of
-from .fast import OBS_USABLE, FastObservation
+from .fast import OBS_USABLE, FastItem
 from .index import Indexed, InputIndex
 from .timeparse import TimeError, has_offset, parse_moment
 from .units import UnitConverter
@@ -271,13 +271,14 @@ class Extractor:
         # The hot path of a run (one call per input Observation): no Location is built unless a message
         # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
         res = ent.resource
-        if type(res) is FastObservation:  # read on the fast path (ingest/fast.py): its Readings are made
-            if res.ignored is not None:
-                self.report.ignored[res.ignored] += 1
+        fast = ent.item
+        if type(fast) is FastItem:  # read on the fast path (ingest/fast.py): its Readings are made
+            if fast.ignored is not None:
+                self.report.ignored[fast.ignored] += 1
                 return
-            data.readings.extend(res.readings)
+            data.readings.extend(fast.readings)
             self.report.resources_used += 1
-            self.report.unverified_rows.update(res.unverified)
+            self.report.unverified_rows.update(fast.unverified)
             return
         if "identifier" in res and is_ours(res):  # (never a stand-in: the fast reader leaves ours to us)
             self._ours(ent)

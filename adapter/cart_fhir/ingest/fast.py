@@ -2,8 +2,9 @@
 
 The index keeps every resource until its patient is extracted; for most input (vital signs and labs) all the
 extractor would do is look up the code, parse the time and check the value. `FastReader.compact` does that
-when the item is read and hands the index a slim stand-in (`FastObservation`: the elements the index and the
-extractor's patient-level steps read, and the finished Reading), so the full parsed resource is freed at once.
+when the item is read and hands the index a `FastItem`: a slim stand-in as its resource (the elements the index
+and the extractor's patient-level steps read) and the finished Readings, so the full parsed resource is freed
+at once.
 
 Only a *plain* Observation takes this path; anything else keeps its parsed dict and goes through the
 extractor (`Extractor._observation`), decided per resource. Plain means: a non-empty id; not one of
@@ -54,17 +55,26 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-class FastObservation(dict[str, Any]):
-    """The slim stand-in of an Observation read on the fast path (see the module docstring): what the
-    extractor would have made of it, for Extractor._observation to add to the patient and the run report."""
+class FastItem(Item, gc=False):
+    """An Observation read on the fast path (see the module docstring): its StandIn as the resource and what
+    the extractor would have made of it, for Extractor._observation to add to the patient and the run report.
+    The finished parts ride on the Item the step builds anyway (a Struct: cheap), not as slots of the stand-in
+    dict written one by one after it is built (issue 18)."""
 
-    __slots__ = ("ignored", "key", "readings", "unverified")
+    key: str = ""  # "Observation/<id>": build_index's key, and the ref of the readings
+    readings: tuple[Reading, ...] = ()
+    unverified: tuple[str, ...] = ()  # input-concepts rows used that are not yet verified (run report)
+    ignored: str | None = None  # the run report's reason when the Observation is not used (a status not read)
 
-    key: str  # "Observation/<id>": build_index's key, and the ref of the readings
 
-    readings: tuple[Reading, ...]
-    unverified: tuple[str, ...]  # input-concepts rows used that are not yet verified (run report)
-    ignored: str | None  # the run report's reason when the Observation is not used (a status not read)
+class StandIn(dict[str, Any]):
+    """The resource of a FastItem: the elements of the Observation that the index and the extractor's
+    patient-level steps read. A dict subclass built from keywords, though it adds nothing to a dict: measured
+    on /tmp/perf-D (min of 7), build_index over 131k of these takes 0.12-0.14 s, over dict literals or
+    dicts filled key by key 0.16-0.19 s; the likely cause is where the allocator places them (the index and
+    the extractor walk them in reading order), so keep this form unless a measurement says otherwise."""
+
+    __slots__ = ()
 
 
 class _NotPlain(Exception):
@@ -87,17 +97,17 @@ class FastReader:
         self.fallback = 0  # Observations left to the extractor
 
     def compact(self, items: Iterable[Item | BadInput]) -> Iterator[Item | BadInput]:
-        """The items, each plain Observation replaced by its stand-in; everything else passed through as is."""
+        """The items, each plain Observation replaced by its FastItem; everything else passed through as is."""
         plain = self._plain
         for item in items:
-            if type(item) is Item and item.resource.get("resourceType") == "Observation" \
-                    and type(item.resource) is not FastObservation:  # (items already compacted pass as they are)
+            # (type() is Item: a FastItem, already compacted, passes as it is)
+            if type(item) is Item and item.resource.get("resourceType") == "Observation":
                 slim = plain(item)
                 if slim is None:
                     self.fallback += 1
                 else:
                     self.fast += 1
-                    item = Item(slim, item.full_url, item.file, item.line, item.entry)
+                    item = slim
             yield item
 
     def _row(self, cc: Any) -> ConceptRow | None:
@@ -109,7 +119,7 @@ class FastReader:
         except (TypeError, KeyError, IndexError):
             return None
 
-    def _plain(self, item: Item) -> FastObservation | None:
+    def _plain(self, item: Item) -> FastItem | None:
         # Per input Observation: the common shapes (one value, or a BP panel's two components) take no more
         # calls than the checks themselves; a None anywhere leaves the resource to the extractor.
         res = item.resource
@@ -120,7 +130,7 @@ class FastReader:
             return None  # (cart-fhir's own results: the extractor keeps them whole for reviews.py)
         key = f"Observation/{rid}"  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
-            return self._stand_in(res, rid, key, (), (), f"Observation status {status}")
+            return self._stand_in(item, rid, key, (), (), f"Observation status {status}")
         concept = self._row(res.get("code"))
         if concept is None:
             return None
@@ -139,14 +149,14 @@ class FastReader:
                 low, high = values.reference_range(res, concept, item, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
                 reading = Reading(concept.concept, when, value, key, key, low, high)
-                return self._stand_in(res, rid, key, (reading,), () if concept.verified else _unverified((concept,)),
-                                      None)
+                return self._stand_in(item, rid, key, (reading,),
+                                      () if concept.verified else _unverified((concept,)), None)
             return self._panel(res, rid, key, concept, when, components, item)
         except (BadInput, _NotPlain):
             return None
 
     def _panel(self, res: dict[str, Any], rid: str, key: str, concept: ConceptRow, when: Moment,
-               components: Any, item: Item) -> FastObservation | None:
+               components: Any, item: Item) -> FastItem | None:
         """An Observation with components (a BP panel): the readings of its own value and of each component."""
         if type(components) is not list:
             return None
@@ -176,22 +186,22 @@ class FastReader:
             return None
         rows = (concept, *(r for r, _ in sub))
         unverified = () if all(r.verified for r in rows) else _unverified(rows)
-        return self._stand_in(res, rid, key, tuple(readings), unverified, None)
+        return self._stand_in(item, rid, key, tuple(readings), unverified, None)
 
-    def _stand_in(self, res: dict[str, Any], rid: str, key: str, readings: tuple[Reading, ...],
-                  unverified: tuple[str, ...], ignored: str | None) -> FastObservation:
+    def _stand_in(self, item: Item, rid: str, key: str, readings: tuple[Reading, ...],
+                  unverified: tuple[str, ...], ignored: str | None) -> FastItem:
         # An absent element and one set to None read the same to every reader of the stand-in (.get()). The
         # stand-ins of one patient share one subject object, and one string per time: nothing writes to them.
+        res = item.resource
         subject = res.get("subject")
         if type(subject) is dict and len(subject) == 1 and type(ref := subject.get("reference")) is str:
             if len(self._subjects) > _SUBJECTS_MAX:
                 self._subjects.clear()
             subject = self._subjects.setdefault(ref, subject)
         when = res.get("effectiveDateTime")
-        slim = FastObservation(resourceType="Observation", id=rid, meta=res.get("meta"), subject=subject,
-                               effectiveDateTime=sys.intern(when) if type(when) is str else when)
-        slim.key, slim.readings, slim.unverified, slim.ignored = key, readings, unverified, ignored
-        return slim
+        slim = StandIn(resourceType="Observation", id=rid, meta=res.get("meta"), subject=subject,
+                       effectiveDateTime=sys.intern(when) if type(when) is str else when)
+        return FastItem(slim, item.full_url, item.file, item.line, item.entry, key, readings, unverified, ignored)
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from ..errors import BadInput, Location
 from ..ours import is_ours
 from ..report import RunReport
-from .fast import FastObservation
+from .fast import FastItem
 from .read import Item
 
 # Resource types the adapter reads; everything else is counted as ignored in the run report.
@@ -66,8 +68,10 @@ def _version(res: dict[str, Any]) -> tuple[datetime, int]:
     return (when, v)
 
 
-@dataclass(slots=True)
-class Indexed:
+class Indexed(msgspec.Struct, gc=False):
+    """A resource kept by the index, with its key and where it was read. One per input resource: a msgspec
+    Struct, like read.Item (a third of a slots dataclass's build time); it never refers back to itself."""
+
     resource: dict[str, Any]
     key: str
     item: Item
@@ -84,6 +88,7 @@ class InputIndex:
     by_key: dict[str, Indexed] = field(default_factory=dict)
     alias: dict[str, str] = field(default_factory=dict)
     by_patient: dict[str, list[Indexed]] = field(default_factory=dict)
+    medications: list[str] = field(default_factory=list)  # keys of the Medications, in by_key order
 
     def resolve(self, ref: str) -> Indexed | None:
         key = self.alias.get(ref) or ref_key(ref)
@@ -114,8 +119,8 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             rid = res.get("id")
             full_url = item.full_url
             if rid:
-                # A fast-read stand-in brings the key its readings name (ingest/fast.py): one string, not two.
-                key = res.key if type(res) is FastObservation else f"{rtype}/{rid}"
+                # A fast-read Observation brings the key its readings name (ingest/fast.py): one string, not two.
+                key = item.key if type(item) is FastItem else f"{rtype}/{rid}"
             elif full_url and not full_url.startswith("urn:") and ref_key(full_url).startswith(rtype + "/"):
                 key = ref_key(full_url)  # a server address ending in Type/id: relative references resolve to it
             else:
@@ -133,10 +138,13 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             by_key[key] = Indexed(res, key, item)
     finally:
         report.resources_read = read
+    # One pass over every resource finds the Patients and the Medications (Engine counts those it used).
     for ent in by_key.values():
         rtype = ent.resource["resourceType"]
         if rtype == "Patient":
             idx.by_patient.setdefault(ent.key, [])
+        elif rtype == "Medication":
+            idx.medications.append(ent.key)
     subject_keys: dict[str, str] = {}  # a patient's resources all name the same subject: normalise it once
     for ent in by_key.values():
         rtype = ent.resource["resourceType"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from ..errors import BadInput, Location
@@ -15,9 +15,12 @@ BUNDLE_TYPES = frozenset({"collection", "searchset", "transaction", "batch", "do
                           "transaction-response", "batch-response", "history"})
 
 
-@dataclass(slots=True)
-class Item:
-    """One input resource with its Bundle fullUrl (if any) and where it was read."""
+class Item(msgspec.Struct, gc=False):
+    """One input resource with its Bundle fullUrl (if any) and where it was read.
+
+    One per input resource, and a second for each Observation the fast reader compacts (ingest/fast.py): a
+    msgspec Struct builds in a third of the time of a slots dataclass with the same fields and attribute API.
+    gc=False: it refers to the parsed resource and to strings, never back to itself (as model.Reading)."""
 
     resource: dict[str, Any]
     full_url: str | None
