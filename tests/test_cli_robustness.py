@@ -129,7 +129,7 @@ def test_nothing_graded_says_so(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "o.json").read_text())["entry"] == []
 
 
-def _big_ndjson(path: Path, patients: int = 40, days: int = 30) -> None:
+def _big_ndjson(path: Path, patients: int = 80, days: int = 30) -> None:
     """Enough input that a streamed run with two workers is still going after its staging folder appears."""
     lines = []
     for n in range(patients):
@@ -158,7 +158,7 @@ def test_signal_during_a_streamed_run_removes_the_staging_folder(tmp_path: Path,
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.5)  # into the partition or grading step
+    time.sleep(0.05)  # into the partition step (the fast reader grades 80 patients in about a second)
     if proc.poll() is not None:
         proc.communicate()  # close the stderr pipe: left open, its ResourceWarning fails a later test
         pytest.skip("the run finished before the signal")
