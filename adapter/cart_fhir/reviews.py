@@ -126,19 +126,18 @@ def _adverse_event_reviews(ours: list[Mapping[str, Any]], to_key: Mapping[str, s
 
 def _ae_grade(event: Mapping[str, Any]) -> int | None:
     """The grade an AdverseEvent of ours holds: our toxicity-grade coding in its grade extension."""
-    for ext in event.get("extension") or []:
-        for c in ((ext or {}).get("valueCodeableConcept") or {}).get("coding") or [] if isinstance(ext, dict) else []:
-            if isinstance(c, dict) and c.get("system") == CS_GRADE:
-                try:
-                    return int(str(c.get("code")))
-                except ValueError:
-                    return None
-    return None
+    return _grade_in(ext.get("valueCodeableConcept") for ext in event.get("extension") or [] if isinstance(ext, dict))
 
 
 def _grade(condition: Mapping[str, Any]) -> int | None:
-    for stage in condition.get("stage") or []:
-        for c in ((stage or {}).get("summary") or {}).get("coding") or []:
+    """The grade a Condition of ours holds: our toxicity-grade coding in its stage summary."""
+    return _grade_in(stage.get("summary") for stage in condition.get("stage") or [] if isinstance(stage, dict))
+
+
+def _grade_in(concepts: Iterable[Any]) -> int | None:
+    """The first toxicity-grade code among these CodeableConcepts, as a number (None: none, or not a number)."""
+    for cc in concepts:
+        for c in (cc or {}).get("coding") or [] if isinstance(cc, dict) else []:
             if isinstance(c, dict) and c.get("system") == CS_GRADE:
                 try:
                     return int(str(c.get("code")))
