@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cache_install import COMPLETE, install_once, run_tool
 
 CHROMIUM = os.environ.get("CART_FHIR_CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling Google's hosts, which this closed network refuses.
@@ -76,29 +77,17 @@ def ensure_axe() -> Path:
     """axe-core's browser build (axe.min.js), installed from the npm registry into the user cache once."""
     target = _cache() / f"axe-core-{AXE_VERSION}"
     script = target / "node_modules" / "axe-core" / "axe.min.js"
-    if script.exists():
+    if (target / COMPLETE).exists() and script.exists():
         return script
     if shutil.which("npm") is None:
         raise RuntimeError("npm is not on PATH: the accessibility check needs axe-core from the npm registry")
-    _cache().mkdir(parents=True, exist_ok=True)
-    with open(_cache() / f"axe-core-{AXE_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if script.exists():
-            return script
-        work = Path(tempfile.mkdtemp(prefix="axe-core.tmp-", dir=_cache()))
-        try:
-            (work / "package.json").write_text('{"private": true}')
-            cmd = ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--ignore-scripts",
-                   f"axe-core@{AXE_VERSION}"]
-            done = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
-            if done.returncode != 0:
-                raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr[-1500:]}")
-            if target.exists():
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+
+    def build(work: Path) -> None:
+        (work / "package.json").write_text('{"private": true}')
+        run_tool(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error", "--ignore-scripts",
+                  f"axe-core@{AXE_VERSION}"], work, NPM_TIMEOUT_S, RuntimeError)
+
+    install_once(target, build)
     return script
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import platform
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from cache_install import COMPLETE, install_once, run_tool
 
 SERVER_DIR = Path(__file__).resolve().parent / "fhirserver"
 INSTALL_TIMEOUT_S = float(os.environ.get("CART_FHIR_NPM_TIMEOUT", "300"))
@@ -49,46 +49,20 @@ def _tail(text: str, lines: int = 25) -> str:
 
 
 def install(root: Path | None = None) -> Path:
-    """Install the server's npm packages into the cache once per lock file; return the install folder.
-
-    Concurrent sessions are safe: one holds an exclusive file lock while `npm ci` runs in a private
-    temporary folder, which is renamed into place only when complete.
-    """
-    root = root or cache_root()
-    digest = lock_digest()
-    target = root / digest
-    if (target / ".complete").exists():
+    """Install the server's npm packages into the cache once per lock file; return the install folder
+    (concurrent sessions are safe: cache_install.install_once)."""
+    target = (root or cache_root()) / lock_digest()
+    if (target / COMPLETE).exists():
         return target
     if shutil.which("npm") is None:
         raise FhirServerUnavailable("npm is not on PATH: the FHIR test server (tests/fhirserver) needs it")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        work = Path(tempfile.mkdtemp(prefix=f"{digest}.tmp-", dir=root))
-        try:
-            for name in ("package.json", "package-lock.json"):
-                shutil.copy2(SERVER_DIR / name, work / name)
-            try:
-                done = subprocess.run(NPM_CI, cwd=work, capture_output=True, text=True,
-                                      timeout=INSTALL_TIMEOUT_S, check=False)
-            except subprocess.TimeoutExpired as exc:
-                raise FhirServerUnavailable(
-                    f"`{' '.join(NPM_CI)}` for {target} took longer than {INSTALL_TIMEOUT_S:.0f} s "
-                    "(set CART_FHIR_NPM_TIMEOUT to allow more)") from exc
-            if done.returncode != 0:
-                raise FhirServerUnavailable(
-                    f"`{' '.join(NPM_CI)}` failed (exit {done.returncode}) installing into {target}:\n"
-                    f"{_tail(done.stderr or done.stdout)}")
-            (work / ".complete").write_text(digest)
-            if target.exists():  # a half-finished folder from an older, killed install
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
-    return target
+
+    def build(work: Path) -> None:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(SERVER_DIR / name, work / name)
+        run_tool(NPM_CI, work, INSTALL_TIMEOUT_S, FhirServerUnavailable, f"installing into {target}")
+
+    return install_once(target, build)
 
 
 def node_binary(install_dir: Path) -> str:

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import ast
 import base64
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
+from cache_install import COMPLETE, install_once, run_tool
 
 REPO = Path(__file__).resolve().parent.parent
 TYPES = ("Patient", "Observation", "MedicationAdministration", "MedicationStatement", "Procedure", "Condition",
@@ -50,42 +48,19 @@ def cache_root() -> Path:
 
 
 def install(root: Path | None = None) -> Path:
-    """The folder of grading input built from the examples package (made once per pin)."""
+    """The folder of grading input built from the examples package (made once per pin: cache_install)."""
     package, integrity = _pin()
-    root = root or cache_root()
-    target = root / hashlib.sha256(f"{package} {integrity}".encode()).hexdigest()[:16]
-    if (target / ".complete").exists():
+    target = (root or cache_root()) / hashlib.sha256(f"{package} {integrity}".encode()).hexdigest()[:16]
+    if (target / COMPLETE).exists():
         return target
     if shutil.which("npm") is None:
         raise ExamplesUnavailable(f"npm is not on PATH: the {package} test input is fetched with `npm pack`")
-    root.mkdir(parents=True, exist_ok=True)
-    with open(f"{target}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        work = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=root))
-        try:
-            _build(package, integrity, work)
-            (work / ".complete").write_text(package)
-            if target.exists():
-                shutil.rmtree(target)
-            work.rename(target)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
-    return target
+    return install_once(target, lambda work: _build(package, integrity, work))
 
 
 def _build(package: str, integrity: str, work: Path) -> None:
     command = ["npm", "pack", package, "--json", "--pack-destination", str(work)]
-    try:
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ExamplesUnavailable(f"`{' '.join(command)}` took longer than {TIMEOUT_S:.0f} s "
-                                  "(set CART_FHIR_NPM_TIMEOUT to allow more)") from exc
-    if done.returncode != 0:
-        raise ExamplesUnavailable(f"`{' '.join(command)}` failed (exit {done.returncode}):\n"
-                                  + "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:]))
+    done = run_tool(command, work, TIMEOUT_S, ExamplesUnavailable)
     tgz = work / json.loads(done.stdout)[0]["filename"]
     digest = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
     if digest != integrity:
