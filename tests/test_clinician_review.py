@@ -269,6 +269,19 @@ def test_is_ours_reads_only_our_identifier_systems():
 # ---- against the real FHIR test server ----------------------------------------------------------------
 
 
+def edit_on_server(fhir: Any, stored: dict[str, Any], edit: Edit) -> requests.Response:
+    """A clinician's edit of our result on the server: `edit` on a copy, PUT back. An EHR's edit keeps the
+    resource's tags (R4 meta.tag is kept across versions unless removed); one that drops our content-hash tag
+    is kept by write-back too (test_write_corrections.py)."""
+    edited = copy.deepcopy(stored)
+    edit(edited)
+    edited["meta"] = {"tag": stored["meta"]["tag"]}
+    reply = requests.put(f"{fhir.base_url}/{stored['resourceType']}/{stored['id']}", json=edited, timeout=30,
+                         headers={"Content-Type": "application/fhir+json"})
+    assert reply.status_code == 200, reply.text[:300]
+    return reply
+
+
 def test_a_clinicians_edit_on_the_server_is_what_the_next_run_shows(fhir, tmp_path, capsys):
     """Write back, a clinician changes the CRS grade on the server, `grade --server` again: summary, table
     and registry show the clinician's grade with cart-fhir's beside it; nothing of theirs is overwritten."""
@@ -276,14 +289,7 @@ def test_a_clinicians_edit_on_the_server_is_what_the_next_run_shows(fhir, tmp_pa
     assert grade(fhir, "--patient", "p1", "--write-back") == 0
     [cond] = [c for c in _all(fhir, "Condition") if c["code"]["coding"][0]["code"] == "crs"]
     ours = next(c["code"] for c in cond["stage"][0]["summary"]["coding"] if c["system"] == CS_GRADE)
-    edited = copy.deepcopy(cond)
-    grade_3(edited)
-    # An EHR's edit keeps the resource's tags (R4 meta.tag is kept across versions unless removed). One that
-    # drops our content-hash tag is kept by write-back too (test_write_corrections.py).
-    edited["meta"] = {"tag": cond["meta"]["tag"]}
-    reply = requests.put(f"{fhir.base_url}/Condition/{cond['id']}", json=edited, timeout=30,
-                         headers={"Content-Type": "application/fhir+json"})
-    assert reply.status_code == 200, reply.text[:300]
+    edit_on_server(fhir, cond, grade_3)
     capsys.readouterr()
     summary, registry = tmp_path / "s.json", tmp_path / "r.csv"
     assert main_grade(fhir, "--patient", "p1", "--write-back", "--summary-json", str(summary),
@@ -314,12 +320,7 @@ def test_an_adverse_event_regraded_on_the_server_is_what_the_next_run_shows(fhir
     assert grade(fhir, "--patient", "p2", "--write-back") == 0
     [event] = [e for e in _all(fhir, "AdverseEvent") if e["subject"]["reference"] == "Patient/p2"
                and e["event"]["coding"][0]["code"] == "crs"]
-    edited = copy.deepcopy(event)
-    ae_grade_3(edited)
-    edited["meta"] = {"tag": event["meta"]["tag"]}
-    reply = requests.put(f"{fhir.base_url}/AdverseEvent/{event['id']}", json=edited, timeout=30,
-                         headers={"Content-Type": "application/fhir+json"})
-    assert reply.status_code == 200, reply.text[:300]
+    edit_on_server(fhir, event, ae_grade_3)
     summary = tmp_path / "s.json"
     assert main_grade(fhir, "--patient", "p2", "--summary-json", str(summary)) == 0
     [row] = [r for r in orjson.loads(summary.read_bytes()) if r["toxicity"] == "crs"]
