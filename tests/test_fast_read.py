@@ -17,7 +17,7 @@ import pytest
 from helpers import RECORDED
 
 from cart_fhir.ingest.fast import ENV
-from cart_fhir.ingest.read import Item, read_all, read_bundle
+from cart_fhir.ingest.read import Item, read_all
 from cart_fhir.ours import OUR_IDENTIFIERS
 from cart_fhir.pipeline import Engine, RunResult
 from cart_fhir.report import RunReport
@@ -54,12 +54,20 @@ def _outputs(eng: Engine, result: RunResult) -> tuple[bytes, bytes, str, str]:
             repr([pr.patient for pr in result.patients]))
 
 
-def _both(engines: Any, read: Callable[[], Any], maps: tuple[tuple[str, Any], ...] = ()) -> RunReport:
-    """Grade the same input on the fast path and through the extractor; assert identical; the fast run's report."""
+def _both(engines: Any, read: Callable[[], Any], maps: tuple[tuple[str, Any], ...] = (),
+          paths: list[Path] | None = None) -> RunReport:
+    """Grade the same input on the fast path and through the extractor; assert identical; the fast run's report.
+    The fast path takes items already made (FastReader.compact) and, given the paths, also the lines as they
+    are parsed (Engine.read: FastReader.item in read_all)."""
     fast_eng, slow_eng = engines(True, maps), engines(False, maps)
     fast, slow = fast_eng.grade(read()), slow_eng.grade(read())
     assert _outputs(fast_eng, fast) == _outputs(slow_eng, slow)
     assert (slow.report.observations_fast, slow.report.observations_fallback) == (0, 0)
+    if paths is not None:
+        direct = fast_eng.grade(fast_eng.read(paths))
+        assert _outputs(fast_eng, direct) == _outputs(slow_eng, slow)
+        assert (direct.report.observations_fast, direct.report.observations_fallback) == \
+            (fast.report.observations_fast, fast.report.observations_fallback)
     return fast.report
 
 
@@ -68,7 +76,7 @@ def _share(report: RunReport) -> float:
 
 
 def test_examples(engines: Any) -> None:
-    report = _both(engines, lambda: read_all([REPO / "examples"]))
+    report = _both(engines, lambda: read_all([REPO / "examples"]), paths=[REPO / "examples"])
     assert report.observations_fast > 0 and report.patients_graded == 3
 
 
@@ -79,7 +87,7 @@ def test_examples(engines: Any) -> None:
 def test_synthetic_cohorts(engines: Any, tmp_path: Path, fmt: Format, noise: Noise, local: bool) -> None:
     write_cohort(tmp_path, patients=8, seed=3, days=30, fmt=fmt, options=Options(local, noise))
     maps = (("conceptmap.json", json.loads((tmp_path / "conceptmap.json").read_text())),) if local else ()
-    report = _both(engines, lambda: read_all([tmp_path / "fhir"]), maps)
+    report = _both(engines, lambda: read_all([tmp_path / "fhir"]), maps, [tmp_path / "fhir"])
     assert report.patients_graded == 8
     assert _share(report) >= 0.95  # issue 18: >= 95 % of a noisy cohort's Observations on the fast path
 
@@ -87,7 +95,7 @@ def test_synthetic_cohorts(engines: Any, tmp_path: Path, fmt: Format, noise: Noi
 def test_official_hl7_r4_examples(engines: Any, r4_examples: Path) -> None:
     """HL7's own examples: unusual shapes, errors and warnings (subjects not in the input, no effective time,
     bare dates), each one on the same path and in the same order either way."""
-    report = _both(engines, lambda: read_all([r4_examples]))
+    report = _both(engines, lambda: read_all([r4_examples]), paths=[r4_examples])
     assert report.errors and report.warnings and report.observations_fast and report.observations_fallback
 
 
@@ -215,26 +223,37 @@ def _versions(res: dict[str, Any], later: bool) -> list[dict[str, Any]]:
     return [res, other]
 
 
+def _bundle_file(path: Path, bundle: dict[str, Any], maps: tuple[tuple[str, Any], ...] = ()
+                 ) -> tuple[Callable[[], Any], tuple[tuple[str, Any], ...], list[Path]]:
+    """_both's arguments for a Bundle written to a file: read whole (read_all) and as the engine reads it."""
+    path.write_bytes(orjson.dumps(bundle))
+    return (lambda: read_all([path])), maps, [path]
+
+
 @pytest.mark.parametrize("entry,change,fast", [pytest.param(e, c, f, id=i) for i, e, c, f in CASES])
-def test_one_observation(engines: Any, entry: int, change: Callable[[dict[str, Any]], None], fast: bool) -> None:
+def test_one_observation(engines: Any, tmp_path: Path, entry: int, change: Callable[[dict[str, Any]], None],
+                         fast: bool) -> None:
     bundle = copy.deepcopy(_EXAMPLE)
     change(bundle["entry"][entry]["resource"])
-    report = _both(engines, lambda: read_bundle(bundle, "case.json", inband=True), (("map", SITE_MAP),))
-    plain = _both(engines, lambda: read_bundle(_EXAMPLE, "case.json", inband=True), (("map", SITE_MAP),))
+    report = _both(engines, *_bundle_file(tmp_path / "case.json", bundle, (("map", SITE_MAP),)))
+    plain = _both(engines, *_bundle_file(tmp_path / "plain.json", _EXAMPLE, (("map", SITE_MAP),)))
     # the changed Observation moves the count of those left to the extractor, or not (the example's heart
     # rates are left to it: no grader reads heart rate, and unused codes are the extractor's to count)
     assert report.observations_fallback - plain.observations_fallback == (0 if fast else 1)
 
 
 @pytest.mark.parametrize("later", [True, False], ids=["second-version-later", "second-version-older"])
-def test_superseded_versions(engines: Any, later: bool) -> None:
+def test_superseded_versions(engines: Any, tmp_path: Path, later: bool) -> None:
     """Two versions of one Observation: the latest wins, in the place of the first (build_index), either way."""
     bundle = copy.deepcopy(_EXAMPLE)
     first = bundle["entry"][_TEMP]
     twice = _versions(first["resource"], later)
     bundle["entry"].append({"fullUrl": first["fullUrl"], "resource": twice[1]})
-    report = _both(engines, lambda: read_bundle(bundle, "case.json", inband=True))
-    plain = _both(engines, lambda: read_bundle(_EXAMPLE, "case.json", inband=True))
+    report = _both(engines, *_bundle_file(tmp_path / "case.json", bundle))
+    plain = _both(engines, *_bundle_file(tmp_path / "plain.json", _EXAMPLE))
+    ndjson = tmp_path / "case.ndjson"  # the two versions as NDJSON lines too (Engine.read: FastReader.item)
+    ndjson.write_bytes(b"\n".join(orjson.dumps(e["resource"]) for e in bundle["entry"]))
+    assert _both(engines, lambda: read_all([ndjson]), paths=[ndjson]).ignored["superseded version"] == 1
     assert report.ignored["superseded version"] == 1
     assert (report.observations_fast, report.observations_fallback) == (plain.observations_fast + 1,
                                                                          plain.observations_fallback)

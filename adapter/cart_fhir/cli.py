@@ -26,7 +26,6 @@ from .coverage import CoverageGate, Need
 from .errors import AdapterError, BadInput, ConfigError, InputErrors
 from .files import check_targets, write_all
 from .grading.registry import GRADERS, load_all
-from .ingest.read import read_all
 from .pipeline import Engine, PatientResult
 from .report import Issue, RunReport
 from .summary import cohort_totals, episode_rows, render_table, table_rows
@@ -162,7 +161,7 @@ def grade_command(args: argparse.Namespace) -> int:
     recorded = datetime.now(UTC).replace(microsecond=0)
     run = None
     if args.inputs:
-        result = engine.grade(read_all(args.inputs))
+        result = engine.grade(engine.read(args.inputs))
         written = engine.resources(result, recorded)
     else:
         run = grade_from_server(args, engine)

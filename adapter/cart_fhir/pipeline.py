@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from .conformance.tables_check import check_shipped
@@ -20,7 +21,7 @@ from .ingest.extract import Extractor
 from .ingest.fast import FastReader
 from .ingest.fast import enabled as fast_read_enabled
 from .ingest.index import build_index
-from .ingest.read import Item
+from .ingest.read import Item, read_all
 from .ingest.units import UnitConverter
 from .model import PatientData
 from .output.codes import OutputCodes
@@ -80,6 +81,17 @@ class RunResult:
     reviews: dict[str, Review] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _ReadByEngine:
+    """Engine.read's items, with the fast reader that made them (its counts go to the run report)."""
+
+    items: Iterator[Item | BadInput]
+    reader: FastReader
+
+    def __iter__(self) -> Iterator[Item | BadInput]:
+        return self.items
+
+
 class Engine:
     """Configured once (tables, ConceptMaps); grades any number of inputs."""
 
@@ -113,16 +125,29 @@ class Engine:
 
     # ---- grading -----------------------------------------------------------------------------
 
+    def read(self, paths: Iterable[str | Path]) -> Iterable[Item | BadInput]:
+        """read_all(paths) for grade(): with the fast reader on, each plain Observation is read on the fast
+        path as its line is parsed (ingest/fast.py), so no Item is built for it and its dict is freed at once."""
+        if not self.fast_read:
+            return read_all(paths)
+        fast = FastReader(self.terminology, self.units)
+        return _ReadByEngine(read_all(paths, fast.item), fast)
+
     def grade(self, items: Iterable[Item | BadInput], strict: bool | None = None) -> RunResult:
-        """Grade every patient in the input. Strict mode (the engine's, unless given) raises InputErrors on
-        any bad input."""
+        """Grade every patient in the input (read_all's items, or better self.read(paths)). Strict mode (the
+        engine's, unless given) raises InputErrors on any bad input."""
         with _no_cyclic_gc():
             return self._grade(items, self.strict if strict is None else strict)
 
     def _grade(self, items: Iterable[Item | BadInput], strict: bool) -> RunResult:
         report = RunReport()
-        fast = FastReader(self.terminology, self.units) if self.fast_read else None
-        idx = build_index(items if fast is None else fast.compact(items), report)
+        fast: FastReader | None = None
+        if isinstance(items, _ReadByEngine):  # self.read: read on the fast path already
+            fast = items.reader
+        elif self.fast_read:
+            fast = FastReader(self.terminology, self.units)
+            items = fast.compact(items)
+        idx = build_index(items, report)
         if fast is not None:
             report.observations_fast, report.observations_fallback = fast.fast, fast.fallback
         extractor = Extractor(self.terminology, self.units, report)

@@ -105,7 +105,8 @@ class Extractor:
         """A bare-date infusion ("2024-05-01") has no offset: its day 0 is that date as the site charts it,
         so the axis takes the UTC offset of the first timed observation of the patient."""
         for ent in entries:
-            v = ent.resource.get("effectiveDateTime")
+            item = ent.item
+            v = item.effective if type(item) is FastItem else ent.resource.get("effectiveDateTime")
             if isinstance(v, str) and "T" in v and has_offset(v):
                 try:
                     off = parse_moment(v, default).at.utcoffset()

@@ -1,10 +1,10 @@
 """The fast Observation reader (issue 18 item 1): a plain Observation becomes its Reading as soon as it is read.
 
 The index keeps every resource until its patient is extracted; for most input (vital signs and labs) all the
-extractor would do is look up the code, parse the time and check the value. `FastReader.compact` does that
-when the item is read and hands the index a `FastItem`: a slim stand-in as its resource (the elements the index
-and the extractor's patient-level steps read) and the finished Readings, so the full parsed resource is freed
-at once.
+extractor would do is look up the code, parse the time and check the value. `FastReader.item` does that as
+each line is parsed (it takes Item's place in read.read_all), `FastReader.compact` for items already made, and
+hands the index a `FastItem`: the finished Readings and the few elements the index and the extractor's
+patient-level steps read, so the full parsed resource is freed at once.
 
 Only a *plain* Observation takes this path; anything else keeps its parsed dict and goes through the
 extractor (`Extractor._observation`), decided per resource. Plain means: a non-empty id; not one of
@@ -15,14 +15,12 @@ included, is a concept, and for a panel (a BP panel) components whose first codi
 effectiveDateTime with a time and a UTC offset; values that pass the checks without an error, at least one
 reading, and a reference range (if any) without a warning. The checks are `values.ValueChecks`, the same code
 the extractor runs: the fast path only decides "plain", and any message a check would give is left for the
-extractor to give in its place in the run report. Readings keep their order: the stand-in goes through the
-index (versions, subject join) like the resource it replaces.
-"""
+extractor to give in its place in the run report. Readings keep their order: the FastItem goes through the
+index (versions, subject join) like the resource it replaces."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from datetime import timedelta, timezone
 from typing import Any
@@ -38,10 +36,11 @@ from .units import UnitConverter
 from .values import ValueChecks, component_path
 
 ENV = "CART_FHIR_FAST_READ"  # "0": every Observation through the extractor (the equivalence tests compare)
-# A stand-in keeps what build_index (resourceType, id, meta, subject), Item.loc (resourceType, id) and
-# Extractor._charting_offset (effectiveDateTime) read of the Observation (_stand_in). An Observation or
-# component with an element that changes its meaning (modifierExtension, implicitRules, dataAbsentReason:
-# _unusual) is read by the extractor; other time shapes and value[x] types are caught by the checks below.
+# What the index and the extractor read of a fast-read Observation: its key, meta (build_index's order of
+# versions), subject (the patient join) and effectiveDateTime (Extractor._charting_offset) ride on its FastItem;
+# its `resource` is a stand-in shared by all of one subject's (see FastItem). An Observation or component with
+# an element that changes its meaning (modifierExtension, implicitRules, dataAbsentReason: _unusual) is read by
+# the extractor; other time shapes and value[x] types are caught by the checks below.
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})  # Observation.status read (both paths)
 _SUBJECTS_MAX = 1 << 16
 _CACHE_MAX = 4096  # timestamps and values repeat within a patient; lines of many patients interleave
@@ -56,25 +55,24 @@ def enabled() -> bool:
 
 
 class FastItem(Item, gc=False):
-    """An Observation read on the fast path (see the module docstring): its StandIn as the resource and what
-    the extractor would have made of it, for Extractor._observation to add to the patient and the run report.
-    The finished parts ride on the Item the step builds anyway (a Struct: cheap), not as slots of the stand-in
-    dict written one by one after it is built (issue 18)."""
+    """An Observation read on the fast path (see the module docstring): what the extractor would have made of
+    it, for Extractor._observation to add to the patient and the run report, and what the index reads of it.
 
-    key: str = ""  # "Observation/<id>": build_index's key, and the ref of the readings
+    `resource` is not the Observation (which is freed once read): it is a stand-in holding its resourceType
+    and subject, the elements build_index joins on, shared read-only by every fast-read Observation of that
+    subject (one dict per patient, not one per Observation: issue 18). Everything else the index and the
+    extractor read of a fast-read Observation is a field here (key, meta, effective) or its `loc`."""
+
+    key: str = ""  # "Observation/<id>": build_index's key, the ref of the readings, and the label of loc
     readings: tuple[Reading, ...] = ()
     unverified: tuple[str, ...] = ()  # input-concepts rows used that are not yet verified (run report)
     ignored: str | None = None  # the run report's reason when the Observation is not used (a status not read)
+    meta: Any = None  # Observation.meta as read (build_index orders versions of one key by it)
+    effective: Any = None  # Observation.effectiveDateTime as read (Extractor._charting_offset)
 
-
-class StandIn(dict[str, Any]):
-    """The resource of a FastItem: the elements of the Observation that the index and the extractor's
-    patient-level steps read. A dict subclass built from keywords, though it adds nothing to a dict: measured
-    on /tmp/perf-D (min of 7), build_index over 131k of these takes 0.12-0.14 s, over dict literals or
-    dicts filled key by key 0.16-0.19 s; the likely cause is where the allocator places them (the index and
-    the extractor walk them in reading order), so keep this form unless a measurement says otherwise."""
-
-    __slots__ = ()
+    @property
+    def loc(self) -> Location:
+        return Location(self.file, self.line, self.entry, self.key)
 
 
 class _NotPlain(Exception):
@@ -85,8 +83,20 @@ def _not_plain(message: str, location: Location) -> None:
     raise _NotPlain
 
 
+class _Unplaced:
+    """The `at` of the checks on the fast path: a message they would give is never shown from here (the
+    extractor reads that resource again and gives it with its place), so no Location is built per line."""
+
+    loc = Location("fast-read")
+
+
+_UNPLACED = _Unplaced()
+
+
 class FastReader:
-    """Built once per run from the engine's terminology and units; `compact` is the per-item step."""
+    """Built once per run from the engine's terminology and units. `item` takes the place of Item's
+    constructor for a reader (read.read_all's `make`): a plain Observation becomes its FastItem as its line
+    is parsed; `compact` does the same for items already made (a Bundle from the service, a stream bucket)."""
 
     def __init__(self, terminology: Terminology, units: UnitConverter) -> None:
         self._concepts = terminology.first_coding_concepts()
@@ -96,13 +106,24 @@ class FastReader:
         self.fast = 0  # plain Observations read here
         self.fallback = 0  # Observations left to the extractor
 
+    def item(self, res: dict[str, Any], full_url: str | None, file: str, line: int | None = None,
+             entry: int | None = None) -> Item:
+        """Item(...) for any resource, a FastItem for a plain Observation."""
+        if res["resourceType"] == "Observation":
+            slim = self.plain(res, full_url, file, line, entry)
+            if slim is not None:
+                self.fast += 1
+                return slim
+            self.fallback += 1
+        return Item(res, full_url, file, line, entry)
+
     def compact(self, items: Iterable[Item | BadInput]) -> Iterator[Item | BadInput]:
         """The items, each plain Observation replaced by its FastItem; everything else passed through as is."""
-        plain = self._plain
+        plain = self.plain
         for item in items:
             # (type() is Item: a FastItem, already compacted, passes as it is)
             if type(item) is Item and item.resource.get("resourceType") == "Observation":
-                slim = plain(item)
+                slim = plain(item.resource, item.full_url, item.file, item.line, item.entry)
                 if slim is None:
                     self.fallback += 1
                 else:
@@ -119,22 +140,29 @@ class FastReader:
         except (TypeError, KeyError, IndexError):
             return None
 
-    def _plain(self, item: Item) -> FastItem | None:
-        # Per input Observation: the common shapes (one value, or a BP panel's two components) take no more
-        # calls than the checks themselves; a None anywhere leaves the resource to the extractor.
-        res = item.resource
+    def plain(self, res: dict[str, Any], full_url: str | None, file: str, line: int | None,
+              entry: int | None) -> FastItem | None:
+        """The FastItem of a plain Observation (see the module docstring), or None: the extractor reads it.
+        Per input Observation: the common shapes (one value, or a BP panel's two components) take no more
+        calls than the checks themselves."""
         rid = res.get("id")
         status = res.get("status")
         if type(rid) is not str or not rid or type(status) is not str or "modifierExtension" in res \
                 or "dataAbsentReason" in res or "implicitRules" in res or "identifier" in res and is_ours(res):
             return None  # (cart-fhir's own results: the extractor keeps them whole for reviews.py)
-        key = f"Observation/{rid}"  # build_index's key for a resource with an id
+        key = "Observation/" + rid  # build_index's key for a resource with an id
         if status not in OBS_USABLE:  # e.g. entered-in-error: counted as ignored, nothing else read
-            return self._stand_in(item, rid, key, (), (), f"Observation status {status}")
-        concept = self._row(res.get("code"))
+            return FastItem(self._stand_in(res), full_url, file, line, entry, key, (), (),
+                            f"Observation status {status}", res.get("meta"), res.get("effectiveDateTime"))
+        try:
+            c0 = res["code"]["coding"][0]
+            concept = self._concepts.get((c0["system"], c0["code"]))
+        except (TypeError, KeyError, IndexError):
+            return None
         if concept is None:
             return None
-        when = self._moments.get(v) if type(v := res.get("effectiveDateTime")) is str else None
+        v = res.get("effectiveDateTime")
+        when = self._moments.get(v) if type(v) is str else None
         if when is None and (when := self._moment(v)) is None:
             return None
         values = self._values
@@ -144,19 +172,24 @@ class FastReader:
         try:  # the extractor's steps (Extractor._observation), in its order, through the same checks
             if components is None:
                 if concept.kind == "panel" or (value := values.observation_value(res, concept, "Observation",
-                                                                                 item)) is None:
+                                                                                 _UNPLACED)) is None:
                     return None
-                low, high = values.reference_range(res, concept, item, _not_plain) \
+                low, high = values.reference_range(res, concept, _UNPLACED, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
-                reading = Reading(concept.concept, when, value, key, key, low, high)
-                return self._stand_in(item, rid, key, (reading,),
-                                      () if concept.verified else _unverified((concept,)), None)
-            return self._panel(res, rid, key, concept, when, components, item)
+                readings: tuple[Reading, ...] = (Reading(concept.concept, when, value, key, key, low, high),)
+                unverified = () if concept.verified else _unverified((concept,))
+            else:
+                found = self._panel(res, key, concept, when, components)
+                if found is None:
+                    return None
+                readings, unverified = found
         except (BadInput, _NotPlain):
             return None
+        return FastItem(self._stand_in(res), full_url, file, line, entry, key, readings, unverified, None,
+                        res.get("meta"), v)
 
-    def _panel(self, res: dict[str, Any], rid: str, key: str, concept: ConceptRow, when: Moment,
-               components: Any, item: Item) -> FastItem | None:
+    def _panel(self, res: dict[str, Any], key: str, concept: ConceptRow, when: Moment, components: Any
+               ) -> tuple[tuple[Reading, ...], tuple[str, ...]] | None:
         """An Observation with components (a BP panel): the readings of its own value and of each component."""
         if type(components) is not list:
             return None
@@ -173,35 +206,33 @@ class FastReader:
         values = self._values
         readings: list[Reading] = []
         if own:
-            value = values.observation_value(res, concept, "Observation", item)
+            value = values.observation_value(res, concept, "Observation", _UNPLACED)
             if value is not None:
-                low, high = values.reference_range(res, concept, item, _not_plain) \
+                low, high = values.reference_range(res, concept, _UNPLACED, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
                 readings.append(Reading(concept.concept, when, value, key, key, low, high))
         for row, comp in sub:
-            value = values.observation_value(comp, row, component_path(row.code), item)
+            value = values.observation_value(comp, row, component_path(row.code), _UNPLACED)
             if value is not None:
                 readings.append(Reading(row.concept, when, value, key, key))
         if not readings:
             return None
         rows = (concept, *(r for r, _ in sub))
-        unverified = () if all(r.verified for r in rows) else _unverified(rows)
-        return self._stand_in(item, rid, key, tuple(readings), unverified, None)
+        return tuple(readings), () if all(r.verified for r in rows) else _unverified(rows)
 
-    def _stand_in(self, item: Item, rid: str, key: str, readings: tuple[Reading, ...],
-                  unverified: tuple[str, ...], ignored: str | None) -> FastItem:
-        # An absent element and one set to None read the same to every reader of the stand-in (.get()). The
-        # stand-ins of one patient share one subject object, and one string per time: nothing writes to them.
-        res = item.resource
+    def _stand_in(self, res: dict[str, Any]) -> dict[str, Any]:
+        """The FastItem's resource: resourceType and subject. A subject that is only a literal reference is
+        shared by all its Observations (the index reads nothing else of it); any other is kept as it is."""
         subject = res.get("subject")
-        if type(subject) is dict and len(subject) == 1 and type(ref := subject.get("reference")) is str:
-            if len(self._subjects) > _SUBJECTS_MAX:
-                self._subjects.clear()
-            subject = self._subjects.setdefault(ref, subject)
-        when = res.get("effectiveDateTime")
-        slim = StandIn(resourceType="Observation", id=rid, meta=res.get("meta"), subject=subject,
-                       effectiveDateTime=sys.intern(when) if type(when) is str else when)
-        return FastItem(slim, item.full_url, item.file, item.line, item.entry, key, readings, unverified, ignored)
+        if type(subject) is dict and type(ref := subject.get("reference")) is str:
+            shared = self._subjects.get(ref)
+            if shared is None:
+                if len(self._subjects) > _SUBJECTS_MAX:
+                    self._subjects.clear()
+                shared = self._subjects[ref] = {"resourceType": "Observation", "subject": {"reference": ref}}
+            return shared
+        return {"resourceType": "Observation"} if subject is None else \
+            {"resourceType": "Observation", "subject": subject}
 
     def _moment(self, value: Any) -> Moment | None:
         """The Moment of an effectiveDateTime with a time and an offset (the patient's offset plays no part);

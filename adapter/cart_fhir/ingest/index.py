@@ -47,9 +47,8 @@ def ref_key(ref: str) -> str:
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
-def _version(res: dict[str, Any]) -> tuple[datetime, int]:
+def _version(meta: Any) -> tuple[datetime, int]:
     """(meta.lastUpdated as an instant, meta.versionId as a number): later versions compare greater."""
-    meta = res.get("meta")
     if not isinstance(meta, dict):
         return (_NO_TIME, -1)
     last, vid = meta.get("lastUpdated"), meta.get("versionId")
@@ -66,6 +65,11 @@ def _version(res: dict[str, Any]) -> tuple[datetime, int]:
     except (TypeError, ValueError):
         v = -1
     return (when, v)
+
+
+def _meta(item: Item) -> Any:
+    """The resource's meta (a fast-read Observation keeps it on its FastItem, ingest/fast.py)."""
+    return item.meta if type(item) is FastItem else item.resource.get("meta")
 
 
 class Indexed(msgspec.Struct, gc=False):
@@ -105,6 +109,18 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
     read = report.resources_read
     try:
         for item in items:
+            if type(item) is FastItem:  # most of a run: a plain Observation, read as it was parsed (ingest/fast.py)
+                read += 1
+                key = item.key
+                if item.full_url:
+                    alias[item.full_url] = key
+                prev = by_key.get(key)
+                if prev is not None:
+                    ignored["superseded version"] += 1  # as below
+                    if _version(item.meta) < _version(_meta(prev.item)):
+                        continue
+                by_key[key] = Indexed(item.resource, key, item)
+                continue
             if isinstance(item, BadInput):  # a bad file, line or entry read_all went past (one pass)
                 report.error(item)
                 continue
@@ -119,8 +135,7 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
             rid = res.get("id")
             full_url = item.full_url
             if rid:
-                # A fast-read Observation brings the key its readings name (ingest/fast.py): one string, not two.
-                key = item.key if type(item) is FastItem else f"{rtype}/{rid}"
+                key = f"{rtype}/{rid}"
             elif full_url and not full_url.startswith("urn:") and ref_key(full_url).startswith(rtype + "/"):
                 key = ref_key(full_url)  # a server address ending in Type/id: relative references resolve to it
             else:
@@ -133,7 +148,7 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
                 # The same resource twice (e.g. preliminary then amended): the latest version wins
                 # (input-contract.md, "Everything else"); on a tie the later one in the input.
                 ignored["superseded version"] += 1
-                if _version(res) < _version(prev.resource):
+                if _version(res.get("meta")) < _version(_meta(prev.item)):
                     continue
             by_key[key] = Indexed(res, key, item)
     finally:

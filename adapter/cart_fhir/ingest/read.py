@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ class Item(msgspec.Struct, gc=False):
     def loc(self) -> Location:
         """Built only when needed (an error or warning): one per resource would cost more than the parse."""
         return Location(self.file, self.line, self.entry, label(self.resource))
+
+
+# Builds an input resource's item from (resource, fullUrl, file, line, entry): Item, or the engine's fast
+# Observation reader (ingest/fast.py FastReader.item), which may return a subclass of Item.
+Make = Callable[[dict[str, Any], str | None, str, int | None, int | None], Item]
 
 
 def label(resource: dict[str, Any]) -> str | None:
@@ -67,13 +72,13 @@ def read_bytes(data: bytes, name: str) -> Iterator[Item]:
     return _read(data, name, inband=False)  # type: ignore[return-value]
 
 
-def _read(data: bytes, name: str, inband: bool) -> Iterator[Item | BadInput]:
+def _read(data: bytes, name: str, inband: bool, make: Make = Item) -> Iterator[Item | BadInput]:
     """inband: a bad NDJSON line or Bundle entry is yielded as its BadInput (see read_all), else raised."""
     stripped = data.lstrip()
     if not stripped:
         raise BadInput("file is empty", Location(name))
     if name.endswith(".ndjson") or looks_like_ndjson(stripped):
-        yield from _read_ndjson(data, name, inband)
+        yield from _read_ndjson(data, name, inband, make=make)
         return
     try:
         doc = orjson.loads(data)
@@ -84,7 +89,7 @@ def _read(data: bytes, name: str, inband: bool) -> Iterator[Item | BadInput]:
     if doc.get("resourceType") != "Bundle":
         got = doc.get("resourceType")
         raise BadInput(f"expected resourceType 'Bundle' (or an NDJSON file), got {got!r}", Location(name))
-    yield from _bundle_items(doc, name, None, inband)
+    yield from _bundle_items(doc, name, None, inband, make)
 
 
 def read_bundle(doc: Any, name: str, inband: bool = False) -> Iterator[Item]:
@@ -104,17 +109,18 @@ def read_paths(paths: Iterable[str | Path]) -> Iterator[Item]:
         yield from read_bytes(data, str(path))
 
 
-def read_all(paths: Iterable[str | Path]) -> Iterator[Item | BadInput]:
+def read_all(paths: Iterable[str | Path], make: Make = Item) -> Iterator[Item | BadInput]:
     """Like read_paths, but a bad file, NDJSON line or Bundle entry is yielded as its BadInput and reading
     goes on, so one run reports every problem (the index files them in the run report; strict mode then
-    fails with all of them, --skip-invalid skips them). A missing path still stops at once."""
+    fails with all of them, --skip-invalid skips them). A missing path still stops at once. `make` builds
+    each resource's item (the engine's fast Observation reader, ingest/fast.py: FastReader.item)."""
     for path in expand_paths(paths):
         try:
             if path.suffix == ".ndjson":
                 # Line by line: the file's bytes and its list of lines (twice the file) are never held whole,
                 # and each line's parse is freed as soon as the index has what it keeps (issue 18).
                 with path.open("rb") as fh:
-                    yield from _read_ndjson(fh, str(path), inband=True, empty=Location(str(path)))
+                    yield from _read_ndjson(fh, str(path), inband=True, empty=Location(str(path)), make=make)
                 continue
             data = path.read_bytes()
         except OSError as exc:
@@ -124,7 +130,7 @@ def read_all(paths: Iterable[str | Path]) -> Iterator[Item | BadInput]:
             yield err
             continue
         try:
-            yield from _read(data, str(path), inband=True)
+            yield from _read(data, str(path), inband=True, make=make)
         except BadInput as err:  # the file as a whole: empty, not JSON, not a Bundle
             yield err
 
@@ -142,8 +148,8 @@ def looks_like_ndjson(stripped: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("resourceType") not in (None, "Bundle")
 
 
-def _read_ndjson(lines: bytes | Iterable[bytes], name: str, inband: bool = False, empty: Location | None = None
-                 ) -> Iterator[Item | BadInput]:
+def _read_ndjson(lines: bytes | Iterable[bytes], name: str, inband: bool = False, empty: Location | None = None,
+                 make: Make = Item) -> Iterator[Item | BadInput]:
     """Items of NDJSON given as bytes or as its lines (an open file); `empty`: raise "file is empty" there
     when no line holds anything (bytes were checked by the caller)."""
     loads = orjson.loads  # hoisted: once per line
@@ -162,9 +168,9 @@ def _read_ndjson(lines: bytes | Iterable[bytes], name: str, inband: bool = False
             if type(rtype) is not str or "id" in res and (type(res["id"]) is not str or not res["id"]):
                 check_resource(res, Location(name, line=n))  # raises the precise error
             if rtype == "Bundle":
-                yield from _bundle_items(res, name, n, inband)
+                yield from _bundle_items(res, name, n, inband, make)
             else:
-                yield Item(res, None, name, n)
+                yield make(res, None, name, n, None)
         except BadInput as err:
             if not inband:
                 raise
@@ -185,8 +191,8 @@ def check_resource(res: Any, loc: Location) -> None:
         raise BadInput(f"{rtype}.id must be a non-empty string, got {rid!r}", loc)
 
 
-def _bundle_items(bundle: dict[str, Any], name: str, line: int | None, inband: bool = False
-                  ) -> Iterator[Item | BadInput]:
+def _bundle_items(bundle: dict[str, Any], name: str, line: int | None, inband: bool = False,
+                  make: Make = Item) -> Iterator[Item | BadInput]:
     btype = bundle.get("type")
     if not isinstance(btype, str) or btype not in BUNDLE_TYPES:  # a dict here is unhashable: check the type first
         raise BadInput(f"Bundle.type {btype!r} is not a FHIR R4 Bundle type", Location(name, line=line))
@@ -212,8 +218,8 @@ def _bundle_items(bundle: dict[str, Any], name: str, line: int | None, inband: b
             continue
         if res["resourceType"] == "Bundle":
             # nested (e.g. a batch-response or a message payload)
-            yield from _bundle_items(res, name, line, inband)
+            yield from _bundle_items(res, name, line, inband, make)
             continue
         # search.mode "include" entries are used like any other; "outcome" entries are OperationOutcomes,
         # which the index skips with a warning.
-        yield Item(res, full_url, name, line, i)
+        yield make(res, full_url, name, line, i)
