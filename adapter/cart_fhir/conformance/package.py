@@ -51,12 +51,13 @@ class Package:
         self._expansions: dict[str, frozenset[Code] | None] = {}
 
     @classmethod
-    def load(cls, folder: str | Path) -> Package:
-        """Read every *.json in folder; a file that is not JSON is a ConfigError naming it."""
+    def load(cls, folder: str | Path, pattern: str = "*.json") -> Package:
+        """Read every file of folder matching pattern (all *.json by default); a file that is not JSON is a
+        ConfigError naming it."""
         resources = []
-        for path in sorted(Path(folder).glob("*.json")):
+        for path in sorted(Path(folder).glob(pattern)):
             try:
-                resources.append(orjson.loads(path.read_bytes()))  # every Engine start-up reads them (check_shipped)
+                resources.append(orjson.loads(path.read_bytes()))
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{path}: not a readable FHIR JSON resource: {exc}") from exc
         return cls(resources)

@@ -161,7 +161,15 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
         elif rtype == "Medication":
             idx.medications.append(ent.key)
     subject_keys: dict[str, str] = {}  # a patient's resources all name the same subject: normalise it once
+    # Fast-read Observations of one subject share one stand-in resource (ingest/fast.py): once one of them has
+    # joined a patient, the next with that very resource joins the same list without the checks (they read
+    # nothing but the resource). Only a join is remembered; a resource the checks refuse is checked each time.
+    joined: dict[str, Any] | None = None
+    joined_to: list[Indexed] = []
     for ent in by_key.values():
+        if ent.resource is joined:
+            joined_to.append(ent)
+            continue
         rtype = ent.resource["resourceType"]
         element = SUBJECT_ELEMENT.get(rtype) or RESULT_TYPES.get(rtype)
         if element is None:
@@ -187,5 +195,6 @@ def build_index(items: Iterable[Item | BadInput], report: RunReport) -> InputInd
         if key not in idx.by_patient:
             report.error(BadInput(f"{element} refers to {ref}, which is not in the input", ent.loc))
             continue
-        idx.by_patient[key].append(ent)
+        joined, joined_to = ent.resource, idx.by_patient[key]
+        joined_to.append(ent)
     return idx
