@@ -178,7 +178,8 @@ def grade_command(args: argparse.Namespace) -> int:
     # synthetic patients, issue 18); stdout is for people and stays indented.
     indent = orjson.OPT_INDENT_2 if args.pretty or not args.output else 0
     payload = orjson.dumps(bundle, option=indent | orjson.OPT_APPEND_NEWLINE)
-    summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    summary = orjson.dumps(episode_rows(result), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE) \
+        if args.summary_json else None
     registry = _registry_csv(result) if args.registry_csv else None
     follow_up = _follow_up_csv(result) if args.registry_follow_up_csv else None
     # `--patient nope`: nothing graded and exit 2 ahead, so no empty Bundle, file or stdout.

@@ -85,7 +85,15 @@ class Extractor:
             data.infusions = [Infusion(i.ref, Moment(i.when.at.replace(tzinfo=tz), True), i.product)
                               for i in data.infusions]
         observation = self._observation  # most entries are Observations: skip the dispatch for them
+        readings, unverified, used = data.readings, self.report.unverified_rows, 0
         for ent in entries:
+            item = ent.item
+            if type(item) is FastItem and item.ignored is None:  # most of all: read on the fast path, its
+                readings.extend(item.readings)  # Readings made (ingest/fast.py); nothing here can fail
+                used += 1
+                if item.unverified:
+                    unverified.update(item.unverified)
+                continue
             try:
                 if ent.resource["resourceType"] == "Observation":
                     observation(ent, data, tz)
@@ -93,6 +101,7 @@ class Extractor:
                     self._resource(ent, idx, data, tz)
             except BadInput as err:
                 self.report.error(err)
+        self.report.resources_used += used
         latest = [r.when.at for r in data.readings] + [d.start.at for d in data.drugs] + \
                  [d.end.at for d in data.drugs if d.end is not None]
         data.horizon = max(latest) if latest else None
@@ -269,17 +278,13 @@ class Extractor:
     # ---- Observations --------------------------------------------------------------------------
 
     def _observation(self, ent: Indexed, data: PatientData, tz: timezone) -> None:
-        # The hot path of a run (one call per input Observation): no Location is built unless a message
-        # needs one, and the usual shapes (no components, or a BP panel) allocate nothing extra.
+        # One call per Observation the fast reader left to the extractor (or all of them with it off): no
+        # Location is built unless a message needs one, and the usual shapes allocate nothing extra.
         res = ent.resource
         fast = ent.item
-        if type(fast) is FastItem:  # read on the fast path (ingest/fast.py): its Readings are made
-            if fast.ignored is not None:
-                self.report.ignored[fast.ignored] += 1
-                return
-            data.readings.extend(fast.readings)
-            self.report.resources_used += 1
-            self.report.unverified_rows.update(fast.unverified)
+        if type(fast) is FastItem:  # read on the fast path (ingest/fast.py), not used (patient() takes the rest)
+            assert fast.ignored is not None
+            self.report.ignored[fast.ignored] += 1
             return
         if "identifier" in res and is_ours(res):  # (never a stand-in: the fast reader leaves ours to us)
             self._ours(ent)
