@@ -68,9 +68,11 @@ class CoverageGate:
     def seen(self, course: Course) -> frozenset[str]:
         """The concepts with at least one reading in the window (day 0 counts from the infusion on)."""
         lo, hi = self.from_day, self.to_day
-        found = {r.concept for day, r in course.readings if lo <= day <= hi}
-        found.update(r.concept for day, r in course.pre_readings if lo <= day <= hi)
-        return frozenset(found)
+        # From the course's concept index (the graders build it anyway): a concept is seen at its first
+        # reading in the window, instead of testing every reading of the course (measured: 0.013 s of
+        # 0.016 s for 200 patients went to that scan).
+        return frozenset(concept for index in (course.by_concept(), course.pre_by_concept())
+                         for concept, pairs in index.items() if any(lo <= day <= hi for day, _ in pairs))
 
     def missing(self, course: Course) -> tuple[str, ...] | None:
         """The needs without a reading in the window, in table order; None when the course has no reading
