@@ -46,6 +46,8 @@ class Quantity:
 
     def below(self, threshold: float) -> bool | None:
         """Is the true value < threshold?"""
+        if self.comparator is None:  # the usual case, without the second call (hot in CRS and IEC-HS)
+            return not self.value >= threshold
         r = self.at_least(threshold)
         return None if r is None else not r
 

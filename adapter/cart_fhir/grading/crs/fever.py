@@ -29,7 +29,7 @@ def fever(temps: Sequence[Reading], threshold: float) -> Finding:
     for r in temps:  # one test per temperature
         q = r.value
         if isinstance(q, Quantity):
-            hot = q.at_least(threshold)
+            hot = q.value >= threshold if q.comparator is None else q.at_least(threshold)  # the usual case inline
             if hot is not None:
                 decided += 1
                 if hot:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
 
 from ..result import Component, State
 
+# Frozen msgspec Structs, not frozen dataclasses: five are built per graded day (three findings, the gate, the
+# outcome), and a Struct builds ~10x faster (measured 0.06 us against 0.70 us for a Finding) with the same
+# attribute API, equality and hash, as model.Reading. gc=False: they hold only strings, numbers, datetimes and
+# tuples of frozen values, never themselves.
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+
+class Finding(msgspec.Struct, frozen=True, gc=False):
     """One domain on one day: the lowest and highest grade its data can mean (equal when decided), when it
     was first present, and what the day's Observation reports for it."""
 
@@ -24,8 +29,7 @@ class Finding:
     missing: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Gate:
+class Gate(msgspec.Struct, frozen=True, gc=False):
     """The fever gate on one day (R1, R2): open, and what the lifted gate adds to the day's Observation."""
 
     open: bool
@@ -33,8 +37,7 @@ class Gate:
     reasons: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """The day's result once the domains are combined behind the gate (R3)."""
 
     state: State

@@ -29,24 +29,29 @@ def low_bp(readings: Sequence[Reading], row: HypotensionRow, age: int | None) ->
     """Readings showing hypotension that needs no vasopressor (decision 4: SBP below the age limit, or a
     MAP below map_below, measured or derived from one SBP/DBP pair)."""
     sbp_limit = row.sbp_base + row.sbp_per_year * (age or 0)
-    by_time: dict[datetime, dict[str, Reading]] = defaultdict(dict)
+    map_below = row.map_below
+    by_time: dict[datetime, dict[str, Reading]] = {}
     for r in readings:
-        by_time[r.when.at][r.concept] = r
+        group = by_time.get(r.when.at)
+        if group is None:
+            by_time[r.when.at] = {r.concept: r}
+        else:
+            group[r.concept] = r
     low: list[Reading] = []
     for group in by_time.values():
         sbp, dbp, mean = group.get("systolic-bp"), group.get("diastolic-bp"), group.get("mean-bp")
         if sbp is not None and isinstance(sbp.value, Quantity) and sbp.value.below(sbp_limit):
             low.append(sbp)
             continue
-        if row.map_below is None:
+        if map_below is None:
             continue
         if mean is not None and isinstance(mean.value, Quantity):
-            if mean.value.below(row.map_below):
+            if mean.value.below(map_below):
                 low.append(mean)
         elif (sbp is not None and dbp is not None and isinstance(sbp.value, Quantity)
               and isinstance(dbp.value, Quantity) and sbp.value.comparator is None
               and dbp.value.comparator is None
-              and (sbp.value.value + 2 * dbp.value.value) / 3 < row.map_below):
+              and (sbp.value.value + 2 * dbp.value.value) / 3 < map_below):
             low.append(sbp)  # MAP derived from one SBP/DBP pair: (SBP + 2 x DBP) / 3
     return low
 
@@ -65,6 +70,8 @@ def pressor_concurrency(drugs: Sequence[DrugAdmin], start: datetime, end: dateti
     """R4: most distinct non-vasopressin vasopressors running at one moment in [start, end), whether
     vasopressin ran, and the administrations involved. Concurrent means overlapping periods
     (input-contract.md); vasopressin never makes "multiple" vasopressors."""
+    if not drugs:  # the usual day: no vasopressor in the course
+        return 0, False, []
     events: list[tuple[datetime, int, DrugAdmin]] = []
     for d in drugs:
         if d.role not in PRESSOR_ROLES:

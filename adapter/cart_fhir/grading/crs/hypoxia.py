@@ -3,7 +3,6 @@ oxygen support by device and flow, a nasal cannula without a flow proving only "
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from ..result import Component
 from .finding import Finding
 
 FLOW_MISSING = "oxygen flow rate (LOINC 3151-8)"
+_CANNULA = ("nasal-cannula",)  # a flow recorded without a device (input-contract.md oxygen tiers)
 
 
 def _unknown_flow(row: DeviceRow) -> tuple[int, int]:
@@ -26,7 +26,8 @@ def _unknown_flow(row: DeviceRow) -> tuple[int, int]:
 def _device_range(row: DeviceRow, flow: Quantity | None, low_flow_max: float) -> tuple[tuple[int, int], str]:
     """The grades one device at one flow can mean, and its tier (decision 5)."""
     if not row.by_flow:
-        return (int(row.grade or 0), int(row.grade or 0)), row.tier
+        grade = int(row.grade or 0)
+        return (grade, grade), row.tier
     above = flow.above(low_flow_max) if flow is not None else None
     if above is None:
         rng = _unknown_flow(row)
@@ -43,9 +44,13 @@ def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
     Device and flow recorded at the same time are one reading; a flow with no device is a nasal
     cannula, a device with no flow is taken at its own tier (input-contract.md oxygen tiers).
     """
-    by_time: dict[datetime, list[Reading]] = defaultdict(list)
+    by_time: dict[datetime, list[Reading]] = {}
     for r in readings:
-        by_time[r.when.at].append(r)
+        group = by_time.get(r.when.at)
+        if group is None:
+            by_time[r.when.at] = [r]
+        else:
+            group.append(r)
     best: tuple[int, int] = (0, 0)
     tier: str = "none"
     evidence: list[Reading] = []
@@ -60,13 +65,13 @@ def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
                     flow = v
             elif r.concept == "oxygen-device":
                 devs.append(str(r.value))
-        for dev in devs or ["nasal-cannula"]:
+        for dev in devs or _CANNULA:
             row = devices[dev]
             rng, dev_tier = _device_range(row, flow, low_flow_max)
             if dev_tier == "low-flow" and row.tier == "high-flow":
                 flags.append("hfnc-at-low-flow")  # grading.md 1.4: graded by flow, flagged
             if rng > best or (rng == best and tier == "none"):
-                best, tier, evidence = rng, dev_tier, list(group)
+                best, tier, evidence = rng, dev_tier, group  # the group's list is not changed after this
     return best[0], best[1], tier, evidence, flags
 
 
