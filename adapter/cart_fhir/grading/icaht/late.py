@@ -49,8 +49,9 @@ def _late_state(lk: Lookups, window: dict[int, DayAnc], closed: bool, reasons: l
                 flags: list[str]) -> tuple[State, int | None, tuple[str, ...]]:
     """Decision 11: the threshold met on >= 2 days; bounds and an unconfirmed last value keep it open."""
     w, need, rows, last = lk.windows["late"], lk.settings["late-min-measurements"], lk.late_rows, max(window)
-    known = {r.id: sum(x.at_most(r.anc_at_most) is BELOW for x in window.values()) for r in rows}
-    maybe = {r.id: sum(x.at_most(r.anc_at_most) is None for x in window.values()) for r in rows}
+    status = {r.id: [x.at_most(r.anc_at_most) for x in window.values()] for r in rows}  # asked once a day
+    known = {r.id: sum(s is BELOW for s in status[r.id]) for r in rows}
+    maybe = {r.id: sum(s is None for s in status[r.id]) for r in rows}
     unconfirmed = {r.id for r in rows if not closed and known[r.id] < need
                    and window[last].at_most(r.anc_at_most) is not ABOVE}
     low = max((r.grade for r in rows if known[r.id] >= need), default=0)
