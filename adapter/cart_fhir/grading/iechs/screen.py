@@ -3,7 +3,7 @@ each second criterion (transaminases, fibrinogen, cytopenia by CTCAE v5.0 grade,
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ...model import Reading
 from .labs import Hit, Labs, baseline, limit, quantity
@@ -15,27 +15,33 @@ def ferritin_hit(lk: Lookups, labs: Labs, day: int, r: Reading) -> Hit | None:
     q = quantity(r)
     uln, flags = limit(lk, r, "high")
     base = baseline(lk, labs, "ferritin")
+    base_day = base[0] if base is not None else 0
     met: list[tuple[str, str]] = []
     for rule in lk.t.ferritin_rules:
         ref: float | None = None
-        label = ""
         if not rule.enabled:
             continue
         if rule.key == "ferritin-uln":
-            ref, label = uln, f"ULN ({uln:g})" if uln is not None else ""
+            ref = uln
         elif rule.key == "ferritin-baseline" and base is not None and base[1] is not r:
-            ref, label = quantity(base[1]).value, f"baseline ({quantity(base[1]).value:g} on day {base[0]})"
+            ref = quantity(base[1]).value
         elif rule.key == "ferritin-doubling":
             span = timedelta(hours=rule.within_hours or 0)
             earlier = [quantity(x).value for _, x, _ in labs.series("ferritin")
                        if timedelta(0) < r.when.at - x.when.at <= span]
             if earlier:
                 ref = min(earlier)
-                label = f"the lowest value of the previous {rule.within_hours:g} h ({ref:g})"
         if ref is None or q.above(rule.factor * ref) is not True:
             continue
         if rule.require_above_uln and (uln is None or q.above(uln) is not True):
             continue
+        # The text only for a rule met (most ferritins meet none).
+        if rule.key == "ferritin-uln":
+            label = f"ULN ({ref:g})"
+        elif rule.key == "ferritin-baseline":
+            label = f"baseline ({ref:g} on day {base_day})"
+        else:
+            label = f"the lowest value of the previous {rule.within_hours:g} h ({ref:g})"
         met.append((rule.key, f"> {rule.factor:g} x {label}"))
     if not met:
         return None
@@ -82,13 +88,14 @@ def fibrinogen_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
 def ctcae_grade(lk: Lookups, r: Reading) -> tuple[int | None, tuple[str, ...]]:
     """CTCAE v5.0 grade of a platelet, ANC or hemoglobin value (grading.md 9.2); None when undecidable."""
     flags: tuple[str, ...] = ()
+    q = quantity(r)
     for band in lk.bands[r.concept]:  # most severe first
         threshold = band.below
         if threshold is None:
             threshold, flags = limit(lk, r, "low")
             if threshold is None:
                 return None, ()
-        below = quantity(r).below(threshold)
+        below = q.below(threshold)
         if below is None:
             return None, ("lab-bound-straddles-threshold",)
         if below:
@@ -104,28 +111,31 @@ def cytopenia_hits(lk: Lookups, labs: Labs, first: int) -> list[Hit]:
     out: list[Hit] = []
     for concept in rule.concepts:
         unit = lk.bands[concept][0].unit
-        graded = [(d, r, post, *ctcae_grade(lk, r)) for d, r, post in labs.series(concept)]
-        # The graded readings before the current one, kept as we go (was: rebuilt per reading, quadratic).
-        # In time order (as series() gives them) those of the prior 72 h are a suffix: a moving start finds it.
-        earlier: list[tuple[Reading, int]] = []
+        graded = [(d, r, r.when.at, post, *ctcae_grade(lk, r)) for d, r, post in labs.series(concept)]
+        # The graded readings before the current one (their times and grades), kept as we go (was: rebuilt per
+        # reading, quadratic). In time order (as series() gives them) those of the prior 72 h are a suffix: a
+        # moving start finds it.
+        times: list[datetime] = []
+        grades: list[int] = []
         start = 0
-        ordered = all(a[1].when.at <= b[1].when.at for a, b in zip(graded, graded[1:], strict=False))
-        for day, r, post, g, flags in graded:
+        ordered = all(a[2] <= b[2] for a, b in zip(graded, graded[1:], strict=False))
+        for day, r, at, post, g, flags in graded:
             if g is None:
                 continue
             if post and day >= first:
                 if ordered:
-                    while start < len(earlier) and r.when.at - earlier[start][0].when.at > prior:
+                    while start < len(times) and at - times[start] > prior:
                         start += 1
-                    recent = [gx for _, gx in earlier[start:]]
+                    recent = grades[start:]
                 else:
-                    recent = [gx for x, gx in earlier if r.when.at - x.when.at <= prior]
-                why = _cytopenia_why(rule, g, recent, earlier[-1][1] if earlier else None)
+                    recent = [gx for t, gx in zip(times, grades, strict=True) if at - t <= prior]
+                why = _cytopenia_why(rule, g, recent, grades[-1] if grades else None)
                 if why:  # the text is built for hits only (most readings are not one)
                     value = f"{quantity(r).value:g}{'' if unit.startswith('/') else ' '}{unit}"
                     out.append(Hit((rule.key,), r, day, f"{concept} {value} (CTCAE grade {g}) on day {day}: {why}",
                                    flags))
-            earlier.append((r, g))
+            times.append(at)
+            grades.append(g)
     return out
 
 
