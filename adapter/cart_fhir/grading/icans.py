@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from operator import attrgetter
 
 from ..model import ConditionFact, Quantity, Reading
 from ..tables import Band, IcansTable
@@ -40,6 +41,8 @@ ICANS_CONCEPTS = frozenset({"ice-score", "capd-score", "consciousness", "seizure
 CODED = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
          "cerebral-edema": "cerebral-edema-finding"}
 # The order a day's components and evidence follow, one per domain.
+_WHEN_AT = attrgetter("when.at")
+INSTRUMENTS = ("ice-score", "capd-score", "cannot-perform-ice")
 DOMAIN_ORDER = ("ice-score", "capd-score", "cannot-perform-ice", "consciousness", "seizure", "motor", "cerebral-edema")
 
 
@@ -76,7 +79,11 @@ class IcansGrader:
         return None
 
     def grade(self, course: Course, crs_episodes: Sequence[Episode] = ()) -> list[DayGrade]:
-        readings = [(day, r) for day, r in course.readings if r.concept in ICANS_CONCEPTS and day >= 0]
+        # From the course's concept index (was: a scan of every reading of the course). Concept by concept,
+        # each in time order: a day's grade reads each concept's readings apart, so the order between
+        # concepts does not matter.
+        readings = [pair for concept, pairs in course.by_concept().items() if concept in ICANS_CONCEPTS
+                    for pair in pairs if pair[0] >= 0]
         readings += [(day, s) for day, s in self._item_sums(course, readings)]
         by_day: dict[int, list[Reading]] = defaultdict(list)
         excluded: dict[int, list[tuple[Reading, ConditionFact]]] = defaultdict(list)
@@ -183,9 +190,9 @@ class IcansGrader:
         """ICE items recorded without a total are summed when all five are present (input-contract.md)."""
         totals_at = {r.when.at for _, r in readings if r.concept == "ice-score"}
         groups: dict[datetime, dict[str, Reading]] = defaultdict(dict)
-        for _, r in readings:
-            if r.concept in ICE_ITEMS:
-                groups[r.when.at][r.concept] = r
+        # In time order (readings come concept by concept), so that the sums come in the order of their time.
+        for r in sorted((r for _, r in readings if r.concept in ICE_ITEMS), key=_WHEN_AT):
+            groups[r.when.at][r.concept] = r
         out = []
         for at, items in groups.items():
             if at in totals_at or len(items) < len(ICE_ITEMS):
@@ -206,12 +213,21 @@ class IcansGrader:
             evidence.append(cause.ref)
             reasons.append(f"deep focal motor weakness {r.ref} left out: attributed to the clinician's diagnosis "
                            f"{cause.display} ({cause.ref}), a non-ICANS event (grading.md decision 7)")
-        graded = [(r, g) for r in readings if (g := self.reading_grade(r)) is not None]
-        top = max((g for _, g in graded), default=0)
-        onset = min((r.when.at for r, g in graded if g >= 1), default=None)
+        top, onset = 0, None
         by_concept: dict[str, list[tuple[Reading, int]]] = {}
-        for rg in graded:
-            by_concept.setdefault(rg[0].concept, []).append(rg)
+        for r in readings:  # one pass: the top grade, its onset and the graded readings by concept
+            g = self.reading_grade(r)
+            if g is None:
+                continue
+            if g > top:
+                top = g
+            if g >= 1 and (onset is None or r.when.at < onset):
+                onset = r.when.at
+            found = by_concept.get(r.concept)
+            if found is None:
+                by_concept[r.concept] = [(r, g)]
+            else:
+                found.append((r, g))
         # The worst reading of each domain is the component and the evidence.
         for concept in DOMAIN_ORDER:
             rs = by_concept.get(concept)
@@ -220,7 +236,7 @@ class IcansGrader:
             if concept in ("ice-score", "capd-score"):
                 key = (lambda rg: (rg[1], -_score(rg[0]))) if concept == "ice-score" else \
                       (lambda rg: (rg[1], _score(rg[0])))
-                worst, g = max(rs, key=key)
+                worst, g = max(rs, key=key) if len(rs) > 1 else rs[0]  # one score a day, usually
                 comps.append(Component(concept, "integer", _score(worst), g))
             elif concept == "cannot-perform-ice":
                 worst, g = rs[0]
@@ -231,7 +247,7 @@ class IcansGrader:
             evidence.append(worst.ref)
             if g >= 1:
                 reasons.append(f"{concept.replace('-', ' ')} {worst.value} (grade {g})")
-        instrument = any(c in by_concept for c in ("ice-score", "capd-score", "cannot-perform-ice"))
+        instrument = not by_concept.keys().isdisjoint(INSTRUMENTS)
         age = course.age_on(day)
         expected = "ice-score"
         if age is not None and age <= self.t.settings.capd_max_age_years:
