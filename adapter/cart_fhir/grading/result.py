@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import Enum
 from typing import ClassVar
 
+import msgspec
+
 
 class Toxicity(str):
     """A toxicity's name: its summary-row `toxicity` and its key in mappings/output-codes.yaml `toxicities`.
@@ -54,12 +56,15 @@ class State(str, Enum):
     NOT_ASSESSABLE = "not-assessable"
 
 
-@dataclass(frozen=True, slots=True)
-class Component:
+class Component(msgspec.Struct, frozen=True, gc=False):
     """One domain driver of a day's grade. `kind` tells the writer how to render `value`.
 
     kind: "celsius" (float), "boolean", "integer", or an answer-list name ("hypotension-tier",
     "oxygen-tier", "consciousness-level", "seizure-type", "motor-finding", "cerebral-edema-finding").
+
+    A frozen msgspec Struct, not a frozen dataclass: about five are built per graded day (CRS four, ICANS
+    one or more), and a Struct builds ~8x faster with the same attribute API, equality, hash and repr, as
+    model.Reading. gc=False: it holds strings and numbers only.
     """
 
     code: str
