@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import cast
 
 from ...model import DrugAdmin, Quantity, Reading
@@ -17,6 +18,9 @@ TEMPERATURE_MISSING = "body temperature (LOINC 8310-5)"
 def _celsius(r: Reading) -> float:
     # Ingest converts every body temperature to a Quantity in Cel (mappings/concepts.yaml kind quantity).
     return cast(Quantity, r.value).value
+
+
+_CELSIUS = attrgetter("value.value")  # _celsius as max()'s key: no Python call per temperature
 
 
 def fever(temps: Sequence[Reading], threshold: float) -> Finding:
@@ -40,7 +44,7 @@ def fever(temps: Sequence[Reading], threshold: float) -> Finding:
     evidence: list[str] = []
     reasons: tuple[str, ...] = ()
     if temps:
-        hottest = max(temps, key=_celsius)
+        hottest = max(temps, key=_CELSIUS)
         components = (Component("max-temperature", "celsius", _celsius(hottest)),
                       Component("fever", "boolean", met, 1 if met else 0))
         evidence.append(hottest.ref)
@@ -48,7 +52,7 @@ def fever(temps: Sequence[Reading], threshold: float) -> Finding:
             evidence.extend(r.ref for r in fevers[:1])
             reasons = (f"fever {_celsius(hottest):g} C >= {threshold:g} C (ASTCT R1)",)
     return Finding(1 if met else 0, 1 if met or not decided else 0,
-                   min((r.when.at for r in fevers), default=None), components, tuple(evidence),
+                   min(r.when.at for r in fevers) if fevers else None, components, tuple(evidence),
                    reasons=reasons, flags=flags, missing=() if decided else (TEMPERATURE_MISSING,))
 
 
