@@ -157,7 +157,8 @@ def early_count(days: dict[int, DayAnc], threshold: int, w: IcahtWindow, stable:
     span = range(w.first_day, max(w.last_day + stable - 1, max(days, default=0)) + 1)
     get = days.get
     cells = [x.at_most(threshold) if (x := get(d)) is not None else None for d in span]
-    absent = [k for k, d in enumerate(span) if d not in days]  # usually none: interpolation fills gaps
+    # The days without an ANC, as indexes of span: usually none (interpolation fills the gaps).
+    absent = [d - span.start for d in sorted(set(span).difference(days))]
     assumed: list[int] = []
     k = 0
     while k < len(absent):  # each run of days without an ANC, [i, j), in order
@@ -172,5 +173,5 @@ def early_count(days: dict[int, DayAnc], threshold: int, w: IcahtWindow, stable:
     last = w.last_day - w.first_day
     return ThresholdCount(cumulative([c is BELOW for c in cells], last, stable),
                   cumulative([c is not ABOVE for c in cells], last, stable),
-                  tuple(span[k] for k, c in enumerate(cells) if c is None and span[k] <= w.last_day),
+                  tuple(span[k] for k, c in enumerate(cells[:last + 1]) if c is None),  # days <= last_day
                   tuple(assumed))
