@@ -13,7 +13,7 @@ from ..result import DayGrade, State, Toxicity
 from .combine import combine
 from .fever import GATE_LIFTING_ROLES, fever, gate
 from .hypotension import PRESSOR_ROLES, hypotension
-from .hypoxia import hypoxia
+from .hypoxia import fixed_ranges, hypoxia
 
 BP_CONCEPTS = ("systolic-bp", "diastolic-bp", "mean-bp")
 OXYGEN_CONCEPTS = ("oxygen-device", "oxygen-flow")
@@ -35,6 +35,7 @@ class CrsGrader:
     def __init__(self, table: CrsTable) -> None:
         self.t = table
         self.devices: dict[str, DeviceRow] = {d.device: d for d in table.oxygen.devices}
+        self.fixed = fixed_ranges(self.devices)
         self.tier_grade: dict[str, int] = {r.tier: r.grade for r in table.hypotension_tiers}
 
     def grade(self, course: Course) -> list[DayGrade]:
@@ -66,7 +67,7 @@ class CrsGrader:
         f = fever(data.temps, self.t.fever.threshold_celsius)
         hypo = hypotension(data.bp, pressors, self.t.hypotension, self.tier_grade, course.age_on(day), start,
                            end, course.patient.horizon)
-        ox = hypoxia(data.oxygen, self.devices, self.t.oxygen.low_flow_max_l_min)
+        ox = hypoxia(data.oxygen, self.devices, self.fixed, self.t.oxygen.low_flow_max_l_min)
         g = gate(f, open_since, lifting, start, end)
         out = combine(f, hypo, ox, g, start)
         # The three domains in order (fever, hypotension, hypoxia), then the gate and the combination.

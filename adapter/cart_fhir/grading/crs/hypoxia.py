@@ -37,12 +37,22 @@ def _device_range(row: DeviceRow, flow: Quantity | None, low_flow_max: float) ->
     return (int(row.grade_low or 0),) * 2, "low-flow"
 
 
-def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
+Fixed = Mapping[str, tuple[tuple[int, int], str]]  # device -> (grade range, tier), for devices graded without flow
+
+
+def fixed_ranges(devices: Mapping[str, DeviceRow]) -> Fixed:
+    """_device_range() of every device whose grade does not depend on the flow: built once per grader, as
+    oxygen_range() asks it for every oxygen reading (room air, mostly)."""
+    return {name: _device_range(row, None, 0.0) for name, row in devices.items() if not row.by_flow}
+
+
+def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow], fixed: Fixed,
                  low_flow_max: float) -> tuple[int, int, str, list[Reading], list[str]]:
     """(lowest, highest) grade the day's oxygen support can mean, its tier, the evidence, and flags.
 
     Device and flow recorded at the same time are one reading; a flow with no device is a nasal
     cannula, a device with no flow is taken at its own tier (input-contract.md oxygen tiers).
+    `fixed`: fixed_ranges(devices).
     """
     by_time: dict[datetime, list[Reading]] = {}
     for r in readings:
@@ -66,18 +76,23 @@ def oxygen_range(readings: Sequence[Reading], devices: Mapping[str, DeviceRow],
             elif r.concept == "oxygen-device":
                 devs.append(str(r.value))
         for dev in devs or _CANNULA:
-            row = devices[dev]
-            rng, dev_tier = _device_range(row, flow, low_flow_max)
-            if dev_tier == "low-flow" and row.tier == "high-flow":
-                flags.append("hfnc-at-low-flow")  # grading.md 1.4: graded by flow, flagged
+            found = fixed.get(dev)
+            if found is not None:
+                rng, dev_tier = found  # its own tier: never "low-flow" for a high-flow device
+            else:
+                row = devices[dev]
+                rng, dev_tier = _device_range(row, flow, low_flow_max)
+                if dev_tier == "low-flow" and row.tier == "high-flow":
+                    flags.append("hfnc-at-low-flow")  # grading.md 1.4: graded by flow, flagged
             if rng > best or (rng == best and tier == "none"):
                 best, tier, evidence = rng, dev_tier, group  # the group's list is not changed after this
     return best[0], best[1], tier, evidence, flags
 
 
-def hypoxia(oxygen: Sequence[Reading], devices: Mapping[str, DeviceRow], low_flow_max: float) -> Finding:
+def hypoxia(oxygen: Sequence[Reading], devices: Mapping[str, DeviceRow], fixed: Fixed,
+            low_flow_max: float) -> Finding:
     """The day's hypoxia grade range from its oxygen support; an unknown flow names the flow as missing."""
-    lo, hi, tier, ev, flags = oxygen_range(oxygen, devices, low_flow_max)
+    lo, hi, tier, ev, flags = oxygen_range(oxygen, devices, fixed, low_flow_max)
     shown = bool(oxygen) and tier != "none"
     return Finding(lo, hi, min((r.when.at for r in oxygen), default=None) if lo else None,
                    (Component("hypoxia", "oxygen-tier", tier, lo),) if oxygen else (),
