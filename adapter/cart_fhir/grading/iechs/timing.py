@@ -11,11 +11,15 @@ from ..result import DayGrade, Episode, State
 from .labs import Labs, Pair, quantity
 from .table import TimingRule
 
+# A reading that rose again: its day and value, the peak and the lowest value since (the sentence is written
+# only for a reading that decides a day's timing: about half the readings of a course rise again).
+Rise = tuple[int, float, float, float]
 
-def _reworsening(readings: list[tuple[int, Reading]], fall: float, rise: float) -> list[tuple[Reading, str]]:
+
+def _reworsening(readings: list[tuple[int, Reading]], fall: float, rise: float) -> list[tuple[Reading, Rise]]:
     """Readings at least `rise` above the lowest value reached after a fall of `fall` from the post-infusion
-    peak (grading.md 3.3: re-worsening after initial improvement), each with a sentence."""
-    out: list[tuple[Reading, str]] = []
+    peak (grading.md 3.3: re-worsening after initial improvement), each with its Rise (_rise_text)."""
+    out: list[tuple[Reading, Rise]] = []
     peak: float | None = None
     nadir: float | None = None
     for day, r in readings:
@@ -26,11 +30,15 @@ def _reworsening(readings: list[tuple[int, Reading]], fall: float, rise: float) 
             if v <= peak * (1 - fall):
                 nadir = v
         elif v >= nadir * (1 + rise):
-            out.append((r, (f"{r.concept} {v:g} on day {day} rose again after falling from {peak:g} "
-                           f"to {nadir:g}")))
+            out.append((r, (day, v, peak, nadir)))
         else:
             nadir = min(nadir, v)
     return out
+
+
+def _rise_text(r: Reading, rose: Rise) -> str:
+    day, v, peak, nadir = rose
+    return f"{r.concept} {v:g} on day {day} rose again after falling from {peak:g} to {nadir:g}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,7 @@ class Timing:
         rew = rules["timing-reworsening"]
         self.series = {c: labs.post(c) for c in rew.concepts}
         fall, rise = rew.fall_fraction or 0, rew.rise_fraction or 0
-        self.marks = {c: {id(r): text for r, text in _reworsening(s, fall, rise)}
+        self.marks = {c: {id(r): rose for r, rose in _reworsening(s, fall, rise)}
                       for c, s in self.series.items()}
 
     def __call__(self, day: int) -> TimingMatch | None:
@@ -66,7 +74,7 @@ class Timing:
             for concept, series in self.series.items():
                 latest = [r for d, r in series if d <= day][-1:]
                 if latest and id(latest[0]) in self.marks[concept]:
-                    text = self.marks[concept][id(latest[0])]
+                    text = _rise_text(latest[0], self.marks[concept][id(latest[0])])
                     return TimingMatch("timing-reworsening", text, (latest[0].ref,))
         rising = any(e.onset_day <= day <= e.max_day.day for e in self.episodes)
         if "crs-onset-phase" in self.rules and rising:
