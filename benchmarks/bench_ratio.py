@@ -77,7 +77,12 @@ fast = FastReader(eng.terminology, eng.units) if FastReader is not None and geta
 out = {{}}
 gc.disable()
 t = c()
-items = list(read_all([str(p) for p in files]) if fast is None else fast.compact(read_all([str(p) for p in files])))
+if hasattr(eng, 'read'):  # Engine.read: the fast reader makes each plain Observation's item as its line is parsed
+    got = eng.read([str(p) for p in files])
+    items = list(got)
+    fast = getattr(got, 'reader', None)
+else:
+    items = list(read_all([str(p) for p in files]) if fast is None else fast.compact(read_all([str(p) for p in files])))
 out['read'] = c() - t
 report = RunReport()
 t = c(); idx = build_index(items, report); out['index'] = c() - t

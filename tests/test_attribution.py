@@ -11,10 +11,10 @@ from dataclasses import FrozenInstanceError
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
-from pydantic import ValidationError
 
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable, Attributor, Suspect, lower
@@ -257,19 +257,19 @@ def test_suspect_is_frozen() -> None:
 
 
 def test_overlapping_windows_are_refused() -> None:
-    data = ATTR.t.model_dump(mode="json")
-    data["windows"].append({**data["windows"][0], "id": "crs-overlap", "from_day": 10, "to_day": 20})
-    with pytest.raises(ValidationError, match="overlap"):
-        AttributionRulesTable.model_validate(data)
+    data = msgspec.to_builtins(ATTR.t)
+    data["windows"] = [*data["windows"], {**data["windows"][0], "id": "crs-overlap", "from_day": 10, "to_day": 20}]
+    with pytest.raises(msgspec.ValidationError, match="overlap"):
+        msgspec.convert(data, AttributionRulesTable)
 
 
 def test_unknown_toxicity_is_refused_at_start_up() -> None:
     """Toxicity names are the registry's (an open set): the start-up check refuses a rule naming another."""
-    data = ATTR.t.model_dump(mode="json")
+    data = msgspec.to_builtins(ATTR.t)
     data["windows"][0]["toxicity"] = "cytokine-storm"
-    rules = AttributionRulesTable.model_validate(data)
+    rules = msgspec.convert(data, AttributionRulesTable)
     tables = load_all()
-    broken = tables.model_copy(update={"extra": {**tables.extra, AttributionRulesTable: rules}})
+    broken = msgspec.structs.replace(tables, extra={**tables.extra, AttributionRulesTable: rules})
     with pytest.raises(ConfigError, match="attribution-rules.yaml: unknown toxicities"):
         check_registry(GRADERS, broken)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
@@ -189,8 +190,8 @@ def test_gcsf_before_the_draw_is_a_caveat(engine, gcsf_day: int, flagged: bool) 
 
 
 def test_table_rejects_bands_with_a_hole() -> None:
-    data = load_yaml_table("car-hematotox-2021.yaml", HematotoxTable).model_dump()
+    data = msgspec.to_builtins(load_yaml_table("car-hematotox-2021.yaml", HematotoxTable))
     anc0 = next(b for b in data["bands"] if b["id"] == "anc-0")
     anc0["min_inclusive"] = False  # exactly 1,200 would fall in no band
-    with pytest.raises(ValueError, match="cover every value"):
-        HematotoxTable.model_validate(data)
+    with pytest.raises(msgspec.ValidationError, match="cover every value"):
+        msgspec.convert(data, HematotoxTable)

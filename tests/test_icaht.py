@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
@@ -290,7 +291,7 @@ def test_cumulative_counts_only_days_of_the_window() -> None:
 
 
 def test_table_rejects_overlapping_bands() -> None:
-    data = load_yaml_table("eha-ebmt-icaht-2023.yaml", IcahtTable).model_dump()
+    data = msgspec.to_builtins(load_yaml_table("eha-ebmt-icaht-2023.yaml", IcahtTable))
     data["early"][1]["min_days"] = 6
-    with pytest.raises(ValueError, match="overlap"):
-        IcahtTable.model_validate(data)
+    with pytest.raises(msgspec.ValidationError, match="overlap"):
+        msgspec.convert(data, IcahtTable)

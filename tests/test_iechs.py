@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
@@ -95,10 +96,10 @@ def second_crs(b: PatientBuilder) -> None:
 def with_rows(**changes: dict[str, Any]) -> Callable[[IecHsTable], IecHsTable]:
     """The table with some rows changed: row key -> field updates (ferritin and timing rows, fibrinogen)."""
     def apply(t: IecHsTable) -> IecHsTable:
-        rules = tuple(r.model_copy(update=changes.get(r.key, {})) for r in t.ferritin_rules)
-        timing = tuple(r.model_copy(update=changes.get(r.key, {})) for r in t.timing)
-        fib = t.fibrinogen.model_copy(update=changes.get("fibrinogen", {}))
-        return t.model_copy(update={"ferritin_rules": rules, "timing": timing, "fibrinogen": fib})
+        rules = tuple(msgspec.structs.replace(r, **changes.get(r.key, {})) for r in t.ferritin_rules)
+        timing = tuple(msgspec.structs.replace(r, **changes.get(r.key, {})) for r in t.timing)
+        fib = msgspec.structs.replace(t.fibrinogen, **changes.get("fibrinogen", {}))
+        return msgspec.structs.replace(t, ferritin_rules=rules, timing=timing, fibrinogen=fib)
     return apply
 
 
@@ -450,10 +451,10 @@ def test_table_rejects_grade5_rule_missing_timing_rule_and_unknown_device() -> N
     for change, message in ((lambda d: d["grade_rules"][1].update(grade=5), "grade 5"),
                             (lambda d: d.update(timing=d["timing"][1:]), "timing"),
                             (lambda d: d["grade_rules"][2].update(devices=["nasal-prongs"]), "nasal-prongs")):
-        data = T.model_dump()
+        data = msgspec.to_builtins(T)
         change(data)
         with pytest.raises(ConfigError, match=message):
-            IecHsGrader(IecHsTable.model_validate(data), OXYGEN)
+            IecHsGrader(msgspec.convert(data, IecHsTable), OXYGEN)
 
 
 def test_grader_is_pure() -> None:

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 import pytest
 
 from cart_fhir.errors import BadInput
@@ -144,7 +145,7 @@ def test_quantity_cache_equals_uncached(quantities: tuple[dict[str, Any], ...]) 
     # conversion gives (value with its sign and type, comparator) or raise the same error.
     ext, row = _extractor(), next(r for r in load_tables().concepts.rows if r.kind == "quantity")
     for q in quantities:
-        cached_row = row.model_copy(update={"unit": "Cel" if "Cel" in str(q) or "degF" in str(q) else "%"})
+        cached_row = msgspec.structs.replace(row, unit="Cel" if "Cel" in str(q) or "degF" in str(q) else "%")
         try:
             want: Any = ext.values._convert(q, cached_row, "p", _AT)
         except BadInput as exc:

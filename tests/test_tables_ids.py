@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
-from pydantic import BaseModel
 
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable
@@ -142,7 +142,7 @@ def test_own_loader_tables_are_checked_too(folder: Path, name: str, old: str, ne
         load_yaml_table(name, OWN_LOADER[name], str(folder))
 
 
-class _Plain(BaseModel):
+class _Plain(msgspec.Struct):
     code: str
 
 
@@ -165,7 +165,7 @@ def _demo(**changes: Any) -> _Demo:
     data: dict[str, Any] = {"table": "demo", "version": 1, "source": "test", "single": {"value": 1},
                             "keyed": {"a": {"value": 2}},
                             "rows": [{"id": "a", "code": "x"}, {"id": "b", "code": "y"}]}
-    return _Demo.model_validate({**data, **changes})
+    return msgspec.convert({**data, **changes}, _Demo)
 
 
 def test_rows_outside_lists_need_no_id() -> None:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from fhirbuild import PatientBuilder
 from helpers import run
@@ -464,7 +465,7 @@ def test_without_other_toxicity_no_shared_flag(engine: Engine) -> None:
 def test_unknown_agent_stops_start_up() -> None:
     t = TABLES.get(TreatmentTable)
     extra = AgentRow(agent="infliximab", treats="any", verified=False, source="test")
-    bad = t.model_copy(update={"agents": (*t.agents, extra)})
+    bad = msgspec.structs.replace(t, agents=(*t.agents, extra))
     with pytest.raises(ConfigError, match="infliximab"):
         TreatmentAnalyzer(bad, TABLES.drugs, TABLES.icans.settings)
 

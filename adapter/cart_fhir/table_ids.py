@@ -5,27 +5,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel
+import msgspec
 
 from .errors import ConfigError
 
 
-def _rows(node: Any, where: str) -> Iterator[tuple[BaseModel, str]]:
-    """(row, where) for every model inside a list/tuple, at any depth of a parsed table."""
-    if isinstance(node, BaseModel):
-        for name in type(node).model_fields:
+def _rows(node: Any, where: str) -> Iterator[tuple[msgspec.Struct, str]]:
+    """(row, where) for every Struct (table row) inside a list/tuple, at any depth of a parsed table."""
+    if isinstance(node, msgspec.Struct):
+        for name in node.__struct_fields__:
             yield from _rows(getattr(node, name), f"{where}.{name}" if where else name)
     elif isinstance(node, dict):
         for key, value in node.items():
             yield from _rows(value, f"{where}.{key}")
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
-            if isinstance(value, BaseModel):
+            if isinstance(value, msgspec.Struct):
                 yield value, f"{where}[{i}]"
             yield from _rows(value, f"{where}[{i}]")
 
 
-def check_row_ids(table_name: str, table: BaseModel) -> None:
+def check_row_ids(table_name: str, table: msgspec.Struct) -> None:
     """ConfigError naming the file and the row when a list row has no id or an id repeats in the table.
 
     Rows outside lists (a single settings row, the values of a keyed dict) are named by their key: no id.

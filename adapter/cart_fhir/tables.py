@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import msgspec
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .constants import CS_OXYGEN, cs
 from .errors import ConfigError
@@ -27,15 +27,20 @@ def mappings_dir() -> Path:
                       f"{here.parent.parent / 'mappings'})")
 
 
-class Row(BaseModel):
+# Table rows are msgspec Structs, not pydantic models (issue 18): a file run then imports no pydantic, and
+# building and validating the tables costs a fraction of the CPU. Subclasses repeat `frozen=True, kw_only=True`:
+# msgspec does not inherit kw_only (it keeps the columns in declaration order, required ones after optional
+# ones) and mypy does not see an inherited frozen; forbid_unknown_fields is inherited. A row's or table's check
+# is its __post_init__ raising ValueError: msgspec.convert turns that into a ValidationError with the row's
+# path, which _parse reports as ConfigError naming the file.
+
+class Row(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A table row: unknown columns are an error, every row says where it comes from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     id: str | None = None  # the row's name in an evidence trail; required in files by table_ids.check_row_ids
 
 
-class Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     table: str
     version: int
     source: str
@@ -46,7 +51,7 @@ T = TypeVar("T", bound=Table)
 
 # ---- input-concepts ----------------------------------------------------------------------------
 
-class ConceptRow(Row):
+class ConceptRow(Row, frozen=True, kw_only=True):
     concept: str
     system: str
     code: str
@@ -58,23 +63,21 @@ class ConceptRow(Row):
     verified: bool
     source: str
 
-    @model_validator(mode="after")
-    def _kind_fields(self) -> ConceptRow:
+    def __post_init__(self) -> None:
         if self.kind == "quantity" and not self.unit:
             raise ValueError(f"quantity concept {self.concept} needs a unit")
         if self.kind == "code" and not self.value_system:
             raise ValueError(f"coded concept {self.concept} needs a value_system")
-        return self
 
 
-class ConceptTable(Table):
+class ConceptTable(Table, frozen=True, kw_only=True):
     rows: tuple[ConceptRow, ...]
     values: dict[str, tuple[str, ...]]
 
 
 # ---- plausibility -------------------------------------------------------------------------------
 
-class PlausibilityRow(Row):
+class PlausibilityRow(Row, frozen=True, kw_only=True):
     """Inclusive limits of a quantity concept, in its canonical unit (checked after unit conversion)."""
 
     concept: str
@@ -90,7 +93,7 @@ class PlausibilityRow(Row):
         return f"{rng} {self.unit}"
 
 
-class UnitMixupRow(Row):
+class UnitMixupRow(Row, frozen=True, kw_only=True):
     """A number, as written with `unit`, in [min, max] that is probably another unit: said in the message."""
 
     concept: str
@@ -101,14 +104,14 @@ class UnitMixupRow(Row):
     source: str
 
 
-class PlausibilityTable(Table):
+class PlausibilityTable(Table, frozen=True, kw_only=True):
     rows: tuple[PlausibilityRow, ...]
     mixups: tuple[UnitMixupRow, ...] = ()
 
 
 # ---- coverage ------------------------------------------------------------------------------------
 
-class CoverageRow(Row):
+class CoverageRow(Row, frozen=True, kw_only=True):
     """Concepts any one of which is a usable reading of an input the graders need (e.g. blood pressure)."""
 
     id: str  # the group's name (`--require` takes it)
@@ -118,32 +121,31 @@ class CoverageRow(Row):
     source: str
 
 
-class CoverageTable(Table):
+class CoverageTable(Table, frozen=True, kw_only=True):
     from_day: int
     to_day: int
     rows: tuple[CoverageRow, ...]
     events: tuple[str, ...]  # concepts charted only when present: their absence is no gap
 
 
-class UnitAliasRow(Row):
+class UnitAliasRow(Row, frozen=True, kw_only=True):
     alias: str
     ucum: str
 
 
-class ConversionRow(Row):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    from_: str = Field(alias="from")
+class ConversionRow(Row, frozen=True, kw_only=True):
+    from_: str = msgspec.field(name="from")
     to: str
     scale: float
     offset: float
 
 
-class UnitTable(Table):
+class UnitTable(Table, frozen=True, kw_only=True):
     rows: tuple[UnitAliasRow, ...]
     conversions: tuple[ConversionRow, ...] = ()
 
 
-class DrugRow(Row):
+class DrugRow(Row, frozen=True, kw_only=True):
     agent: str
     role: Literal["vasopressor", "vasopressin", "inotrope", "anti-cytokine", "corticosteroid", "antipyretic",
                   "intrathecal-candidate", "lymphodepletion", "anti-infective", "g-csf", "hlh-directed"]
@@ -156,11 +158,11 @@ class DrugRow(Row):
     source: str
 
 
-class DrugTable(Table):
+class DrugTable(Table, frozen=True, kw_only=True):
     rows: tuple[DrugRow, ...]
 
 
-class ProductRow(Row):
+class ProductRow(Row, frozen=True, kw_only=True):
     product: str
     brand: str
     rxnorm: tuple[str, ...]
@@ -169,19 +171,19 @@ class ProductRow(Row):
     source: str
 
 
-class CodeRef(Row):
+class CodeRef(Row, frozen=True, kw_only=True):
     system: str
     code: str
     verified: bool
     source: str
 
 
-class ProductTable(Table):
+class ProductTable(Table, frozen=True, kw_only=True):
     rows: tuple[ProductRow, ...]
     procedure_codes: tuple[CodeRef, ...]
 
 
-class ConditionFindingRow(Row):
+class ConditionFindingRow(Row, frozen=True, kw_only=True):
     system: str
     code: str
     display: str
@@ -192,11 +194,11 @@ class ConditionFindingRow(Row):
     source: str
 
 
-class ConditionFindingTable(Table):
+class ConditionFindingTable(Table, frozen=True, kw_only=True):
     rows: tuple[ConditionFindingRow, ...]
 
 
-class CodedEventRow(Row):
+class CodedEventRow(Row, frozen=True, kw_only=True):
     """A code that marks an event beyond CRS/ICANS, with the CTCAE v5.0 term it is graded with."""
 
     system: str
@@ -209,18 +211,18 @@ class CodedEventRow(Row):
     source: str
 
 
-class InfectionRow(CodedEventRow):
+class InfectionRow(CodedEventRow, frozen=True, kw_only=True):
     """A coded infection (Condition) or positive microbiology result (Observation) and how it is classified."""
 
     pathogen_type: Literal["bacterial", "viral", "fungal", "other"]
     site: str
 
 
-class InfectionTable(Table):
+class InfectionTable(Table, frozen=True, kw_only=True):
     rows: tuple[InfectionRow, ...]
 
 
-class NeuroEventRow(CodedEventRow):
+class NeuroEventRow(CodedEventRow, frozen=True, kw_only=True):
     """A coded non-ICANS neurological event (grading.md section 7.1)."""
 
     category: Literal["movement-disorder", "cranial-neuropathy", "peripheral-neuropathy", "gbs",
@@ -228,11 +230,11 @@ class NeuroEventRow(CodedEventRow):
     names: tuple[str, ...] = ()  # whole words matched in the Condition's text and displays when no code matches
 
 
-class NeuroEventTable(Table):
+class NeuroEventTable(Table, frozen=True, kw_only=True):
     rows: tuple[NeuroEventRow, ...]
 
 
-class MalignancyRow(Row):
+class MalignancyRow(Row, frozen=True, kw_only=True):
     """A code prefix (or names) that marks a new malignancy Condition, with its lineage (second-malignancy.yaml)."""
 
     system: str
@@ -248,7 +250,7 @@ class MalignancyRow(Row):
                 and not any(code.upper().startswith(x) for x in self.exclude_prefixes))
 
 
-class MalignancyActionRow(Row):
+class MalignancyActionRow(Row, frozen=True, kw_only=True):
     lineage: Literal["t-cell", "myeloid", "other"]
     flag: str
     text: str
@@ -256,20 +258,20 @@ class MalignancyActionRow(Row):
     source: str
 
 
-class MalignancyTable(Table):
+class MalignancyTable(Table, frozen=True, kw_only=True):
     rows: tuple[MalignancyRow, ...]
     actions: tuple[MalignancyActionRow, ...]
 
 
 # ---- astct-crs-2019 ----------------------------------------------------------------------------
 
-class FeverRule(Row):
+class FeverRule(Row, frozen=True, kw_only=True):
     threshold_celsius: float
     source: str
     verified: bool
 
 
-class HypotensionRow(Row):
+class HypotensionRow(Row, frozen=True, kw_only=True):
     from_age: int
     to_age: int | None
     sbp_base: float
@@ -279,13 +281,13 @@ class HypotensionRow(Row):
     source: str
 
 
-class TierRow(Row):
+class TierRow(Row, frozen=True, kw_only=True):
     tier: Literal["none", "low-blood-pressure", "single-vasopressor", "vasopressin-only", "multiple-vasopressors"]
     grade: int
     source: str
 
 
-class DeviceRow(Row):
+class DeviceRow(Row, frozen=True, kw_only=True):
     device: str
     tier: Literal["none", "low-flow", "high-flow", "positive-pressure"]
     grade: int | None = None
@@ -295,23 +297,21 @@ class DeviceRow(Row):
     unknown_flow: str | None = None  # "at-least-N" or "N"
     source: str
 
-    @model_validator(mode="after")
-    def _shape(self) -> DeviceRow:
+    def __post_init__(self) -> None:
         if self.by_flow:
             if self.grade_low is None or self.grade_high is None or self.unknown_flow is None:
                 raise ValueError(f"device {self.device}: by_flow needs grade_low, grade_high, unknown_flow")
         elif self.grade is None:
             raise ValueError(f"device {self.device}: needs a grade")
-        return self
 
 
-class OxygenRules(Row):
+class OxygenRules(Row, frozen=True, kw_only=True):
     low_flow_max_l_min: float
     low_flow_source: str
     devices: tuple[DeviceRow, ...]
 
 
-class CrsTable(Table):
+class CrsTable(Table, frozen=True, kw_only=True):
     fever: FeverRule
     hypotension: tuple[HypotensionRow, ...]
     hypotension_tiers: tuple[TierRow, ...]
@@ -320,7 +320,7 @@ class CrsTable(Table):
 
 # ---- astct-icans-2019 --------------------------------------------------------------------------
 
-class IcansSettings(Row):
+class IcansSettings(Row, frozen=True, kw_only=True):
     capd_max_age_years: int
     capd_age_source: str
     capd_age_verified: bool
@@ -330,7 +330,7 @@ class IcansSettings(Row):
     motor_alternative_source: str
 
 
-class InflammationRow(Row):
+class InflammationRow(Row, frozen=True, kw_only=True):
     """One sign of inflammation around an ICANS onset (grading.md decision 7, revised)."""
 
     kind: Literal["fever", "open-crs", "above-range"]
@@ -340,7 +340,7 @@ class InflammationRow(Row):
     source: str
 
 
-class InflammatoryContextRule(Row):
+class InflammatoryContextRule(Row, frozen=True, kw_only=True):
     before_hours: int
     after_hours: int
     required: tuple[str, ...]
@@ -349,25 +349,25 @@ class InflammatoryContextRule(Row):
     review_flag_source: str
 
 
-class Band(Row):
+class Band(Row, frozen=True, kw_only=True):
     min: int
     max: int
     grade: int
     source: str
 
 
-class CodeGrade(Row):
+class CodeGrade(Row, frozen=True, kw_only=True):
     code: str
     grade: int
     source: str
 
 
-class CannotPerform(Row):
+class CannotPerform(Row, frozen=True, kw_only=True):
     grade: int
     source: str
 
 
-class IcansTable(Table):
+class IcansTable(Table, frozen=True, kw_only=True):
     settings: IcansSettings
     ice_bands: tuple[Band, ...]
     capd_bands: tuple[Band, ...]
@@ -378,13 +378,13 @@ class IcansTable(Table):
 
 # ---- output codes -----------------------------------------------------------------------------
 
-class Coded(Row):
+class Coded(Row, frozen=True, kw_only=True):
     code: str
     display: str
     source: str | None = None
 
 
-class ToxicityCodes(Row):
+class ToxicityCodes(Row, frozen=True, kw_only=True):
     """Everything said about one toxicity, in one place: its codes, displays, criteria and labels."""
 
     code: str  # the cart-toxicity CodeSystem code of the toxicity type
@@ -402,7 +402,7 @@ class ToxicityCodes(Row):
     icd10cm_source: str | None = None
 
 
-class OutputCodeTable(Table):
+class OutputCodeTable(Table, frozen=True, kw_only=True):
     toxicities: dict[str, ToxicityCodes]
     ncit_grades: dict[str, Coded]
     ncit_grades_source: str
@@ -412,7 +412,7 @@ class OutputCodeTable(Table):
 
 # ---- registry-columns ------------------------------------------------------------------------------
 
-class RegistryColumnRow(Row):
+class RegistryColumnRow(Row, frozen=True, kw_only=True):
     """One column of the registry CSV, named after the CIBMTR form question it fills where its text was read."""
 
     column: str
@@ -423,7 +423,7 @@ class RegistryColumnRow(Row):
     verified: bool
 
 
-class RegistryColumnTable(Table):
+class RegistryColumnTable(Table, frozen=True, kw_only=True):
     rows: tuple[RegistryColumnRow, ...]
     follow_up: tuple[RegistryColumnRow, ...] = ()  # the follow-up CSV (follow_up.py): one row per period
 
@@ -436,10 +436,10 @@ class TableFile:
     model: type[Table]
 
 
-class Tables(BaseModel):
-    """Every table the graders and writers use, checked against each other."""
+class Tables(msgspec.Struct, frozen=True, kw_only=True):
+    """Every table the graders and writers use, checked against each other (built from tables already
+    validated one by one: never converted itself)."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     concepts: ConceptTable
     units: UnitTable
     drugs: DrugTable
@@ -605,6 +605,8 @@ def load_tables(folder: str | None = None, extra: tuple[TableFile, ...] = ()) ->
         parsed["avpu_map"] = orjson.loads((base / "avpu-conceptmap.json").read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{base / 'avpu-conceptmap.json'}: {exc}") from exc
+    if not isinstance(parsed["avpu_map"], dict):
+        raise ConfigError(f"{base / 'avpu-conceptmap.json'}: not a JSON object (a FHIR ConceptMap)")
     parsed["extra"] = {f.model: _parse(base / f.file, f.model) for f in extra}
     tables = Tables(**parsed)
     _check(tables)
@@ -613,17 +615,22 @@ def load_tables(folder: str | None = None, extra: tuple[TableFile, ...] = ()) ->
 
 def _parse(path: Path, model: type[T]) -> T:
     try:
-        table = model.model_validate(read_yaml(path))
+        table = msgspec.convert(read_yaml(path), model)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: mapping table missing") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {_where(exc)}") from exc
     check_row_ids(str(path), table)
     return table
+
+
+def _where(exc: msgspec.ValidationError) -> str:
+    """msgspec's "what - at `$.rows[3].min`" as "rows[3].min: what" (a dict key: "key in settings: what")."""
+    what, at, loc = str(exc).partition(" - at ")
+    loc = loc.replace("`", "").replace("$.", "").removeprefix("$")
+    return f"{loc}: {what}" if at and loc else what
 
 
 @functools.cache

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import model_validator
-
 from ..model import DrugAdmin
 from ..tables import Row, Table
 from ..timeline import Course
@@ -45,7 +43,7 @@ class Suspect:
     rule: str  # "<table> v<version> rule <id>: ..." naming what decided
 
 
-class AttributionSettings(Row):
+class AttributionSettings(Row, frozen=True, kw_only=True):
     ld_lookback_days: int
     culture_concepts: tuple[str, ...]
     culture_negative_values: tuple[str, ...]
@@ -53,7 +51,7 @@ class AttributionSettings(Row):
     source: str
 
 
-class WindowRow(Row):
+class WindowRow(Row, frozen=True, kw_only=True):
     id: str
     toxicity: str
     from_day: int
@@ -66,7 +64,7 @@ class WindowRow(Row):
         return self.from_day <= day and (self.to_day is None or day <= self.to_day)
 
 
-class AlternativeCauseRow(Row):
+class AlternativeCauseRow(Row, frozen=True, kw_only=True):
     id: str
     toxicity: str
     cause: Literal["infection-condition", "positive-culture"]
@@ -76,7 +74,7 @@ class AlternativeCauseRow(Row):
     source: str
 
 
-class SecondSuspectRow(Row):
+class SecondSuspectRow(Row, frozen=True, kw_only=True):
     id: str
     toxicity: str
     role: Literal["lymphodepletion"]
@@ -85,14 +83,13 @@ class SecondSuspectRow(Row):
     source: str
 
 
-class AttributionRulesTable(Table):
+class AttributionRulesTable(Table, frozen=True, kw_only=True):
     settings: AttributionSettings
     windows: tuple[WindowRow, ...]
     alternative_causes: tuple[AlternativeCauseRow, ...]
     second_suspects: tuple[SecondSuspectRow, ...]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> AttributionRulesTable:
+    def __post_init__(self) -> None:
         ids = [*(r.id for r in self.windows), *(r.id for r in self.alternative_causes),
                *(r.id for r in self.second_suspects)]
         if len(set(ids)) != len(ids):
@@ -103,7 +100,6 @@ class AttributionRulesTable(Table):
             for o in self.windows:
                 if o is not w and o.toxicity == w.toxicity and o.holds(w.from_day):
                     raise ValueError(f"windows {w.id} and {o.id} overlap")
-        return self
 
 
 def lower(assessment: str) -> str:

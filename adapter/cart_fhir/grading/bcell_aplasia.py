@@ -22,19 +22,19 @@ B_CELL_APLASIA = Toxicity("b-cell-aplasia")
 CODE = "b-cell-aplasia-iago"
 
 
-class AplasiaThreshold(Row):
+class AplasiaThreshold(Row, frozen=True, kw_only=True):
     below_per_ul: float
     verified: bool
     source: str
 
 
-class AplasiaSettings(Row):
+class AplasiaSettings(Row, frozen=True, kw_only=True):
     from_day: int
     verified: bool
     source: str
 
 
-class AplasiaTable(Table):
+class AplasiaTable(Table, frozen=True, kw_only=True):
     threshold: AplasiaThreshold
     settings: AplasiaSettings
 

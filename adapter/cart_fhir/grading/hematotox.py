@@ -21,8 +21,6 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Literal, get_args
 
-from pydantic import model_validator
-
 from ..model import DrugAdmin, Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
@@ -35,14 +33,14 @@ SettingName = Literal["ld-lookback-days", "ld-search-first-day", "no-ld-first-da
 Bound = tuple[float | None, bool]  # (value, inclusive); None = unbounded
 
 
-class HematotoxSetting(Row):
+class HematotoxSetting(Row, frozen=True, kw_only=True):
     value: int
     unit: str
     verified: bool
     source: str
 
 
-class VariableRow(Row):
+class VariableRow(Row, frozen=True, kw_only=True):
     variable: Variable
     label: str
     loinc: str
@@ -51,7 +49,7 @@ class VariableRow(Row):
     source: str
 
 
-class BandRow(Row):
+class BandRow(Row, frozen=True, kw_only=True):
     id: str
     variable: Variable
     points: int
@@ -63,7 +61,7 @@ class BandRow(Row):
     source: str
 
 
-class RiskRow(Row):
+class RiskRow(Row, frozen=True, kw_only=True):
     group: Literal["low", "high"]
     min_score: int
     max_score: int | None
@@ -71,14 +69,13 @@ class RiskRow(Row):
     source: str
 
 
-class HematotoxTable(Table):
+class HematotoxTable(Table, frozen=True, kw_only=True):
     variables: tuple[VariableRow, ...]
     bands: tuple[BandRow, ...]
     risk: tuple[RiskRow, ...]
     settings: dict[SettingName, HematotoxSetting]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> HematotoxTable:
+    def __post_init__(self) -> None:
         names = [v.variable for v in self.variables]
         if sorted(names) != sorted(get_args(Variable)):
             raise ValueError(f"variables: need each of {sorted(get_args(Variable))} once")
@@ -98,7 +95,6 @@ class HematotoxTable(Table):
         if risk[0].min_score != 0 or risk[-1].max_score is not None or any(
                 a.max_score is None or a.max_score + 1 != b.min_score for a, b in pairwise(risk)):
             raise ValueError("risk groups must cover scores 0 to open end contiguously")
-        return self
 
 
 def _interval(q: Quantity) -> tuple[Bound, Bound]:

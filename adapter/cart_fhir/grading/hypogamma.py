@@ -29,13 +29,13 @@ HYPOGAMMA = Toxicity("hypogammaglobulinemia")
 CODE = "hypogammaglobulinemia-iago"
 
 
-class SevereRow(Row):
+class SevereRow(Row, frozen=True, kw_only=True):
     max_mg_dl: float
     verified: bool
     source: str
 
 
-class HypogammaSettings(Row):
+class HypogammaSettings(Row, frozen=True, kw_only=True):
     from_day: int
     replacement_agents: tuple[str, ...]
     replacement_masks_days: int
@@ -43,7 +43,7 @@ class HypogammaSettings(Row):
     source: str
 
 
-class HypogammaTable(Table):
+class HypogammaTable(Table, frozen=True, kw_only=True):
     severe: SevereRow
     settings: HypogammaSettings
 

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import model_validator
-
 from ..errors import ConfigError
 from ..model import ConditionFact, DrugAdmin, Reading
 from ..tables import DrugTable, InfectionTable, Row, Table
@@ -34,7 +32,7 @@ MISSING_TREATMENT = "anti-infective treatment (MedicationAdministration linked t
 MISSING_DEATH_CAUSE = "cause of death attributed to the infection (clinician-entered)"
 
 
-class InfectionSettings(Row):
+class InfectionSettings(Row, frozen=True, kw_only=True):
     window_profile: str
     treatment_after_onset_days: int
     link_before_onset_hours: int
@@ -46,7 +44,7 @@ class InfectionSettings(Row):
     source: str
 
 
-class WindowRow(Row):
+class WindowRow(Row, frozen=True, kw_only=True):
     profile: str
     window: Literal["early", "late", "very-late"]
     from_day: int
@@ -55,7 +53,7 @@ class WindowRow(Row):
     source: str
 
 
-class TermGradeRow(Row):
+class TermGradeRow(Row, frozen=True, kw_only=True):
     ctcae_term: str
     min_grade: int
     max_grade: int
@@ -63,7 +61,7 @@ class TermGradeRow(Row):
     source: str
 
 
-class RouteRow(Row):
+class RouteRow(Row, frozen=True, kw_only=True):
     route: Literal["intravenous", "oral"]
     system: str
     code: str
@@ -72,7 +70,7 @@ class RouteRow(Row):
     source: str
 
 
-class SupportRow(Row):
+class SupportRow(Row, frozen=True, kw_only=True):
     support: Literal["vasopressor", "mechanical-ventilation"]
     drug_roles: tuple[str, ...] = ()
     oxygen_devices: tuple[str, ...] = ()
@@ -81,15 +79,14 @@ class SupportRow(Row):
     source: str
 
 
-class InfectionGradingTable(Table):
+class InfectionGradingTable(Table, frozen=True, kw_only=True):
     settings: InfectionSettings
     windows: tuple[WindowRow, ...]
     terms: tuple[TermGradeRow, ...]
     routes: tuple[RouteRow, ...]
     organ_support: tuple[SupportRow, ...]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> InfectionGradingTable:
+    def __post_init__(self) -> None:
         for profile in {w.profile for w in self.windows}:
             rows = sorted((w for w in self.windows if w.profile == profile), key=lambda w: w.from_day)
             ends = [r.to_day for r in rows]
@@ -103,7 +100,6 @@ class InfectionGradingTable(Table):
             raise ValueError("terms: duplicate ctcae_term")
         if any(not 1 <= t.min_grade <= t.max_grade <= 5 for t in self.terms):
             raise ValueError("terms: grades must satisfy 1 <= min_grade <= max_grade <= 5")
-        return self
 
 
 Link = Literal["reasonReference", "intent", "timing"]

@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Literal
 
-from pydantic import model_validator
-
 from ..model import Quantity, Reading
 from ..tables import Row, Table
 from ..timeline import Course
@@ -28,13 +26,13 @@ Lineage = Literal["neutrophils", "platelets", "hemoglobin"]
 LINEAGES: tuple[Lineage, ...] = ("neutrophils", "platelets", "hemoglobin")
 
 
-class WindowSettings(Row):
+class WindowSettings(Row, frozen=True, kw_only=True):
     after_day: int
     verified: bool
     source: str
 
 
-class CytopeniaRow(Row):
+class CytopeniaRow(Row, frozen=True, kw_only=True):
     lineage: Lineage
     concept: str
     below: float
@@ -43,16 +41,14 @@ class CytopeniaRow(Row):
     source: str
 
 
-class CytopeniaTable(Table):
+class CytopeniaTable(Table, frozen=True, kw_only=True):
     settings: WindowSettings
     rows: tuple[CytopeniaRow, ...]
 
-    @model_validator(mode="after")
-    def _grade3_each(self) -> CytopeniaTable:
+    def __post_init__(self) -> None:
         for lineage in LINEAGES:
             if not any(r.lineage == lineage and r.grade == 3 for r in self.rows):
                 raise ValueError(f"no grade-3 row for {lineage}")
-        return self
 
 
 class LateCytopeniaGrader:

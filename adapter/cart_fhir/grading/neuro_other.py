@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+import msgspec
 
 from ..model import ConditionFact
 from ..tables import Row, Table
@@ -36,36 +36,34 @@ Category = Literal["movement-disorder", "cranial-neuropathy", "peripheral-neurop
                    "myelopathy-paraparesis", "other"]
 
 
-class SeverityGradeRow(Row):
+class SeverityGradeRow(Row, frozen=True, kw_only=True):
     system: str
     code: str
     display: str
-    grade: int = Field(ge=1, le=3)
+    grade: Annotated[int, msgspec.Meta(ge=1, le=3)]
     verified: bool
     source: str
 
 
-class SupportGradeRow(Row):
+class SupportGradeRow(Row, frozen=True, kw_only=True):
     id: str
     category: Category
     device: str  # an oxygen-delivery code (mappings/concepts.yaml)
-    grade: int = Field(ge=1, le=4)
+    grade: Annotated[int, msgspec.Meta(ge=1, le=4)]
     verified: bool
     source: str
 
 
-class NeuroGradingTable(Table):
+class NeuroGradingTable(Table, frozen=True, kw_only=True):
     ncit_system: str
     severity: tuple[SeverityGradeRow, ...]
     support: tuple[SupportGradeRow, ...]
 
-    @model_validator(mode="after")
-    def _unique(self) -> NeuroGradingTable:
+    def __post_init__(self) -> None:
         codes = [r.code for r in self.severity]
         ids = [r.id for r in self.support]
         if len(set(codes)) != len(codes) or len(set(ids)) != len(ids):
             raise ValueError("duplicate severity code or support id")
-        return self
 
 
 class NeuroOtherGrader:

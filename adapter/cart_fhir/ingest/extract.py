@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, date, timezone
 from typing import Any
 
+import msgspec
+
 from ..constants import CS_TOXICITY, ICD10CM
 from ..errors import BadInput, Location, json_type, shown
 from ..model import (
@@ -371,7 +373,7 @@ class Extractor:
             self.report.ignored["Observation without effective time"] += 1
             return
         table, row, code = event
-        attrs = tuple((k, str(v)) for k, v in row.model_dump().items()
+        attrs = tuple((k, str(v)) for k, v in msgspec.structs.asdict(row).items()
                       if k not in ("system", "code", "display", "verified", "source") and v is not None)
         data.conditions.append(ConditionFact(table, row.key, code, row.display, eff[0], None, ent.key, attrs))
         self.report.resources_used += 1
@@ -533,7 +535,7 @@ class Extractor:
         abatement = self._moment(abate, "Condition.abatementDateTime", ent, tz) if abate is not None else None
         severity = next((c.get("code") for c in codings(res.get("severity")) if isinstance(c.get("code"), str)),
                         None)
-        attrs = tuple((k, str(v)) for k, v in row.model_dump().items()
+        attrs = tuple((k, str(v)) for k, v in msgspec.structs.asdict(row).items()
                       if k not in ("system", "code", "display", "verified", "source") and v is not None)
         data.conditions.append(ConditionFact(table, row.key, code, row.display, when, abatement, ent.key,
                                              attrs, severity))

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+import msgspec
 
 from ..tables import Row, Table, load_yaml_table
 
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
-class Spread(Row):
+
+class Spread(Row, frozen=True, kw_only=True):
     """A median with its reported [min, max] range, in days."""
 
-    median: int = Field(ge=0)
+    median: Annotated[int, msgspec.Meta(ge=0)]
     range: tuple[int, int]
 
-    @model_validator(mode="after")
-    def _ordered(self) -> Spread:
+    def __post_init__(self) -> None:
         lo, hi = self.range
         if not lo <= self.median <= hi:
             raise ValueError(f"median {self.median} outside range {self.range}")
-        return self
 
 
-class ToxicityRow(Row):
+class ToxicityRow(Row, frozen=True, kw_only=True):
     grade_pct: tuple[float, float, float, float]  # share with worst grade 1, 2, 3, 4 (rest grade 0)
     onset_day: Spread
     duration_days: Spread
@@ -31,14 +31,12 @@ class ToxicityRow(Row):
     note: str
     checked: str = ""  # the source where the row's figures were found (title and URL)
 
-    @model_validator(mode="after")
-    def _at_most_100(self) -> ToxicityRow:
+    def __post_init__(self) -> None:
         if any(p < 0 for p in self.grade_pct) or sum(self.grade_pct) > 100:
             raise ValueError(f"grade_pct {self.grade_pct} must be >= 0 and sum to <= 100")
-        return self
 
 
-class GradeMix(Row):
+class GradeMix(Row, frozen=True, kw_only=True):
     """Share of patients whose worst grade is 1, 2, 3, 4 (rest grade 0), with its source."""
 
     grade_pct: tuple[float, float, float, float]
@@ -46,56 +44,54 @@ class GradeMix(Row):
     source: str
     note: str
 
-    @model_validator(mode="after")
-    def _at_most_100(self) -> GradeMix:
+    def __post_init__(self) -> None:
         if any(p < 0 for p in self.grade_pct) or sum(self.grade_pct) > 100:
             raise ValueError(f"grade_pct {self.grade_pct} must be >= 0 and sum to <= 100")
-        return self
 
 
-class Icaht(Row):
+class Icaht(Row, frozen=True, kw_only=True):
     early: GradeMix
     late: GradeMix
 
 
-class SynthInfectionRow(Row):
+class SynthInfectionRow(Row, frozen=True, kw_only=True):
     """One kind of infection: how many patients get it in a window, when, for how long, and how it is
     treated (share treated intravenously; the rest orally)."""
 
     kind: Literal["bacterial", "viral", "other"]
     key: Literal["bacteremia", "cmv-infection", "pneumonia"]  # rows of mappings/infections.yaml
     window: Literal["early", "late"]
-    pct: float = Field(ge=0, le=100)
+    pct: Percent
     onset_day: Spread
     duration_days: Spread
-    iv_pct: float = Field(ge=0, le=100)
+    iv_pct: Percent
     verified: bool
     source: str
 
 
-class LongTermRow(Row):
+class LongTermRow(Row, frozen=True, kw_only=True):
     """IAGO long-term effects of a synthetic patient (issue 16): shares in percent, drawn independently."""
 
-    hypogammaglobulinemia_pct: float = Field(ge=0, le=100)  # day-90 IgG <= 400 mg/dL
-    ivig_pct: float = Field(ge=0, le=100)  # of those, replacement given
-    b_cell_aplasia_pct: float = Field(ge=0, le=100)  # day-90 CD19+ B cells < 20/uL
-    b_cell_recovery_pct: float = Field(ge=0, le=100)  # of those, recovered by day 180
-    second_malignancy_pct: float = Field(ge=0, le=100)
+    hypogammaglobulinemia_pct: Percent  # day-90 IgG <= 400 mg/dL
+    ivig_pct: Percent  # of those, replacement given
+    b_cell_aplasia_pct: Percent  # day-90 CD19+ B cells < 20/uL
+    b_cell_recovery_pct: Percent  # of those, recovered by day 180
+    second_malignancy_pct: Percent
     lineage_weights: tuple[float, float, float]  # t-cell, myeloid, other
     malignancy_onset_day: tuple[int, int]
     verified: bool
     source: str
 
 
-class Trial(Row):
+class Trial(Row, frozen=True, kw_only=True):
     source: str
     crs: ToxicityRow
     icans: ToxicityRow
 
 
-class SynthProductRow(Row):
+class SynthProductRow(Row, frozen=True, kw_only=True):
     product: str
-    weight: float = Field(gt=0)
+    weight: Annotated[float, msgspec.Meta(gt=0)]
     indication: str
     snomed: str
     age: tuple[int, int]
@@ -103,15 +99,14 @@ class SynthProductRow(Row):
     source: str
 
 
-class SynthTable(Table):
+class SynthTable(Table, frozen=True, kw_only=True):
     products: tuple[SynthProductRow, ...]
     trials: dict[str, Trial]
     icaht: Icaht
     infections: tuple[SynthInfectionRow, ...]
     long_term: LongTermRow | None = None
 
-    @model_validator(mode="after")
-    def _trials_known(self) -> SynthTable:
+    def __post_init__(self) -> None:
         unknown = {p.trial for p in self.products} - set(self.trials)
         if unknown:
             raise ValueError(f"products name unknown trials {sorted(unknown)}")
@@ -119,7 +114,6 @@ class SynthTable(Table):
             lo, hi = (1, 30) if row.window == "early" else (31, 90)
             if not lo <= row.onset_day.range[0] <= row.onset_day.range[1] <= hi:
                 raise ValueError(f"infection {row.key} ({row.window}): onset range must lie in days {lo}-{hi}")
-        return self
 
 
 def load_synth_table(folder: str | None = None) -> SynthTable:

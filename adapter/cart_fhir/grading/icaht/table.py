@@ -6,22 +6,20 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal, get_args
 
-from pydantic import model_validator
-
 from ...tables import Row, Table
 
 SettingName = Literal["stable-recovery-days", "interpolation-max-gap-days", "interpolation-round-to",
                       "never-recovered-start-last-day", "late-min-measurements"]
 
 
-class Setting(Row):
+class Setting(Row, frozen=True, kw_only=True):
     value: int
     unit: str
     verified: bool
     source: str
 
 
-class IcahtWindow(Row):
+class IcahtWindow(Row, frozen=True, kw_only=True):
     window: Literal["early", "late"]
     code: str
     first_day: int
@@ -30,7 +28,7 @@ class IcahtWindow(Row):
     source: str
 
 
-class EarlyRow(Row):
+class EarlyRow(Row, frozen=True, kw_only=True):
     id: str
     anc_at_most: int
     min_days: int
@@ -40,7 +38,7 @@ class EarlyRow(Row):
     source: str
 
 
-class LateRow(Row):
+class LateRow(Row, frozen=True, kw_only=True):
     id: str
     anc_at_most: int
     grade: int
@@ -48,14 +46,13 @@ class LateRow(Row):
     source: str
 
 
-class IcahtTable(Table):
+class IcahtTable(Table, frozen=True, kw_only=True):
     windows: tuple[IcahtWindow, ...]
     settings: dict[SettingName, Setting]
     early: tuple[EarlyRow, ...]
     late: tuple[LateRow, ...]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> IcahtTable:
+    def __post_init__(self) -> None:
         if sorted(w.window for w in self.windows) != ["early", "late"]:
             raise ValueError("windows: exactly one early and one late window")
         missing = set(get_args(SettingName)) - set(self.settings)
@@ -70,7 +67,6 @@ class IcahtTable(Table):
                 raise ValueError(f"early: day bands of ANC <= {t} overlap")
         if len({r.anc_at_most for r in self.late}) != len(self.late):
             raise ValueError("late: duplicate threshold")
-        return self
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,14 +21,14 @@ TimingKey = Literal["crs-onset-phase", "timing-crs-resolving", "timing-after-crs
 
 # ---- the table (mappings/astct-iechs-2023.yaml) ---------------------------------------------------
 
-class Setting(Row):
+class Setting(Row, frozen=True, kw_only=True):
     value: float
     unit: str
     verified: bool
     source: str
 
 
-class FerritinRule(Row):
+class FerritinRule(Row, frozen=True, kw_only=True):
     key: FerritinKey
     factor: float
     enabled: bool
@@ -38,7 +38,7 @@ class FerritinRule(Row):
     source: str
 
 
-class TransaminaseRule(Row):
+class TransaminaseRule(Row, frozen=True, kw_only=True):
     key: Literal["transaminases"]
     concepts: tuple[str, ...]
     factor_uln: float
@@ -47,7 +47,7 @@ class TransaminaseRule(Row):
     source: str
 
 
-class FibrinogenRule(Row):
+class FibrinogenRule(Row, frozen=True, kw_only=True):
     key: Literal["fibrinogen"]
     below_mg_dl: float
     below_lln: bool
@@ -55,7 +55,7 @@ class FibrinogenRule(Row):
     source: str
 
 
-class CytopeniaRule(Row):
+class CytopeniaRule(Row, frozen=True, kw_only=True):
     key: Literal["cytopenia"]
     concepts: tuple[str, ...]
     new_grade_at_least: int
@@ -65,7 +65,7 @@ class CytopeniaRule(Row):
     source: str
 
 
-class CtcaeBand(Row):
+class CtcaeBand(Row, frozen=True, kw_only=True):
     concept: str
     grade: int
     below: float | None  # None: below the lower limit of normal
@@ -74,7 +74,7 @@ class CtcaeBand(Row):
     source: str
 
 
-class DefaultLimit(Row):
+class DefaultLimit(Row, frozen=True, kw_only=True):
     concept: str
     bound: Literal["low", "high"]
     value: float
@@ -83,7 +83,7 @@ class DefaultLimit(Row):
     source: str
 
 
-class TimingRule(Row):
+class TimingRule(Row, frozen=True, kw_only=True):
     key: TimingKey
     enabled: bool
     days: int | None = None
@@ -94,7 +94,7 @@ class TimingRule(Row):
     source: str
 
 
-class GradeRule(Row):
+class GradeRule(Row, frozen=True, kw_only=True):
     key: str
     kind: Literal["screen", "drug", "oxygen", "creatinine"]
     grade: int
@@ -108,7 +108,7 @@ class GradeRule(Row):
     source: str
 
 
-class IecHsTable(Table):
+class IecHsTable(Table, frozen=True, kw_only=True):
     settings: dict[SettingKey, Setting]
     ferritin_rules: tuple[FerritinRule, ...]
     transaminases: TransaminaseRule

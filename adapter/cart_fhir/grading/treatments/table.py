@@ -11,17 +11,17 @@ from ...tables import DrugRow, Row, Table
 ToxName = Literal["crs", "icans"]
 
 
-class Sourced(Row):
+class Sourced(Row, frozen=True, kw_only=True):
     verified: bool
     source: str
 
 
-class AgentRow(Sourced):
+class AgentRow(Sourced, frozen=True, kw_only=True):
     agent: str
     treats: Literal["crs", "icans", "any"]
 
 
-class IntrathecalRow(Sourced):
+class IntrathecalRow(Sourced, frozen=True, kw_only=True):
     route_system: str
     route_code: str
     treats: ToxName
@@ -29,7 +29,7 @@ class IntrathecalRow(Sourced):
     idm_agents: tuple[str, ...]
 
 
-class ReasonRow(Sourced):
+class ReasonRow(Sourced, frozen=True, kw_only=True):
     system: str
     code: str
     match: Literal["exact", "prefix"]
@@ -43,12 +43,12 @@ class ReasonRow(Sourced):
         return system == self.system and hit
 
 
-class ReasonWindow(Sourced):
+class ReasonWindow(Sourced, frozen=True, kw_only=True):
     before_onset_hours: float
     after_resolution_hours: float
 
 
-class HighDoseRow(Sourced):
+class HighDoseRow(Sourced, frozen=True, kw_only=True):
     id: str
     agent: str
     min_mg_per_24h: float
@@ -56,7 +56,7 @@ class HighDoseRow(Sourced):
     flag: str | None = None  # review hint when this row decides (a documented default was used)
 
 
-class RefractoryRow(Sourced):
+class RefractoryRow(Sourced, frozen=True, kw_only=True):
     id: str
     toxicity: ToxName
     kind: Literal["persists", "second-line"]
@@ -68,12 +68,12 @@ class RefractoryRow(Sourced):
     min_mg_per_24h: float | None = None  # second-line: only a dose reaching this 24-h total
 
 
-class ImprovementRule(Sourced):
+class ImprovementRule(Sourced, frozen=True, kw_only=True):
     drop: int
     baseline_days_before: int
 
 
-class RemissionRow(Sourced):
+class RemissionRow(Sourced, frozen=True, kw_only=True):
     id: str
     baseline_min: int
     baseline_max: int
@@ -82,12 +82,12 @@ class RemissionRow(Sourced):
     text: str
 
 
-class RemissionRules(Row):
+class RemissionRules(Row, frozen=True, kw_only=True):
     baseline_days_before: int
     rows: tuple[RemissionRow, ...]
 
 
-class DoseLimitRow(Sourced):
+class DoseLimitRow(Sourced, frozen=True, kw_only=True):
     id: str
     agent: str
     max_doses: int
@@ -95,7 +95,7 @@ class DoseLimitRow(Sourced):
     flag: str
 
 
-class TreatmentTable(Table):
+class TreatmentTable(Table, frozen=True, kw_only=True):
     definition_version: str
     agents: tuple[AgentRow, ...]
     intrathecal: IntrathecalRow
