@@ -18,15 +18,14 @@ def combine(fever: Finding, hypotension: Finding, hypoxia: Finding, gate: Gate, 
     AT_LEAST when the data prove >= 1 but a missing input could raise it, else NOT_ASSESSABLE."""
     if not gate.open:
         return _outside_episode(fever, hypotension, hypoxia, gate)
-    domains = (fever, hypotension, hypoxia)
-    lo, hi = max(f.low for f in domains), max(f.high for f in domains)
-    missing = tuple(m for f in domains for m in f.missing)
+    lo, hi = max(fever.low, hypotension.low, hypoxia.low), max(fever.high, hypotension.high, hypoxia.high)
     onset = fever.onset
     if onset is None and lo >= 1:  # no fever today: the first sign present (gate lifted or earlier fever)
         onset = min((t for t in (hypotension.onset, hypoxia.onset) if t is not None), default=start)
     if lo == hi:
         reasons = ("no fever, vasopressor or oxygen support: CRS signs absent",) if lo == 0 else ()
         return Outcome(State.GRADED, lo, onset, (), reasons)
+    missing = fever.missing + hypotension.missing + hypoxia.missing
     if lo == 0:
         return Outcome(State.NOT_ASSESSABLE, None, onset, missing, ())
     return Outcome(State.AT_LEAST, lo, onset, missing, ())
@@ -40,6 +39,6 @@ def _outside_episode(fever: Finding, hypotension: Finding, hypoxia: Finding, gat
         return Outcome(State.NOT_ASSESSABLE, None, None, missing,
                        ("no temperature recorded and no open CRS episode",))
     reasons = (NOT_CRS,) if hypotension.low or hypoxia.low else ()
-    if not reasons and not any(f.reasons for f in (fever, hypotension, hypoxia)) and not gate.reasons:
+    if not (reasons or fever.reasons or hypotension.reasons or hypoxia.reasons or gate.reasons):
         reasons = ("afebrile",)
     return Outcome(State.GRADED, 0, None, (), reasons)

@@ -104,4 +104,4 @@ def _days(course: Course) -> dict[int, DayData]:
 
 
 def _unique(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(items))
+    return tuple(dict.fromkeys(items)) if len(items) > 1 else tuple(items)  # mostly one or none
