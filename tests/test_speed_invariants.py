@@ -172,3 +172,89 @@ def test_parsed_times_share_one_tzinfo_per_offset(a: str, b: str) -> None:
     for m, s in ((ma, a), (mb, b)):
         assert m.at == datetime.fromisoformat(s)
         assert m.at.isoformat() == datetime.fromisoformat(s).isoformat()
+
+
+# ---- grader fast paths (issue 18, graders round) ------------------------------------------------------
+
+def _cumulative_by_day(below: list[bool], last: int, stable: int) -> int:
+    """ICAHT decision 11 as it was written before the run-by-run version: one step per day."""
+    n, i, seen = 0, 0, False
+    while i < len(below):
+        if below[i]:
+            n, seen, i = n + (i <= last), True, i + 1
+            continue
+        j = i
+        while j < len(below) and not below[j]:
+            j += 1
+        if seen and j < len(below) and j - i < stable:
+            n += sum(1 for d in range(i, j) if d <= last)
+        i = j
+    return n
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_icaht_cumulative_runs_equal_day_steps(seed: int) -> None:
+    # series.cumulative walks runs of equal days (groupby); it must count what the day-by-day walk counts.
+    import random
+
+    from cart_fhir.grading.icaht.series import cumulative
+
+    rnd = random.Random(seed)
+    for _ in range(300):
+        below = [rnd.random() < rnd.choice((0.1, 0.5, 0.9)) for _ in range(rnd.randint(0, 45))]
+        last, stable = rnd.randint(0, 40), rnd.randint(1, 4)
+        assert cumulative(below, last, stable) == _cumulative_by_day(below, last, stable)
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param(((499.9999999999, None),), id="one-float-noise"),
+    pytest.param(((500.0, None), (1200.0, None)), id="two-plain"),
+    pytest.param(((1200.0, None), (100.0, "<")), id="plain-and-bound"),
+    pytest.param(((600.0, ">"),), id="bound-above"),
+    pytest.param(((500.0000004, None), (100.0000001, None)), id="rounded-at-1e-6"),
+])
+def test_icaht_day_anc_plain_equals_each_reading(values: tuple[tuple[float, Any], ...]) -> None:
+    # A day's ANC without bounds answers at_most() from its lowest value; it must agree with asking each
+    # reading (at 1e-6 precision), at every threshold the table uses and at the values themselves.
+    from cart_fhir.grading.icaht.series import _day_anc, at_most
+    from cart_fhir.model import Quantity
+
+    readings = [Reading("anc", _moment(_T0), Quantity(v, c), f"Observation/a{i}") for i, (v, c) in enumerate(values)]
+    day = _day_anc(readings)
+    for t in (100, 500, 1000, 1200, *(v for v, _ in values)):
+        hits = [at_most(r, t) for r in readings]
+        want = True if any(hits) else None if None in hits else False
+        assert day.at_most(t) is want
+
+
+def test_crs_fixed_device_ranges_equal_device_range() -> None:
+    # The grader works out once the range of each device graded without its flow; it must be what
+    # _device_range gives for that device at any flow (or none).
+    from cart_fhir.grading.crs.hypoxia import _device_range, fixed_ranges
+    from cart_fhir.model import Quantity
+
+    devices = {d.device: d for d in load_tables().crs.oxygen.devices}
+    fixed = fixed_ranges(devices)
+    assert fixed and set(fixed) < set(devices)  # some devices depend on the flow
+    for name, got in fixed.items():
+        for flow in (None, Quantity(1.0), Quantity(6.0), Quantity(15.0), Quantity(6.0, "<")):
+            assert got == _device_range(devices[name], flow, 6.0)
+
+
+def test_coverage_seen_from_the_index_equals_scan() -> None:
+    # CoverageGate.seen reads the course's concept index; it must find the concepts a scan of every
+    # reading in the window finds (pre-infusion readings of day 0 included).
+    from cart_fhir.pipeline import Engine
+
+    hours = [-30, -2, 1, 5, 37, 100, 300, 400]
+    concepts = ("body-temperature", "spo2", "anc", "crp")
+    readings = [Reading(concepts[i % 4], _moment(_T0 + timedelta(hours=h)), 1, f"Observation/o{i}")
+                for i, h in enumerate(hours)]
+    patient = PatientData(key="Patient/p", id="p", reference={"reference": "Patient/p"}, birth_date=None,
+                          readings=readings,
+                          infusions=[Infusion(ref="MedicationAdministration/i", when=_moment(_T0), product="x")])
+    (course,), _ = courses(patient)
+    gate = Engine(strict=False).coverage
+    lo, hi = gate.from_day, gate.to_day
+    scan = {r.concept for day, r in (*course.readings, *course.pre_readings) if lo <= day <= hi}
+    assert gate.seen(course) == frozenset(scan) and scan
