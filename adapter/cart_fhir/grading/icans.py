@@ -40,9 +40,9 @@ ICANS_CONCEPTS = frozenset({"ice-score", "capd-score", "consciousness", "seizure
                             "cannot-perform-ice", *ICE_ITEMS})
 CODED = {"consciousness": "consciousness-level", "seizure": "seizure-type", "motor": "motor-finding",
          "cerebral-edema": "cerebral-edema-finding"}
-# The order a day's components and evidence follow, one per domain.
+INSTRUMENTS = ("ice-score", "capd-score", "cannot-perform-ice")  # a day with one of these is graded, not "at least"
 _WHEN_AT = attrgetter("when.at")
-INSTRUMENTS = ("ice-score", "capd-score", "cannot-perform-ice")
+# The order a day's components and evidence follow, one per domain.
 DOMAIN_ORDER = ("ice-score", "capd-score", "cannot-perform-ice", "consciousness", "seizure", "motor", "cerebral-edema")
 
 
