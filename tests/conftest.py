@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from helpers import day_grade, run
 from cart_fhir.conformance import Checker, Package, default_package_dir
 from cart_fhir.conformance.validate import validate_bundle
 from cart_fhir.pipeline import Engine
+from cart_fhir.tables import mappings_dir
 
 # The real FHIR server for integration tests (tests/fhirserver, started on 127.0.0.1 on first use); browser:
 # Debian chromium + Playwright; r4_examples: the official HL7 R4 examples from npm (tests/test_fast_read.py).
@@ -47,3 +50,10 @@ def grade(engine: Engine):
     def _grade(builder: Any, tox: str, day: int) -> tuple[str, int | None]:
         return day_grade(run(engine, builder.bundle()), tox, day)
     return _grade
+
+
+@pytest.fixture
+def mappings_folder(tmp_path: Path) -> Path:
+    """A private copy of the shipped mapping tables, for a test that edits one (helpers.edit_once)."""
+    shutil.copytree(mappings_dir(), tmp_path / "mappings")
+    return tmp_path / "mappings"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,3 +33,10 @@ def episodes(result: RunResult, tox: str, patient: int = 0, course: int = 0) -> 
     """[(onset_day, max_grade, resolved_day)] of one toxicity."""
     cr = result.patients[patient].courses[course]
     return [(e.onset_day, e.max_grade, e.resolved_day) for e in cr.episodes[Toxicity(tox)]]
+
+
+def edit_once(path: Path, old: str, new: str) -> None:
+    """Replace the one occurrence of `old` in a text file (a table edit the test means to make, nothing else)."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")

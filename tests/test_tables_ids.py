@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import yaml
+from helpers import edit_once
 
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.attribution import AttributionRulesTable
@@ -95,35 +95,24 @@ def test_shipped_tables_load_with_their_ids() -> None:
         check_row_ids(name, load_yaml_table(name, model))
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    shutil.copytree(mappings_dir(), tmp_path / "mappings")
-    return tmp_path / "mappings"
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    path.write_text(text.replace(old, new), encoding="utf-8")
-
-
-def test_a_row_without_an_id_stops_load_tables(folder: Path) -> None:
-    edit(folder / "drugs.yaml", "{id: tocilizumab, agent: tocilizumab,", "{agent: tocilizumab,")
+def test_a_row_without_an_id_stops_load_tables(mappings_folder: Path) -> None:
+    edit_once(mappings_folder / "drugs.yaml", "{id: tocilizumab, agent: tocilizumab,", "{agent: tocilizumab,")
     with pytest.raises(ConfigError, match=r"drugs\.yaml: rows\[6\]: row has no id"):
-        load_tables(str(folder))
+        load_tables(str(mappings_folder))
 
 
-def test_a_repeated_id_stops_load_tables(folder: Path) -> None:
+def test_a_repeated_id_stops_load_tables(mappings_folder: Path) -> None:
     # unique per file, not per list: a conversion may not take an alias row's id
-    edit(folder / "units.yaml", '{id: degf-to-cel, from: "[degF]"', '{id: degf, from: "[degF]"')
+    edit_once(mappings_folder / "units.yaml", '{id: degf-to-cel, from: "[degF]"', '{id: degf, from: "[degF]"')
     with pytest.raises(ConfigError, match=r"units\.yaml: conversions\[0\]: id 'degf' repeats rows\[7\]"):
-        load_tables(str(folder))
+        load_tables(str(mappings_folder))
 
 
-def test_a_row_without_an_id_in_a_dict_of_lists_is_named(folder: Path) -> None:
-    edit(folder / "astct-icans-2019.yaml", "{id: seizure-prolonged, code: prolonged,", "{code: prolonged,")
+def test_a_row_without_an_id_in_a_dict_of_lists_is_named(mappings_folder: Path) -> None:
+    edit_once(mappings_folder / "astct-icans-2019.yaml", "{id: seizure-prolonged, code: prolonged,",
+              "{code: prolonged,")
     with pytest.raises(ConfigError, match=r"astct-icans-2019\.yaml: domains\.seizure\[3\]: row has no id"):
-        load_tables(str(folder))
+        load_tables(str(mappings_folder))
 
 
 @pytest.mark.parametrize(("name", "old", "new", "message"), [
@@ -136,10 +125,10 @@ def test_a_row_without_an_id_in_a_dict_of_lists_is_named(folder: Path) -> None:
     ("registry-columns.yaml", "{id: icans, column: icans,", "{column: icans,",
      r"registry-columns\.yaml: rows\[15\]: row has no id"),
 ], ids=["treatments-missing", "treatments-repeated", "synth-repeated", "registry-missing"])
-def test_own_loader_tables_are_checked_too(folder: Path, name: str, old: str, new: str, message: str) -> None:
-    edit(folder / name, old, new)
+def test_own_loader_tables_are_checked_too(mappings_folder: Path, name: str, old: str, new: str, message: str) -> None:
+    edit_once(mappings_folder / name, old, new)
     with pytest.raises(ConfigError, match=message):
-        load_yaml_table(name, OWN_LOADER[name], str(folder))
+        load_yaml_table(name, OWN_LOADER[name], str(mappings_folder))
 
 
 class _Plain(msgspec.Struct):

@@ -4,11 +4,11 @@ ConfigError naming the file, the row's path and what is wrong."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import msgspec
 import pytest
+from helpers import edit_once
 
 from cart_fhir.errors import ConfigError
 from cart_fhir.grading.icaht import IcahtTable
@@ -23,7 +23,6 @@ from cart_fhir.tables import (
     Table,
     load_tables,
     load_yaml_table,
-    mappings_dir,
 )
 
 
@@ -72,18 +71,6 @@ def test_a_row_check_runs_when_built_in_code_too() -> None:
     assert ConversionRow(from_="a", to="b", scale=1.0, offset=0.0).from_ == "a"
 
 
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    shutil.copytree(mappings_dir(), tmp_path / "mappings")
-    return tmp_path / "mappings"
-
-
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    path.write_text(text.replace(old, new), encoding="utf-8")
-
-
 @pytest.mark.parametrize(("name", "old", "new", "message"), [
     pytest.param("units.yaml", "{id: degf-to-cel, from:", "{id: degf-to-cel, colour: red, from:",
                  r"units\.yaml: conversions\[0\]: Object contains unknown field `colour`$", id="unknown-column"),
@@ -101,23 +88,26 @@ def _edit(path: Path, old: str, new: str) -> None:
                  'source: "test"}', r"neurotoxicity-grading\.yaml: duplicate severity code or support id$",
                  id="table-check"),
 ])
-def test_a_bad_row_names_file_path_and_fault(folder: Path, name: str, old: str, new: str, message: str) -> None:
-    _edit(folder / name, old, new)
+def test_a_bad_row_names_file_path_and_fault(mappings_folder: Path, name: str, old: str, new: str,
+                                              message: str) -> None:
+    edit_once(mappings_folder / name, old, new)
     with pytest.raises(ConfigError, match=message) as err:
         if name == "neurotoxicity-grading.yaml":  # a grader's own table (load_all loads it after the core)
-            load_yaml_table(name, NeuroGradingTable, str(folder))
+            load_yaml_table(name, NeuroGradingTable, str(mappings_folder))
         else:
-            load_tables(str(folder))
-    assert str(err.value).startswith(f"{folder / name}: ")
+            load_tables(str(mappings_folder))
+    assert str(err.value).startswith(f"{mappings_folder / name}: ")
     assert isinstance(err.value.__cause__, msgspec.ValidationError)
 
 
-def test_an_optional_column_may_be_left_out(folder: Path) -> None:
-    _edit(folder / "plausibility.yaml", "concept: body-temperature, min: 25,", "concept: body-temperature,")
-    assert next(r for r in load_tables(str(folder)).plausibility.rows if r.id == "body-temperature").min is None
+def test_an_optional_column_may_be_left_out(mappings_folder: Path) -> None:
+    edit_once(mappings_folder / "plausibility.yaml", "concept: body-temperature, min: 25,",
+              "concept: body-temperature,")
+    rows = load_tables(str(mappings_folder)).plausibility.rows
+    assert next(r for r in rows if r.id == "body-temperature").min is None
 
 
-def test_a_dict_key_outside_its_literal_is_named(folder: Path) -> None:
-    _edit(folder / "astct-icans-2019.yaml", "  consciousness:\n", "  awareness:\n")
+def test_a_dict_key_outside_its_literal_is_named(mappings_folder: Path) -> None:
+    edit_once(mappings_folder / "astct-icans-2019.yaml", "  consciousness:\n", "  awareness:\n")
     with pytest.raises(ConfigError, match=r"astct-icans-2019\.yaml: key in domains: Invalid enum value 'awareness'"):
-        load_tables(str(folder))
+        load_tables(str(mappings_folder))
