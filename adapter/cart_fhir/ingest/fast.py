@@ -43,7 +43,7 @@ ENV = "CART_FHIR_FAST_READ"  # "0": every Observation through the extractor (the
 # the extractor; other time shapes and value[x] types are caught by the checks below.
 OBS_USABLE = frozenset({"preliminary", "final", "amended", "corrected"})  # Observation.status read (both paths)
 _SUBJECTS_MAX = 1 << 16
-_CACHE_MAX = 4096  # timestamps and values repeat within a patient; lines of many patients interleave
+_CACHE_MAX = 4096  # timestamps repeat within a patient; lines of many patients interleave
 # Given to parse_moment as the patient's offset, which a time with its own offset never takes: a Moment that
 # carries it had none after all (a string has_offset misjudged), and the extractor reads that resource.
 _PROBE = timezone(timedelta(0), "fast-read probe")
@@ -166,8 +166,6 @@ class FastReader:
         if when is None and (when := self._moment(v)) is None:
             return None
         values = self._values
-        if len(values.quantities) > _CACHE_MAX:
-            values.quantities.clear()
         components = res.get("component")
         try:  # the extractor's steps (Extractor._observation), in its order, through the same checks
             if components is None:
@@ -193,32 +191,29 @@ class FastReader:
         """An Observation with components (a BP panel): the readings of its own value and of each component."""
         if type(components) is not list:
             return None
-        sub: list[tuple[ConceptRow, dict[str, Any]]] = []
-        for comp in components:
-            row = self._row(comp.get("code")) if type(comp) is dict and not _unusual(comp) else None
-            if row is None:
-                return None
-            if row.kind != "panel":
-                sub.append((row, comp))
-        own = concept.kind != "panel"
-        if not (own or sub):
-            return None
         values = self._values
+        own = concept.kind != "panel"
         readings: list[Reading] = []
+        rows = [concept]  # the rows read (the run report names those not yet verified)
         if own:
             value = values.observation_value(res, concept, "Observation", _UNPLACED)
             if value is not None:
                 low, high = values.reference_range(res, concept, _UNPLACED, _not_plain) \
                     if concept.kind == "quantity" and "referenceRange" in res else (None, None)
                 readings.append(Reading(concept.concept, when, value, key, key, low, high))
-        for row, comp in sub:
+        for comp in components:  # in order, as the extractor reads them; one that is not plain: None
+            row = self._row(comp.get("code")) if type(comp) is dict and not _unusual(comp) else None
+            if row is None:
+                return None
+            if row.kind == "panel":
+                continue
+            rows.append(row)
             value = values.observation_value(comp, row, component_path(row.code), _UNPLACED)
             if value is not None:
                 readings.append(Reading(row.concept, when, value, key, key))
-        if not readings:
+        if not readings:  # (also: a panel without a value of its own or of a component)
             return None
-        rows = (concept, *(r for r, _ in sub))
-        return tuple(readings), () if all(r.verified for r in rows) else _unverified(rows)
+        return tuple(readings), () if all(r.verified for r in rows) else _unverified(tuple(rows))
 
     def _stand_in(self, res: dict[str, Any]) -> dict[str, Any]:
         """The FastItem's resource: resourceType and subject. A subject that is only a literal reference is

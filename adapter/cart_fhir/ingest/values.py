@@ -17,6 +17,7 @@ from .shape import Located
 from .units import UnitConverter, UnitError
 
 COMPARATORS = frozenset({"<", "<=", ">=", ">"})
+_QUANTITIES_MAX = 4096  # checked Quantities kept (values repeat within a patient; lines of many interleave)
 Warn = Callable[[str, Location], None]  # RunReport.warn, or the fast reader's "not plain" signal
 
 
@@ -37,7 +38,7 @@ class ValueChecks:
     def __init__(self, terminology: Terminology, units: UnitConverter) -> None:
         self.term = terminology
         self.units = units
-        self.quantities: dict[tuple[Any, ...], Quantity] = {}  # see quantity(); the owner clears it
+        self.quantities: dict[tuple[Any, ...], Quantity] = {}  # see quantity(); bounded there
         plaus = terminology.tables.plausibility
         self._limits: dict[str, PlausibilityRow] = {r.concept: r for r in plaus.rows}
         self._mixups: dict[tuple[str, str], list[UnitMixupRow]] = {}
@@ -112,6 +113,8 @@ class ValueChecks:
                 except TypeError:
                     return self._convert(q, row, path, at)
                 if found is None:
+                    if len(self.quantities) >= _QUANTITIES_MAX:  # values come from the input: never unbounded
+                        self.quantities.clear()
                     found = self.quantities[key] = self._convert(q, row, path, at)
                 return found
         return self._convert(q, row, path, at)
